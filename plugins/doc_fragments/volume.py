@@ -1,0 +1,38 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    # Options shared by every module that works on one volume.
+    DOCUMENTATION = r"""
+options:
+  pool:
+    description:
+      - The pool directory, for example V(/var/lib/qubes) for Qubes OS' default C(file-reflink) pool.
+      - It must already be set up (see M(dom0.reflink.reflink_pool)); the volume modules never create a pool.
+      - Symlinks in this path are followed; nothing below it is ever reached through a symlink.
+    type: path
+    required: true
+  vid:
+    description:
+      - The volume id, V(appvms/<vm>/<volume>) or V(vm-templates/<vm>/<volume>), for example V(appvms/work/private).
+      - VM and volume names are single path components of letters, digits, V(_), V(.), V(+) and V(-),
+        not starting with V(.) or V(-). A volume name must not contain V(.img) nor end in V(-dirty),
+        V(-precache) or V(-import).
+    type: str
+    required: true
+  lock_timeout:
+    description:
+      - Seconds to wait for the pool and volume locks held by another task, then fail naming the holder.
+    type: int
+    default: 60
+notes:
+  - Qubes OS' qubesd works on the same files; it does not know this collection's locks, so the modules
+    refuse to change a volume that is in use (a dirty image, a loop device backed by one of its images,
+    or qubesd's running-state file).
+  - Every file the modules create has mode V(0600); every change is fsynced before the module returns.
+"""
+

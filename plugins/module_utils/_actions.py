@@ -1,0 +1,211 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The file operations a plan is made of.
+
+A module first plans (a list of actions computed from what is on disk), then
+either executes the plan or, in check mode, simulates it on the listing of the
+volume's files.  Each action is one durable step of the contract; a plan that
+stops half-way (error, crash) leaves a state that the next run reads and
+finishes.  Each action says in plain words what it does (``text``), and after
+it ran, how (``done``: e.g. whether a clone was a reflink or a copy).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+from ansible_collections.dom0.reflink.plugins.module_utils import _clone as clone
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import PoolError
+from ansible_collections.dom0.reflink.plugins.module_utils._volume import FileInfo
+
+LOOP_SET_CAPACITY = 0x4C07
+
+
+class Action:
+    """One step of a plan.  Subclasses set ``text`` and implement run/simulate."""
+
+    text = ""
+
+    def run(self, workspace):
+        raise NotImplementedError
+
+    def simulate(self, files):
+        """Apply the action to ``files`` (a dict name -> FileInfo of the VM directory)."""
+
+    @property
+    def done(self):
+        return self.text
+
+
+class MakeVmDir(Action):
+    def __init__(self, vid):
+        self.vid = vid
+        self.text = "create VM directory %s" % vid.vm_dir
+
+    def run(self, workspace):
+        workspace.ensure_vm_dir()
+
+
+class RemoveVmDirIfEmpty(Action):
+    def __init__(self, vid):
+        self.vid = vid
+        self.text = "remove VM directory %s (now empty)" % vid.vm_dir
+
+    def run(self, workspace):
+        workspace.remove_vm_dir_if_empty()
+
+
+class CreateSparse(Action):
+    def __init__(self, rel, name, size):
+        self.name = name
+        self.size = size
+        self.text = "create sparse image %s of %d bytes" % (rel(name), size)
+
+    def run(self, workspace):
+        workspace.vm_dir.write_new_file(self.name, lambda fd: os.ftruncate(fd, self.size))
+
+    def simulate(self, files):
+        files[self.name] = FileInfo(self.name, self.size, 0)
+
+
+class Clone(Action):
+    """A new inode ``dst`` with ``src``'s content (reflink, or sparse copy where the gate allows)."""
+
+    def __init__(self, rel, src, dst, why, size=None, copy_mtime=False):
+        self.src = src
+        self.dst = dst
+        self.size = size
+        self.copy_mtime = copy_mtime
+        self.how = None
+        self.text = "%s: %s from %s" % (why, rel(dst), rel(src))
+        if size is not None:
+            self.text += ", size %d bytes" % size
+
+    def run(self, workspace):
+        self.how = clone.clone_file(workspace.vm_dir, self.src, workspace.vm_dir, self.dst,
+                                    dst_size=self.size, copy_mtime=self.copy_mtime)
+
+    def simulate(self, files):
+        source = files[self.src]
+        size = source.size if self.size is None else self.size
+        mtime = source.mtime_ns if self.copy_mtime else -1
+        files[self.dst] = FileInfo(self.dst, size, source.usage, mtime)
+
+    @property
+    def done(self):
+        if self.how == clone.COPY:
+            return self.text + " (sparse copy: reflink not possible here)"
+        return self.text + (" (%s)" % self.how if self.how else "")
+
+
+class Rename(Action):
+    def __init__(self, rel, src, dst, why):
+        self.src = src
+        self.dst = dst
+        self.text = "%s: rename %s to %s" % (why, rel(src), rel(dst))
+
+    def run(self, workspace):
+        workspace.vm_dir.rename(self.src, self.dst)
+
+    def simulate(self, files):
+        info = files.pop(self.src)
+        files[self.dst] = FileInfo(self.dst, info.size, info.usage, info.mtime_ns, info.ino)
+
+
+class Remove(Action):
+    def __init__(self, rel, name, why):
+        self.name = name
+        self.text = "remove %s (%s)" % (rel(name), why)
+
+    def run(self, workspace):
+        workspace.vm_dir.unlink(self.name, missing_ok=True)
+
+    def simulate(self, files):
+        files.pop(self.name, None)
+
+
+class Fsync(Action):
+    def __init__(self, rel, name):
+        self.name = name
+        self.text = "flush %s to disk" % rel(name)
+
+    def run(self, workspace):
+        fd = workspace.vm_dir.open_file(self.name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class ResizeInPlace(Action):
+    def __init__(self, rel, name, size):
+        self.name = name
+        self.size = size
+        self.text = "resize %s in place to %d bytes" % (rel(name), size)
+
+    def run(self, workspace):
+        workspace.vm_dir.truncate(self.name, self.size)
+
+    def simulate(self, files):
+        info = files[self.name]
+        files[self.name] = FileInfo(self.name, self.size, min(info.usage, self.size), info.mtime_ns, info.ino)
+
+
+class SetLoopCapacity(Action):
+    def __init__(self, device):
+        self.device = device
+        self.text = "tell loop device %s its backing file's new size" % device
+
+    def run(self, workspace):
+        fd = os.open(self.device, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, LOOP_SET_CAPACITY, 0)
+        finally:
+            os.close(fd)
+
+
+class Workspace:
+    """Where a volume plan runs: the pool, the prefix directory and the VM directory."""
+
+    def __init__(self, pool_dir, vid):
+        self.pool_dir = pool_dir
+        self.vid = vid
+        self.prefix_dir = pool_dir.open_dir(vid.prefix)
+        if self.prefix_dir is None:
+            raise PoolError("%s has no %s/ directory: it is not a set-up pool; "
+                            "create it with dom0.reflink.reflink_pool" % (pool_dir.path, vid.prefix))
+        self.vm_dir = self.prefix_dir.open_dir(vid.vm)
+
+    def rel(self, name):
+        """``name`` as a path relative to the pool, for messages."""
+        return "%s/%s" % (self.vid.vm_dir, name)
+
+    def ensure_vm_dir(self):
+        if self.vm_dir is None:
+            self.vm_dir = self.prefix_dir.open_dir(self.vid.vm, create=True)
+
+    def remove_vm_dir_if_empty(self):
+        if self.vm_dir is not None:
+            self.vm_dir.close()
+            self.vm_dir = None
+        try:
+            self.prefix_dir.rmdir(self.vid.vm)
+        except OSError as exc:
+            # Something appeared in the meantime (qubesd's firewall.xml, say): keep it.
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                raise
+
+    def close(self):
+        for directory in (self.vm_dir, self.prefix_dir):
+            if directory is not None:
+                directory.close()
+        self.vm_dir = self.prefix_dir = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()

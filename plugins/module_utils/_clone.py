@@ -1,0 +1,216 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Cloning with FICLONE, the errno gate, and the sparse copy it may fall back to.
+
+The errno gate: only EBADF, EINVAL, EOPNOTSUPP (= ENOTSUP on Linux) and EXDEV
+mean "a reflink is not possible between these two files" (see ioctl_ficlone(2)).
+Any other errno (EIO, ENOSPC, EPERM, ENOTTY, EAGAIN, ...) is a real error of the
+system or the storage and is raised: a fallback copy could mask it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import platform
+
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import CloneError
+
+FALLBACK_ERRNOS = frozenset((errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV))
+
+# How the result of a fill came about.
+REFLINK = "reflink"
+COPY = "copy"
+EMPTY = "empty"
+
+# FICLONE is _IOW(0x94, 9, int).  Architectures differ in where the "write"
+# direction bit sits; the value for each family is what <linux/fs.h> gives.
+_FICLONE_IOC_WRITE_HIGH = 0x40049409   # asm-generic encoding
+_FICLONE_IOC_WRITE_LOW = 0x80049409    # powerpc, mips, sparc encoding
+_FICLONE_BY_MACHINE = {
+    "x86_64": _FICLONE_IOC_WRITE_HIGH, "i386": _FICLONE_IOC_WRITE_HIGH, "i686": _FICLONE_IOC_WRITE_HIGH,
+    "aarch64": _FICLONE_IOC_WRITE_HIGH, "arm64": _FICLONE_IOC_WRITE_HIGH,
+    "riscv64": _FICLONE_IOC_WRITE_HIGH, "s390x": _FICLONE_IOC_WRITE_HIGH,
+    "loongarch64": _FICLONE_IOC_WRITE_HIGH,
+    "ppc": _FICLONE_IOC_WRITE_LOW, "ppc64": _FICLONE_IOC_WRITE_LOW, "ppc64le": _FICLONE_IOC_WRITE_LOW,
+    "mips": _FICLONE_IOC_WRITE_LOW, "mips64": _FICLONE_IOC_WRITE_LOW,
+    "sparc": _FICLONE_IOC_WRITE_LOW, "sparc64": _FICLONE_IOC_WRITE_LOW,
+}
+
+# The fallback copy reads data in chunks of this size and leaves a hole where
+# a whole chunk is zero.  Detecting 4 KiB zero blocks as cp does fragments the
+# image into tens of thousands of extents for no real saving (see
+# docs/performance.md); 1 MiB keeps the saving and the layout.
+COPY_CHUNK = 1024 * 1024
+_ZERO_CHUNK = bytes(COPY_CHUNK)
+
+# Indirection that the fault-injection tests replace: the lowest level at
+# which the ioctl can fail on demand from within the process.
+_ioctl = fcntl.ioctl
+
+
+def ficlone_request():
+    """The FICLONE ioctl request number for this machine; CloneError if unknown."""
+    value = getattr(fcntl, "FICLONE", None)
+    if value is not None:
+        return value
+    machine = platform.machine()
+    if machine in _FICLONE_BY_MACHINE:
+        return _FICLONE_BY_MACHINE[machine]
+    if machine.startswith("arm"):  # armv7l, armv8l, ...
+        return _FICLONE_IOC_WRITE_HIGH
+    raise CloneError(
+        "FICLONE's ioctl number is not known for the architecture %r; "
+        "use Python 3.12 or newer, whose fcntl module provides it" % machine)
+
+
+def ficlone(dst_fd, src_fd):
+    """Make ``dst_fd`` share all of ``src_fd``'s extents (raises OSError as the ioctl does)."""
+    _ioctl(dst_fd, ficlone_request(), src_fd)
+
+
+def sparse_copy(src_fd, dst_fd, length):
+    """Copy the first ``length`` bytes of ``src_fd`` into the empty ``dst_fd``, sparsely.
+
+    Only data segments (SEEK_DATA/SEEK_HOLE) are read; within them a chunk that
+    is entirely zero is not written, so it stays a hole.  ``dst_fd`` gets its
+    final size first: XFS otherwise preallocates far beyond what is written.
+    Returns the number of bytes written.
+    """
+    os.ftruncate(dst_fd, length)
+    buffer = bytearray(COPY_CHUNK)
+    view = memoryview(buffer)
+    written = 0
+    position = 0
+    while position < length:
+        try:
+            data_start = os.lseek(src_fd, position, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # nothing but a hole up to the end
+                break
+            raise
+        if data_start >= length:
+            break
+        data_end = min(os.lseek(src_fd, data_start, os.SEEK_HOLE), length)
+        written += _copy_segment(src_fd, dst_fd, data_start, data_end, view)
+        position = data_end
+    return written
+
+
+def _copy_segment(src_fd, dst_fd, start, end, view):
+    written = 0
+    offset = start
+    while offset < end:
+        # Chunks are aligned to COPY_CHUNK in the file, so skipped chunks leave aligned holes.
+        want = min(COPY_CHUNK - offset % COPY_CHUNK, end - offset)
+        got = os.preadv(src_fd, [view[:want]], offset)
+        if got == 0:  # the source shrank under us; the rest stays a hole
+            break
+        chunk = view[:got]
+        if chunk != _ZERO_CHUNK[:got]:
+            done = 0
+            while done < got:
+                done += os.pwritev(dst_fd, [chunk[done:]], offset + done)
+            written += got
+        offset += got
+    return written
+
+
+def fill_from(dst_fd, src_fd, *, dst_size=None, allow_copy=True, describe=None):
+    """Fill the new, empty file ``dst_fd`` with the content of ``src_fd``.
+
+    Clone when the filesystem can (FICLONE); where the errno gate allows, copy
+    sparsely instead, unless ``allow_copy`` is false.  ``dst_size`` None keeps
+    the source's size, 0 gives an empty file without touching the source, any
+    other value truncates or extends the result.  ``describe`` is a
+    ``(source, destination)`` pair of paths for error messages.  Returns
+    REFLINK, COPY or EMPTY.
+    """
+    if dst_size == 0:
+        return EMPTY
+    src_size = os.fstat(src_fd).st_size
+    try:
+        ficlone(dst_fd, src_fd)
+        how = REFLINK
+    except OSError as exc:
+        source, destination = describe or ("source", "destination")
+        if exc.errno not in FALLBACK_ERRNOS:
+            raise CloneError(
+                "cloning %s to %s failed: %s (errno %s); this is not a 'reflink not supported' "
+                "error, so no copy was attempted" % (source, destination, exc.strerror,
+                                                     errno.errorcode.get(exc.errno, exc.errno)),
+                exc.errno) from None
+        if not allow_copy:
+            raise CloneError(
+                "cannot reflink %s to %s (%s) and copying is not allowed (fallback: never)"
+                % (source, destination, errno.errorcode.get(exc.errno, exc.errno)), exc.errno) from None
+        copy_length = src_size if dst_size is None else min(src_size, dst_size)
+        sparse_copy(src_fd, dst_fd, copy_length)
+        how = COPY
+    if dst_size is not None and dst_size != src_size:
+        os.ftruncate(dst_fd, dst_size)
+    return how
+
+
+def copy_times(src_fd, dst_fd):
+    """Give ``dst_fd`` the access and modification times of ``src_fd`` (nanoseconds)."""
+    st = os.fstat(src_fd)
+    os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def clone_file(src_dir, src_name, dst_dir, dst_name, *, dst_size=None, copy_mtime=False, allow_copy=True):
+    """Make ``dst_dir/dst_name`` a new inode with the content of ``src_dir/src_name``.
+
+    The destination is written by :meth:`Directory.write_new_file` (atomic,
+    durable, 0600).  Returns REFLINK, COPY or EMPTY.
+    """
+    src_fd = src_dir.open_file(src_name, os.O_RDONLY)
+    try:
+        def fill(dst_fd):
+            how = fill_from(dst_fd, src_fd, dst_size=dst_size, allow_copy=allow_copy,
+                            describe=(src_dir.join(src_name), dst_dir.join(dst_name)))
+            if copy_mtime:
+                copy_times(src_fd, dst_fd)
+            return how
+        return dst_dir.write_new_file(dst_name, fill)
+    finally:
+        os.close(src_fd)
+
+
+def probe_reflink(directory):
+    """Whether files in ``directory`` (a Directory) can be reflinked.
+
+    Two unnamed files (named tempfiles where O_TMPFILE is missing, removed
+    again); the source gets a few bytes, written out before the ioctl, because
+    some filesystems refuse to clone data still in the page cache only.
+    Errors outside the errno gate are raised.
+    """
+    created = []
+
+    def new_file():
+        fd, name = directory.open_unnamed(".reflink-probe")
+        if name is not None:
+            created.append(name)
+        return fd
+
+    src_fd = dst_fd = None
+    try:
+        src_fd = new_file()
+        dst_fd = new_file()
+        os.write(src_fd, b"dom0.reflink probe\n" * 256)
+        os.fsync(src_fd)
+        try:
+            ficlone(dst_fd, src_fd)
+        except OSError as exc:
+            if exc.errno in FALLBACK_ERRNOS:
+                return False
+            raise CloneError("reflink probe in %s failed: %s" % (directory.path, exc.strerror), exc.errno) from None
+        return True
+    finally:
+        for fd in (src_fd, dst_fd):
+            if fd is not None:
+                os.close(fd)
+        for name in created:
+            directory.unlink(name, sync=False, missing_ok=True)

@@ -1,0 +1,47 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Errors raised by the core.
+
+Every error carries a message meant for the person who runs the playbook: what
+is wrong and, where there is one, what to do about it.  The module glue turns
+any of them into ``fail_json(msg=...)``.
+"""
+
+from __future__ import annotations
+
+
+class ReflinkError(Exception):
+    """Base class of every error the core raises on purpose."""
+
+
+class InvalidArgument(ReflinkError):
+    """A value given by the user (vid, size, revision, duration) is malformed."""
+
+
+class UnsafePath(ReflinkError):
+    """Something in the pool is not what the layout allows (a symlink, a non-directory)."""
+
+
+class PoolError(ReflinkError):
+    """The pool or one of its prefix directories is missing or unusable."""
+
+
+class VolumeInUse(ReflinkError):
+    """The operation would touch a volume that a VM (or qubesd) is using."""
+
+
+class VolumeStateError(ReflinkError):
+    """The volume is not in a state that allows the operation."""
+
+
+class LockTimeout(ReflinkError):
+    """A pool or volume lock was not obtained within the timeout."""
+
+
+class CloneError(ReflinkError):
+    """Cloning or copying an image failed with an error that must not be masked."""
+
+    def __init__(self, message, errno=None):
+        super().__init__(message)
+        self.errno = errno

@@ -1,0 +1,244 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Durable file operations inside a pool, never through a symlink below the pool.
+
+Every directory below the pool is opened relative to its parent's file
+descriptor with ``O_NOFOLLOW``, and every file operation names a single
+component relative to such a descriptor.  A symlink planted anywhere below the
+pool therefore cannot redirect an operation, whatever races with us: opening
+it fails with ELOOP and is reported as :class:`UnsafePath`; a rename or unlink
+acts on the link itself, never on its target.
+
+Each operation that changes a directory is followed by an ``fsync`` of that
+directory, so that once a function returns its effect survives a power cut.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import PoolError, UnsafePath
+from ansible_collections.dom0.reflink.plugins.module_utils._names import (
+    TEMPFILE_ALPHABET,
+    TEMPFILE_SUFFIX_LEN,
+)
+
+FILE_MODE = 0o600
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_O_TMPFILE = getattr(os, "O_TMPFILE", None)
+# linkat(2) of an unnamed file without CAP_DAC_READ_SEARCH goes through /proc.
+_PROC_FD = "/proc/self/fd"
+
+
+def _kind_of(mode):
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return "a special file"
+
+
+class Directory:
+    """An open directory of the pool; all names given to its methods are single components."""
+
+    def __init__(self, fd, path):
+        self.fd = fd
+        self.path = path
+
+    # -- opening ----------------------------------------------------------
+
+    @classmethod
+    def open_pool(cls, path):
+        """Open the pool directory itself (symlinks in ``path`` are followed, as qubesd does)."""
+        try:
+            fd = os.open(path, _DIR_FLAGS)
+        except FileNotFoundError:
+            raise PoolError("pool directory %s does not exist; create it with dom0.reflink.reflink_pool" % path) from None
+        except NotADirectoryError:
+            raise PoolError("pool %s is not a directory" % path) from None
+        except OSError as exc:
+            raise PoolError("cannot open pool directory %s: %s" % (path, exc.strerror)) from None
+        return cls(fd, path)
+
+    def open_dir(self, name, create=False, mode=0o755):
+        """Open subdirectory ``name``; with ``create`` make it first if it is missing.
+
+        Returns None when it is missing and ``create`` is false.
+        """
+        for _attempt in range(2):
+            try:
+                fd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=self.fd)
+                return Directory(fd, self.join(name))
+            except FileNotFoundError:
+                if not create:
+                    return None
+                self.mkdir(name, mode)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                found = self.lstat(name)
+                raise UnsafePath(
+                    "%s is %s, expected a directory; refusing to go through it"
+                    % (self.join(name), _kind_of(found.st_mode) if found else "not a directory")) from None
+        raise PoolError("directory %s vanished while it was being created" % self.join(name))
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def join(self, name):
+        return os.path.join(self.path, name)
+
+    # -- reading ----------------------------------------------------------
+
+    def names(self):
+        """Names in the directory (one getdents pass, no stat)."""
+        # listdir(fd) reads through a duplicate that shares the directory
+        # offset: rewind, or a second listing of the same fd comes back empty.
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        return os.listdir(self.fd)
+
+    def lstat(self, name):
+        """``lstat`` of ``name``, or None if it does not exist."""
+        try:
+            return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def regular_lstat(self, name):
+        """Like :meth:`lstat`, but anything other than a regular file is an UnsafePath error."""
+        found = self.lstat(name)
+        if found is not None and not stat.S_ISREG(found.st_mode):
+            raise UnsafePath("%s is %s, expected a regular image file; remove it by hand after checking it"
+                             % (self.join(name), _kind_of(found.st_mode)))
+        return found
+
+    def open_file(self, name, flags, mode=FILE_MODE):
+        """``open`` a regular file with O_NOFOLLOW; a symlink is reported as UnsafePath."""
+        try:
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath("%s is a symlink; refusing to follow it" % self.join(name)) from None
+            raise
+
+    # -- durable changes --------------------------------------------------
+
+    def fsync(self):
+        os.fsync(self.fd)
+
+    def rename(self, src, dst, sync=True):
+        os.rename(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        if sync:
+            self.fsync()
+
+    def unlink(self, name, sync=True, missing_ok=False):
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+            return False
+        if sync:
+            self.fsync()
+        return True
+
+    def mkdir(self, name, mode=0o755, sync=True):
+        os.mkdir(name, mode, dir_fd=self.fd)
+        if sync:
+            self.fsync()
+
+    def rmdir(self, name, sync=True):
+        os.rmdir(name, dir_fd=self.fd)
+        if sync:
+            self.fsync()
+
+    def link_open_file(self, fd, name):
+        """Give the open file ``fd`` (e.g. an unnamed O_TMPFILE file) the name ``name``."""
+        os.link(os.path.join(_PROC_FD, str(fd)), name, dst_dir_fd=self.fd, follow_symlinks=True)
+
+    def truncate(self, name, size):
+        """Change the size of an existing file in place and make it durable."""
+        fd = self.open_file(name, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def write_new_file(self, name, fill, mode=FILE_MODE):
+        """Atomically (re)place ``name`` by a new file whose content ``fill(fd)`` writes.
+
+        The file is written unnamed (O_TMPFILE) where the filesystem allows it,
+        else under a ``<name>~XXXXXXXX`` tempfile; it gets ``mode``, is fsynced,
+        linked to a tempfile name and renamed over ``name``, and the directory is
+        fsynced.  On any error nothing is left behind and an existing ``name`` is
+        untouched.  Returns what ``fill`` returned.
+        """
+        fd, tmp_name = self.open_unnamed(name, mode)
+        try:
+            result = fill(fd)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+            if tmp_name is None:
+                tmp_name = self._link_to_temp_name(fd, name)
+            self.rename(tmp_name, name)
+            tmp_name = None
+            return result
+        finally:
+            os.close(fd)
+            if tmp_name is not None:
+                self.unlink(tmp_name, sync=False, missing_ok=True)
+
+    def open_unnamed(self, name, mode=FILE_MODE):
+        """Open a new file for writing that will be called ``name``.
+
+        Returns ``(fd, None)`` for an unnamed O_TMPFILE file, or ``(fd,
+        tempfile_name)`` where the filesystem has no O_TMPFILE.
+        """
+        if _O_TMPFILE is not None:
+            try:
+                return os.open(".", _O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode, dir_fd=self.fd), None
+            except OSError as exc:
+                # Filesystems without O_TMPFILE say EOPNOTSUPP (or EISDIR on old kernels).
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+        while True:
+            tmp_name = temp_name(name)
+            try:
+                return self.open_file(tmp_name, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode), tmp_name
+            except FileExistsError:
+                continue
+
+    def _link_to_temp_name(self, fd, name):
+        while True:
+            tmp_name = temp_name(name)
+            try:
+                self.link_open_file(fd, tmp_name)
+                return tmp_name
+            except FileExistsError:
+                continue
+
+
+def temp_name(final_name):
+    """A fresh tempfile name for ``final_name``: ``<final_name>~`` and 8 random characters."""
+    suffix = "".join(secrets.choice(TEMPFILE_ALPHABET) for _ in range(TEMPFILE_SUFFIX_LEN))
+    return "%s~%s" % (final_name, suffix)
+
+
+def allocated_bytes(st):
+    """Bytes the filesystem allocated to a file (``st_blocks`` is in 512-byte units)."""
+    return st.st_blocks * 512

@@ -1,0 +1,204 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Cross-process locks of a pool: ``flock`` on files under ``<pool>/.reflink/locks/``.
+
+One lock per pool (shared for work on one volume, exclusive for pool-wide
+work such as gc) and one per volume (exclusive).  The pool lock is always taken
+first.  The kernel drops a flock when its holder dies, so there is no stale lock
+to clean up; lock files themselves are kept, since removing a lock file while
+another process waits on it would split the lock in two.
+
+An exclusive holder writes who it is into its lock file, so that a process
+that times out can name it (``/proc/locks`` tells which pid holds it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import LockTimeout
+
+METADATA_DIR = ".reflink"
+LOCKS_DIR = "locks"
+POOL_LOCK = "pool.lock"
+_PROC_LOCKS = "/proc/locks"
+_POLL_START = 0.01
+_POLL_MAX = 0.25
+
+
+def metadata_dir(pool_dir, create):
+    """``<pool>/.reflink`` as a Directory (mode 0700), or None if missing and not ``create``."""
+    return pool_dir.open_dir(METADATA_DIR, create=create, mode=0o700)
+
+
+@contextlib.contextmanager
+def _locks_dir(pool_dir, create):
+    meta = metadata_dir(pool_dir, create)
+    if meta is None:
+        yield None
+        return
+    with meta:
+        locks = meta.open_dir(LOCKS_DIR, create=create, mode=0o700)
+        if locks is None:
+            yield None
+            return
+        with locks:
+            yield locks
+
+
+def _holders(st):
+    """Pids holding a flock on the file with stat ``st``, from /proc/locks."""
+    device = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    pids = []
+    try:
+        with open(_PROC_LOCKS, encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                fields = line.split()
+                # "N: FLOCK ADVISORY WRITE pid maj:min:ino start end"; waiters have "->" after N:
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
+                    pids.append(int(fields[4]))
+    except (OSError, ValueError):
+        pass
+    return pids
+
+
+def _describe_holders(fd, path):
+    st = os.fstat(fd)
+    pids = _holders(st)
+    try:
+        record = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        record = {}
+    parts = []
+    for pid in pids:
+        text = "pid %d" % pid
+        if record.get("pid") == pid:
+            text += " (%s, since %s)" % (record.get("purpose", "?"), record.get("since", "?"))
+        else:
+            try:
+                with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                    command = handle.read().replace(b"\0", b" ").strip().decode(errors="replace")
+                if command:
+                    text += " (%s)" % command[:120]
+            except OSError:
+                pass
+        parts.append(text)
+    if not parts:
+        return "another process (it may just have released it)"
+    return ", ".join(parts)
+
+
+class Lock:
+    """A held flock; release with :meth:`release` or by leaving the ``with`` block."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+
+def acquire(directory, name, *, exclusive, timeout, purpose, what, create=True):
+    """Take the flock on ``directory/name`` within ``timeout`` seconds.
+
+    Returns a :class:`Lock`, or None when ``create`` is false and the lock file
+    does not exist (check mode: nothing can be holding it for our kind of work
+    then, and we must not create it).  Raises LockTimeout naming the holder.
+    """
+    flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    try:
+        fd = directory.open_file(name, flags, 0o600)
+    except FileNotFoundError:
+        return None
+    operation = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+    deadline = time.monotonic() + timeout
+    delay = _POLL_START
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, operation)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(
+                        "timed out after %s s waiting for the %s lock (%s): held by %s; "
+                        "retry when it is done or raise lock_timeout"
+                        % (timeout, what, directory.join(name), _describe_holders(fd, directory.join(name)))) from None
+                time.sleep(delay)
+                delay = min(delay * 2, _POLL_MAX)
+        if exclusive:
+            record = json.dumps({
+                "pid": os.getpid(),
+                "purpose": purpose,
+                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return Lock(fd)
+
+
+@contextlib.contextmanager
+def pool_lock(pool_dir, *, exclusive, timeout, purpose, create=True):
+    """Hold the pool lock (shared or exclusive) for the ``with`` block."""
+    with _locks_dir(pool_dir, create) as locks:
+        lock = None
+        if locks is not None:
+            lock = acquire(locks, POOL_LOCK, exclusive=exclusive, timeout=timeout, purpose=purpose,
+                           what="pool", create=create)
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+@contextlib.contextmanager
+def volume_lock(pool_dir, vid, *, timeout, purpose, create=True, exclusive=True):
+    """Hold the pool lock shared and the volume lock of ``vid`` for the ``with`` block.
+
+    ``exclusive=False`` takes the volume lock shared, for reading a source volume.
+    """
+    with _locks_dir(pool_dir, create) as locks:
+        held = []
+        try:
+            if locks is not None:
+                for name, excl, what in ((POOL_LOCK, False, "pool"),
+                                         (vid.lock_name, exclusive, "volume %s" % vid)):
+                    lock = acquire(locks, name, exclusive=excl, timeout=timeout, purpose=purpose,
+                                   what=what, create=create)
+                    if lock is not None:
+                        held.append(lock)
+            yield
+        finally:
+            for lock in reversed(held):
+                lock.release()
+
+
+def try_volume_lock(locks_dir, vid):
+    """Take ``vid``'s lock exclusively without waiting; None if it is held or absent (for gc)."""
+    try:
+        fd = locks_dir.open_file(vid.lock_name, os.O_RDWR)
+    except FileNotFoundError:
+        return Lock(None)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return Lock(fd)

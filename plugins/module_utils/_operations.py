@@ -1,0 +1,159 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Plans of the volume operations of the contract: create, resize, commit, remove.
+
+Each ``plan_*`` function reads a :class:`VolumeFiles` (and what surrounds the
+volume), refuses what must not be done with a clear error, and returns the
+list of actions that brings the volume to the wanted state; an empty list
+means there is nothing to do.  Nothing here touches the disk.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.dom0.reflink.plugins.module_utils import _actions as act
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import (
+    InvalidArgument,
+    VolumeInUse,
+    VolumeStateError,
+)
+from ansible_collections.dom0.reflink.plugins.module_utils._names import format_timestamp
+
+# revisions_to_keep: -1 means "snapshots disabled": no revision, no precache.
+SNAPSHOTS_DISABLED = -1
+
+
+def check_revisions_to_keep(value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < SNAPSHOTS_DISABLED:
+        raise InvalidArgument("revisions_to_keep must be an integer >= -1 (got %r)" % (value,))
+    return value
+
+
+class VolumePlanner:
+    """Plans for one volume, given its files and what surrounds it."""
+
+    def __init__(self, files, surroundings, rel):
+        self.files = files
+        self.vid = files.vid
+        self.surroundings = surroundings
+        self.rel = rel
+
+    # -- building blocks ---------------------------------------------------
+
+    def refuse_if_in_use(self, what):
+        reasons = self.surroundings.in_use_reasons(self.files)
+        if reasons:
+            raise VolumeInUse("cannot %s volume %s: it is in use (%s)" % (what, self.vid, "; ".join(reasons)))
+
+    def new_precache(self):
+        return act.Clone(self.rel, self.vid.clean, self.vid.precache, "refresh precache",
+                         copy_mtime=True)
+
+    def remove_everything(self, why):
+        """Remove actions for every file of the volume (the dirty image last)."""
+        files = self.files
+        ordered = list(files.tempfiles)
+        ordered.extend(info for info in (files.import_,) if info)
+        ordered.extend(info for _, info in files.revisions)
+        ordered.extend(files.junk_revisions)
+        ordered.extend(info for info in (files.clean, files.precache, files.dirty) if info)
+        return [act.Remove(self.rel, info.name, why) for info in ordered]
+
+    def commit(self, staged, keep):
+        """Make the file ``staged`` the new clean image, as qubesd's commit does."""
+        vid = self.vid
+        files = self.files
+        actions = []
+        added = 0
+        if keep > 0 and files.clean is not None:
+            name = vid.revision(files.next_revision(), format_timestamp(files.clean.mtime_ns // 10 ** 9))
+            actions.append(act.Clone(self.rel, vid.clean, name, "keep the old image as a revision"))
+            added = 1
+        excess = len(files.revisions) + added - max(keep, 0)
+        for number, info in files.revisions[:max(excess, 0)]:
+            actions.append(act.Remove(self.rel, info.name,
+                                      "revision %d is beyond revisions_to_keep=%d" % (number, keep)))
+        if staged == vid.dirty:
+            actions.append(act.Fsync(self.rel, staged))
+        if files.precache is not None:
+            actions.append(act.Remove(self.rel, vid.precache, "the precache is about to go stale"))
+        actions.append(act.Rename(self.rel, staged, vid.clean, "commit"))
+        if keep != SNAPSHOTS_DISABLED:
+            actions.append(self.new_precache())
+        return actions
+
+    # -- operations --------------------------------------------------------
+
+    def create(self, size, keep, vm_dir_exists):
+        """A new origin volume: no leftover of an earlier one, a sparse clean, its precache."""
+        actions = self.remove_everything("leftover of an earlier volume with this vid")
+        if not vm_dir_exists:
+            actions.append(act.MakeVmDir(self.vid))
+        actions.append(act.CreateSparse(self.rel, self.vid.clean, size))
+        if keep != SNAPSHOTS_DISABLED:
+            actions.append(self.new_precache())
+        return actions
+
+    def resize(self, size, allow_shrink, keep):
+        files = self.files
+        current = files.size
+        if size == current:
+            return []
+        if size < current and not allow_shrink:
+            raise VolumeStateError(
+                "refusing to shrink volume %s from %d to %d bytes: data beyond the new end is lost. "
+                "Shrink the filesystem inside first, then set allow_shrink: true" % (self.vid, current, size))
+        if files.dirty is not None:
+            running = self.surroundings.running_reasons(files)
+            if size < current and running:
+                raise VolumeInUse("cannot shrink volume %s while it is running (%s)"
+                                  % (self.vid, "; ".join(running)))
+            actions = [act.ResizeInPlace(self.rel, self.vid.dirty, size)]
+            for device in self.surroundings.loops_of(self.vid, self.vid.dirty):
+                actions.append(act.SetLoopCapacity(device))
+            return actions
+        # Stopped: never mutate clean (a backup may be reading it); give it a new inode.
+        actions = []
+        if files.precache is not None:
+            actions.append(act.Remove(self.rel, self.vid.precache, "the precache is about to go stale"))
+        actions.append(act.Clone(self.rel, self.vid.clean, self.vid.clean,
+                                 "resize (new inode)", size=size))
+        if keep != SNAPSHOTS_DISABLED:
+            actions.append(self.new_precache())
+        return actions
+
+    def present(self, size, allow_shrink, keep, vm_dir_exists):
+        files = self.files
+        if not files.exists:
+            if size is None:
+                raise InvalidArgument("volume %s does not exist: give size to create it" % self.vid)
+            return self.create(size, keep, vm_dir_exists)
+        if size is not None and size != files.size:
+            return self.resize(size, allow_shrink, keep)
+        if files.dirty is None and keep != SNAPSHOTS_DISABLED and files.precache_state != "fresh":
+            # Converge after a crash between a commit's rename and its new precache.
+            actions = []
+            if files.precache is not None:
+                actions.append(act.Remove(self.rel, self.vid.precache, "stale precache"))
+            actions.append(self.new_precache())
+            return actions
+        return []
+
+    def stopped(self, keep):
+        if self.files.dirty is None:
+            return []
+        running = self.surroundings.running_reasons(self.files)
+        if running:
+            raise VolumeInUse("cannot commit volume %s: it is running (%s); stop the VM first"
+                              % (self.vid, "; ".join(running)))
+        return self.commit(self.vid.dirty, keep)
+
+    def absent(self, vm_dir_names):
+        everything = self.files.all()
+        if not everything:
+            return []
+        self.refuse_if_in_use("remove")
+        actions = self.remove_everything("volume removed")
+        if set(vm_dir_names) <= {info.name for info in everything}:
+            actions.append(act.RemoveVmDirIfEmpty(self.vid))
+        return actions

@@ -1,0 +1,126 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""How a module runs: read, plan, execute (or simulate in check mode), report.
+
+Modules hand in their AnsibleModule and a planning function; this file holds
+the part every module shares: the common options, the locks, the check-mode
+simulation, diff output, and the conversion of errors into ``fail_json``.  It
+does not import Ansible: it only calls the module object it is given.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.dom0.reflink.plugins.module_utils._actions import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._locks import volume_lock
+from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_vid
+from ansible_collections.dom0.reflink.plugins.module_utils._operations import VolumePlanner
+from ansible_collections.dom0.reflink.plugins.module_utils._volume import (
+    Surroundings,
+    VolumeFiles,
+    read_volume,
+    volume_report,
+)
+
+# The options shared by the volume modules (documented in the doc fragment
+# dom0.reflink.volume).
+VOLUME_ARGUMENT_SPEC = {
+    "pool": {"type": "path", "required": True},
+    "vid": {"type": "str", "required": True},
+    "lock_timeout": {"type": "int", "default": 60},
+}
+
+
+def volume_argument_spec(**extra):
+    """The shared options plus the module's own."""
+    spec = dict(VOLUME_ARGUMENT_SPEC)
+    spec.update(extra)
+    return spec
+
+
+class PlanFailed(ReflinkError):
+    """An action of a plan failed; ``done`` lists the actions that completed before it."""
+
+    def __init__(self, message, done):
+        super().__init__(message)
+        self.done = done
+
+
+def execute(actions, workspace):
+    """Run ``actions`` in order; on failure raise PlanFailed naming the failed step."""
+    done = []
+    for action in actions:
+        try:
+            action.run(workspace)
+        except ReflinkError as exc:
+            raise PlanFailed("%s; failed at step '%s'" % (exc, action.text), done) from None
+        except OSError as exc:
+            where = " (%s)" % exc.filename if exc.filename else ""
+            raise PlanFailed("step '%s' failed: %s%s; completed steps are listed in actions, "
+                             "run the task again to finish" % (action.text, exc.strerror or exc, where),
+                             done) from None
+        done.append(action.done)
+    return done
+
+
+def simulate(files, actions):
+    """The VolumeFiles that ``actions`` would leave, computed without touching the disk."""
+    listing = {info.name: info for info in files.all()}
+    for action in actions:
+        action.simulate(listing)
+    return VolumeFiles.from_infos(files.vid, listing.values())
+
+
+def run_volume_task(params, check_mode, diff, purpose, plan):
+    """Run one volume module's task and return its result dict.
+
+    ``plan(planner, context)`` returns the list of actions; ``context`` is a
+    dict with ``workspace`` and ``vm_dir_names`` (the VM directory's entries).
+    """
+    vid = parse_vid(params["vid"])
+    pool = params["pool"]
+    with Directory.open_pool(pool) as pool_dir:
+        with volume_lock(pool_dir, vid, timeout=params["lock_timeout"], purpose=purpose,
+                         create=not check_mode):
+            with Workspace(pool_dir, vid) as workspace:
+                vm_dir_names = workspace.vm_dir.names() if workspace.vm_dir else []
+                files = read_volume(workspace.vm_dir, vid)
+                surroundings = Surroundings.read(pool)
+                planner = VolumePlanner(files, surroundings, workspace.rel)
+                actions = plan(planner, {"workspace": workspace, "vm_dir_names": vm_dir_names})
+                if check_mode:
+                    reported = [action.text for action in actions]
+                    after = simulate(files, actions)
+                else:
+                    reported = execute(actions, workspace)
+                    after = read_volume(workspace.vm_dir, vid)
+                result = {
+                    "changed": bool(actions),
+                    "actions": reported,
+                    "volume": volume_report(pool, after, surroundings),
+                }
+                if diff:
+                    result["diff"] = {"before": files.summary(), "after": after.summary()}
+                return result
+
+
+def main_wrapper(module, work):
+    """Call ``work()`` and exit the module with its result, or fail with a clear message."""
+    try:
+        result = work()
+    except PlanFailed as exc:
+        module.fail_json(msg=str(exc), actions=exc.done, changed=bool(exc.done))
+    except ReflinkError as exc:
+        module.fail_json(msg=str(exc), actions=[], changed=False)
+    except OSError as exc:
+        where = " (%s)" % exc.filename if exc.filename else ""
+        module.fail_json(msg="%s%s" % (exc.strerror or exc, where), actions=[], changed=False)
+    module.exit_json(**result)
+
+
+def path_of(pool, vid, name):
+    return os.path.join(pool, vid.vm_dir, name)

@@ -1,0 +1,217 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: reflink_volume
+short_description: Create, resize, commit or remove a volume image in a reflink pool
+version_added: 0.1.0
+description:
+  - Manages one origin volume (one that keeps its data while the VM is stopped, such as a VM's
+    V(private) volume or a template's V(root)) in a C(file-reflink) pool, with exactly the files
+    Qubes OS' qubesd uses, so that both can work on the same pool.
+  - The module reads the volume's files, plans the file operations that bring it to the wanted
+    state, and runs them; RV(actions) lists each of them in plain words.
+  - Every step is atomic and durable (new files are written unnamed or under a tempfile, fsynced,
+    and renamed into place; directories are fsynced). A run that is interrupted leaves a state
+    that the next run of the same task completes.
+extends_documentation_fragment:
+  - dom0.reflink.volume
+  - dom0.reflink.attributes
+options:
+  state:
+    description:
+      - V(present) creates the volume if it does not exist (a sparse image of O(size) and its
+        precache), after removing every leftover file of an earlier volume with the same O(vid).
+        On an existing volume a different O(size) resizes it, and a missing or stale precache
+        is made anew.
+      - V(absent) removes every file of the volume, then its VM directory if that is left empty.
+        Refused while the volume is in use.
+      - V(stopped) commits a pending dirty image as qubesd does when a VM stops (the old clean
+        image becomes a revision, old revisions beyond O(revisions_to_keep) are removed, the
+        dirty image becomes the clean image, a new precache is made). Use it to repair a volume
+        whose VM halted without qubesd committing it. Refused while the VM runs.
+    type: str
+    choices: [present, absent, stopped]
+    default: present
+  size:
+    description:
+      - Size of the volume, required to create it. Bytes as an integer, or a number with a
+        binary unit (V(K), V(M), V(G), V(T) or V(KiB), V(MiB), V(GiB), V(TiB), any case),
+        for example V(20G), V(512MiB), V(1.5G) (rounded down to a whole byte).
+      - On an existing volume, a larger size grows it. A stopped volume gets a new image (a
+        reflink of the old one, extended), so a backup reading the old image is not disturbed.
+        A running volume (dirty image present) is extended in place and every loop device
+        backed by it is told its new size.
+      - A smaller size is refused unless O(allow_shrink=true).
+    type: raw
+  allow_shrink:
+    description:
+      - Allow O(size) to be smaller than the volume. Data beyond the new end is lost:
+        shrink the filesystem inside the image first. A running volume is never shrunk.
+    type: bool
+    default: false
+  revisions_to_keep:
+    description:
+      - How many old images to keep as revisions when a commit replaces the clean image
+        (O(state=stopped)). V(0) keeps none. V(-1) means snapshots are disabled for the
+        volume: no revision and no precache are kept, and older revisions are removed.
+    type: int
+    default: 1
+seealso:
+  - module: dom0.reflink.reflink_pool
+  - module: dom0.reflink.reflink_import
+  - module: dom0.reflink.reflink_info
+author:
+  - dom0.reflink contributors
+"""
+
+EXAMPLES = r"""
+- name: Create a 2 GiB private volume for the VM work
+  dom0.reflink.reflink_volume:
+    pool: /var/lib/qubes
+    vid: appvms/work/private
+    size: 2G
+
+- name: Grow it to 20 GiB (in place if the VM is running)
+  dom0.reflink.reflink_volume:
+    pool: /var/lib/qubes
+    vid: appvms/work/private
+    size: 20GiB
+
+- name: Shrink it, after the filesystem inside has been shrunk
+  dom0.reflink.reflink_volume:
+    pool: /var/lib/qubes
+    vid: appvms/work/private
+    size: 10G
+    allow_shrink: true
+
+- name: Commit the dirty image a crashed VM left, keeping three revisions
+  dom0.reflink.reflink_volume:
+    pool: /var/lib/qubes
+    vid: vm-templates/debian-12/root
+    state: stopped
+    revisions_to_keep: 3
+
+- name: Remove a volume and every revision of it
+  dom0.reflink.reflink_volume:
+    pool: /var/lib/qubes
+    vid: appvms/old/private
+    state: absent
+"""
+
+RETURN = r"""
+actions:
+  description: Each file operation done (planned, in check mode), in order, in plain words.
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - "create VM directory appvms/work"
+    - "create sparse image appvms/work/private.img of 2147483648 bytes"
+    - "refresh precache: appvms/work/private-precache.img from appvms/work/private.img (reflink)"
+volume:
+  description: The volume after the task (as it would be, in check mode).
+  returned: always
+  type: dict
+  contains:
+    vid:
+      description: The volume id.
+      type: str
+      sample: appvms/work/private
+    image:
+      description: Path of the clean image.
+      type: str
+      sample: /var/lib/qubes/appvms/work/private.img
+    size:
+      description: Size in bytes, from the dirty image if there is one, else from the clean image; 0 when absent.
+      type: int
+      sample: 2147483648
+    usage:
+      description: Bytes allocated on disk for that image (extents shared with revisions are counted in full).
+      type: int
+      sample: 1048576
+    revisions:
+      description: Revisions, oldest first.
+      type: list
+      elements: dict
+      contains:
+        id:
+          description: Revision number.
+          type: int
+        timestamp:
+          description: Modification time (UTC) of the clean image that became this revision.
+          type: str
+          sample: "2026-11-26T03:40:59Z"
+    state:
+      description:
+        - V(absent), V(stopped), V(running) (a loop device or qubesd's running-state file says so),
+          or V(dirty) (halted with a commit pending).
+      type: str
+      sample: stopped
+    in_use:
+      description: Whether the volume is in use (see RV(volume.in_use_reasons)).
+      type: bool
+      sample: false
+    in_use_reasons:
+      description: Why the volume is in use, in plain words.
+      type: list
+      elements: str
+      sample: []
+    precache:
+      description: V(fresh), V(stale) or V(missing).
+      type: str
+      sample: fresh
+diff:
+  description: With C(--diff), the volume's files and revision ids before and after.
+  returned: when diff mode is on
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.dom0.reflink.plugins.module_utils._operations import check_revisions_to_keep
+from ansible_collections.dom0.reflink.plugins.module_utils._task import (
+    main_wrapper,
+    run_volume_task,
+    volume_argument_spec,
+)
+from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_size
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=volume_argument_spec(
+            state={"type": "str", "default": "present", "choices": ["present", "absent", "stopped"]},
+            size={"type": "raw"},
+            allow_shrink={"type": "bool", "default": False},
+            revisions_to_keep={"type": "int", "default": 1},
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+
+    def work():
+        size = None if params["size"] is None else parse_size(params["size"])
+        keep = check_revisions_to_keep(params["revisions_to_keep"])
+        state = params["state"]
+
+        def plan(planner, context):
+            if state == "absent":
+                return planner.absent(context["vm_dir_names"])
+            if state == "stopped":
+                return planner.stopped(keep)
+            return planner.present(size, params["allow_shrink"], keep,
+                                   vm_dir_exists=context["workspace"].vm_dir is not None)
+
+        return run_volume_task(params, module.check_mode, module._diff,
+                               "reflink_volume state=%s %s" % (state, params["vid"]), plan)
+
+    main_wrapper(module, work)
+
+
+if __name__ == "__main__":
+    main()
