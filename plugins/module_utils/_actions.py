@@ -209,3 +209,14 @@ class Workspace:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+class Step(Action):
+    """A pool-level step: a sentence and the function that does it."""
+
+    def __init__(self, text, function):
+        self.text = text
+        self.function = function
+
+    def run(self, workspace):
+        self.function()

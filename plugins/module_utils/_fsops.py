@@ -88,6 +88,14 @@ class Directory:
                     % (self.join(name), _kind_of(found.st_mode) if found else "not a directory")) from None
         raise PoolError("directory %s vanished while it was being created" % self.join(name))
 
+    def has_subdir(self, name):
+        """Whether subdirectory ``name`` exists (UnsafePath if it is a symlink or a file)."""
+        directory = self.open_dir(name)
+        if directory is None:
+            return False
+        directory.close()
+        return True
+
     def close(self):
         if self.fd is not None:
             os.close(self.fd)
@@ -242,3 +250,18 @@ def temp_name(final_name):
 def allocated_bytes(st):
     """Bytes the filesystem allocated to a file (``st_blocks`` is in 512-byte units)."""
     return st.st_blocks * 512
+
+
+def remove_tree(parent, name):
+    """Remove the directory ``parent/name`` and everything in it, without following symlinks."""
+    directory = parent.open_dir(name)
+    if directory is None:
+        return
+    with directory:
+        for entry in directory.names():
+            st = directory.lstat(entry)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                remove_tree(directory, entry)
+            else:
+                directory.unlink(entry, sync=False, missing_ok=True)
+    parent.rmdir(name)

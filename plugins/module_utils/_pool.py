@@ -1,0 +1,311 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The pool as a whole: its filesystem, its setup and removal, and one-walk scans."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from ansible_collections.dom0.reflink.plugins.module_utils import _names as names
+from ansible_collections.dom0.reflink.plugins.module_utils._actions import Step
+from ansible_collections.dom0.reflink.plugins.module_utils._clone import probe_reflink
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import (
+    InvalidArgument,
+    PoolError,
+    UnsafePath,
+)
+from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory, remove_tree
+from ansible_collections.dom0.reflink.plugins.module_utils._locks import METADATA_DIR, pool_lock
+from ansible_collections.dom0.reflink.plugins.module_utils._task import execute
+from ansible_collections.dom0.reflink.plugins.module_utils._volume import (
+    Surroundings,
+    VolumeFiles,
+    scan_names,
+    volume_report,
+)
+
+_MOUNTINFO = "/proc/self/mountinfo"
+
+
+def filesystem_type(path):
+    """Type of the filesystem holding ``path`` (from the longest matching mount point)."""
+    real = os.path.realpath(path)
+    best, fstype = "", "unknown"
+    try:
+        with open(_MOUNTINFO, encoding="utf-8", errors="surrogateescape") as handle:
+            for line in handle:
+                left, _, right = line.partition(" - ")
+                mount_point = left.split()[4].replace("\\040", " ")
+                inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
+                if inside and len(mount_point) >= len(best):
+                    best, fstype = mount_point, right.split()[0]
+    except (OSError, IndexError):
+        pass
+    return fstype
+
+
+def filesystem_report(path, reflink):
+    """The ``pool`` dict: path, filesystem type, reflink support, size and usage in bytes."""
+    st = os.statvfs(path)
+    return {
+        "path": path,
+        "fstype": filesystem_type(path),
+        "reflink": reflink,
+        "size": st.f_blocks * st.f_frsize,
+        "usage": (st.f_blocks - st.f_bfree) * st.f_frsize,
+    }
+
+
+class PoolScan:
+    """Everything under ``appvms/`` and ``vm-templates/``, read with one directory walk.
+
+    ``volumes`` maps vid string -> VolumeFiles; ``vm_dirs`` maps ``prefix/vm``
+    -> list of entry names (image or not); ``unsafe`` lists paths (relative to
+    the pool) of image-like entries that are not regular files, and of VM
+    "directories" that are symlinks or files.
+    """
+
+    def __init__(self):
+        self.volumes = {}
+        self.vm_dirs = {}
+        self.unsafe = []
+
+    @classmethod
+    def read(cls, pool_dir, only_vids=None):
+        scan = cls()
+        wanted_dirs = None
+        if only_vids is not None:
+            wanted_dirs = {vid.vm_dir for vid in only_vids}
+        for prefix in names.PREFIXES:
+            prefix_dir = pool_dir.open_dir(prefix)
+            if prefix_dir is None:
+                continue
+            with prefix_dir:
+                for vm in sorted(prefix_dir.names()):
+                    rel_dir = "%s/%s" % (prefix, vm)
+                    if wanted_dirs is not None and rel_dir not in wanted_dirs:
+                        continue
+                    scan.read_vm_dir(prefix_dir, prefix, vm)
+        if only_vids is not None:
+            wanted = {str(vid) for vid in only_vids}
+            scan.volumes = {key: value for key, value in scan.volumes.items() if key in wanted}
+            for vid in only_vids:
+                scan.volumes.setdefault(str(vid), VolumeFiles(vid))
+        return scan
+
+    def read_vm_dir(self, prefix_dir, prefix, vm):
+        rel_dir = "%s/%s" % (prefix, vm)
+        try:
+            vm_dir = prefix_dir.open_dir(vm)
+        except UnsafePath:
+            self.unsafe.append(rel_dir)
+            return
+        if vm_dir is None:
+            return
+        with vm_dir:
+            entries = vm_dir.names()
+            self.vm_dirs[rel_dir] = entries
+            infos, unsafe = scan_names(vm_dir, entries)
+        self.unsafe.extend("%s/%s" % (rel_dir, name) for name in unsafe)
+        by_volume = {}
+        for info in infos:
+            image = names.classify(info.name)
+            by_volume.setdefault(image.volume, []).append(info)
+        for volume, volume_infos in by_volume.items():
+            try:
+                vid = names.parse_vid("%s/%s/%s" % (prefix, vm, volume))
+            except InvalidArgument:
+                # A name this collection would not create (e.g. a VM called '-x'): list it as unsafe.
+                self.unsafe.extend("%s/%s" % (rel_dir, info.name) for info in volume_infos)
+                continue
+            self.volumes[str(vid)] = VolumeFiles.from_infos(vid, volume_infos)
+
+    def sorted_volumes(self):
+        return [self.volumes[key] for key in sorted(self.volumes)]
+
+
+def open_pool_or_parent(path):
+    """Open the pool, or (if it does not exist yet) check its parent; returns (Directory|None, exists)."""
+    try:
+        return Directory.open_pool(path), True
+    except PoolError:
+        if os.path.lexists(path):
+            raise
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise PoolError("cannot create pool %s: its parent directory %s does not exist "
+                        "(only the last level is created)" % (path, parent))
+    return None, False
+
+
+def image_files_in(scan):
+    """Relative paths of every image file found by ``scan``."""
+    found = []
+    for volume in scan.sorted_volumes():
+        found.extend("%s/%s" % (volume.vid.vm_dir, info.name) for info in volume.all())
+    return found
+
+
+def foreign_entries(pool_dir, scan):
+    """Entries that removing the pool would have to destroy although they are not ours."""
+    foreign = []
+    for name in pool_dir.names():
+        if name not in names.PREFIXES and name != METADATA_DIR:
+            foreign.append(name)
+    for rel_dir, entries in scan.vm_dirs.items():
+        foreign.extend("%s/%s" % (rel_dir, name) for name in entries if names.classify(name) is None)
+    foreign.extend(scan.unsafe)
+    return sorted(foreign)
+
+
+def _mkdir_step(text, parent_path, name):
+    def make():
+        with Directory.open_pool(parent_path) as parent:
+            parent.mkdir(name, 0o755)
+    return Step(text, make)
+
+
+def plan_present(path, pool_dir):
+    """Steps that create the pool directory (one level) and its two prefix directories."""
+    steps = []
+    if pool_dir is None:
+        parent, name = os.path.split(os.path.abspath(path))
+        steps.append(_mkdir_step("create pool directory %s" % path, parent, name))
+    for prefix in names.PREFIXES:
+        if pool_dir is None or not pool_dir.has_subdir(prefix):
+            steps.append(_mkdir_step("create %s/" % os.path.join(path, prefix), path, prefix))
+    return steps
+
+
+def plan_absent(path, pool_dir):
+    """Steps that remove a pool holding no image file and nothing foreign; refuses otherwise."""
+    scan = PoolScan.read(pool_dir)
+    images = image_files_in(scan)
+    if images:
+        shown = ", ".join(images[:5]) + (" and %d more" % (len(images) - 5) if len(images) > 5 else "")
+        raise PoolError("pool %s still holds %d image file(s): %s; remove the volumes first "
+                        "(dom0.reflink.reflink_volume state=absent)" % (path, len(images), shown))
+    foreign = foreign_entries(pool_dir, scan)
+    if foreign:
+        raise PoolError("pool %s holds files that are not part of a pool: %s; move them away first"
+                        % (path, ", ".join(foreign[:10])))
+    steps = []
+    for rel_dir in sorted(scan.vm_dirs):
+        prefix, vm = rel_dir.split("/")
+        steps.append(_rmdir_step("remove empty VM directory %s" % os.path.join(path, rel_dir),
+                                 os.path.join(path, prefix), vm))
+    for prefix in names.PREFIXES:
+        if pool_dir.has_subdir(prefix):
+            steps.append(_rmdir_step("remove %s/" % os.path.join(path, prefix), path, prefix))
+    if pool_dir.lstat(METADATA_DIR) is not None:
+        def remove_metadata():
+            with Directory.open_pool(path) as pool:
+                remove_tree(pool, METADATA_DIR)
+        steps.append(Step("remove %s/ (locks and journals)" % os.path.join(path, METADATA_DIR), remove_metadata))
+    parent, name = os.path.split(os.path.abspath(path))
+    steps.append(_rmdir_step("remove pool directory %s" % path, parent, name))
+    return steps
+
+
+def _rmdir_step(text, parent_path, name):
+    def remove():
+        with Directory.open_pool(parent_path) as parent:
+            parent.rmdir(name)
+    return Step(text, remove)
+
+
+def _layout(path):
+    """What diff mode shows of a pool: whether it and its prefix directories exist."""
+    return {
+        "path": path,
+        "exists": os.path.isdir(path),
+        "directories": [prefix for prefix in names.PREFIXES if os.path.isdir(os.path.join(path, prefix))],
+    }
+
+
+def run_pool_task(params, check_mode, diff):
+    """reflink_pool: plan, execute (or not, in check mode) and report."""
+    path = params["path"]
+    pool_dir, exists = open_pool_or_parent(path)
+    before = _layout(path)
+    try:
+        if params["state"] == "present":
+            probe_at = pool_dir or Directory.open_pool(os.path.dirname(os.path.abspath(path)))
+            try:
+                reflink = probe_reflink(probe_at)
+            finally:
+                if probe_at is not pool_dir:
+                    probe_at.close()
+            if not reflink and params["require_reflink"]:
+                raise PoolError(
+                    "the filesystem of %s (%s) does not support reflinks, so every clone would be a full "
+                    "copy; use btrfs or XFS (reflink=1), or set require_reflink: false"
+                    % (path, filesystem_type(path if exists else os.path.dirname(os.path.abspath(path)))))
+            with _pool_lock_if(pool_dir, params, check_mode):
+                steps = plan_present(path, pool_dir)
+                done = [step.text for step in steps] if check_mode else execute(steps, None)
+        else:
+            reflink = None
+            steps = []
+            if exists:
+                with _pool_lock_if(pool_dir, params, check_mode, create=False):
+                    steps = plan_absent(path, pool_dir)
+                    done = [step.text for step in steps] if check_mode else execute(steps, None)
+            else:
+                done = []
+    finally:
+        if pool_dir is not None:
+            pool_dir.close()
+    report_at = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    report = filesystem_report(report_at, reflink)
+    report["path"] = path
+    result = {"changed": bool(steps), "actions": done, "pool": report}
+    if diff:
+        after = _layout(path)
+        if check_mode:
+            after = {"path": path, "exists": params["state"] == "present",
+                     "directories": list(names.PREFIXES) if params["state"] == "present" else []}
+        result["diff"] = {"before": before, "after": after}
+    return result
+
+
+def _pool_lock_if(pool_dir, params, check_mode, create=True):
+    """The exclusive pool lock, when the pool exists (a pool being created has no other user)."""
+    if pool_dir is None:
+        return contextlib.nullcontext()
+    return pool_lock(pool_dir, exclusive=True, timeout=params["lock_timeout"],
+                     purpose="reflink_pool state=%s" % params["state"], create=create and not check_mode)
+
+
+def artifacts_of(files):
+    """Leftovers of a volume that gc would look at, by name."""
+    return {
+        "tempfiles": sorted(info.name for info in files.tempfiles),
+        "import_image": files.import_.name if files.import_ else None,
+        "junk_revisions": sorted(info.name for info in files.junk_revisions),
+        "stale_precache": files.precache.name if files.precache_state == "stale" else None,
+    }
+
+
+def run_info_task(params):
+    """reflink_info: report the pool and its volumes; never changes anything."""
+    path = params["pool"]
+    only = None
+    if params.get("vids"):
+        only = [names.parse_vid(vid) for vid in params["vids"]]
+    with Directory.open_pool(path) as pool_dir:
+        reflink = probe_reflink(pool_dir)
+        with pool_lock(pool_dir, exclusive=False, timeout=params["lock_timeout"],
+                       purpose="reflink_info", create=False):
+            scan = PoolScan.read(pool_dir, only)
+    surroundings = Surroundings.read(path)
+    volumes = []
+    for files in scan.sorted_volumes():
+        report = volume_report(path, files, surroundings)
+        report["artifacts"] = artifacts_of(files)
+        volumes.append(report)
+    pool = filesystem_report(path, reflink)
+    pool["unsafe_entries"] = sorted(scan.unsafe)
+    return {"changed": False, "pool": pool, "volumes": volumes}

@@ -1,0 +1,163 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: reflink_info
+short_description: Report a reflink pool and its volumes
+version_added: 0.1.0
+description:
+  - Reads a C(file-reflink) pool with one directory walk and reports its filesystem and every
+    volume found under V(appvms/) and V(vm-templates/) (or only O(vids)): size, usage, revisions,
+    state, whether it is in use and why, the state of its precache, and leftovers that
+    M(dom0.reflink.reflink_gc) would look at.
+  - Copes with every state qubesd can leave behind (running volumes, a dirty image of a halted VM,
+    leftovers of snapshot and volatile volumes, revision files with a non-numeric id).
+extends_documentation_fragment:
+  - dom0.reflink.attributes.info_module
+options:
+  pool:
+    description: The pool directory.
+    type: path
+    required: true
+  vids:
+    description:
+      - Report only these volume ids (V(appvms/<vm>/<volume>) or V(vm-templates/<vm>/<volume>)).
+        A listed volume that does not exist is reported with RV(volumes[].state=absent).
+    type: list
+    elements: str
+  lock_timeout:
+    description: Seconds to wait while a pool-wide task (such as gc) holds the pool lock.
+    type: int
+    default: 60
+seealso:
+  - module: dom0.reflink.reflink_volume
+  - module: dom0.reflink.reflink_gc
+author:
+  - dom0.reflink contributors
+"""
+
+EXAMPLES = r"""
+- name: Report every volume of the pool
+  dom0.reflink.reflink_info:
+    pool: /var/lib/qubes
+  register: pool_info
+
+- name: Show the volumes that hold leftovers
+  ansible.builtin.debug:
+    msg: "{{ pool_info.volumes | selectattr('artifacts.tempfiles') | map(attribute='vid') }}"
+
+- name: Report two volumes only
+  dom0.reflink.reflink_info:
+    pool: /var/lib/qubes
+    vids:
+      - appvms/work/private
+      - vm-templates/debian-12/root
+"""
+
+RETURN = r"""
+pool:
+  description: The pool's filesystem.
+  returned: always
+  type: dict
+  contains:
+    path:
+      description: The pool directory as given.
+      type: str
+    fstype:
+      description: Filesystem type.
+      type: str
+      sample: btrfs
+    reflink:
+      description: Whether the reflink probe (two unnamed files) succeeded.
+      type: bool
+    size:
+      description: Size of the filesystem in bytes.
+      type: int
+    usage:
+      description: Bytes in use on the filesystem.
+      type: int
+    unsafe_entries:
+      description:
+        - Paths (relative to the pool) of image-like names that are not regular files, or VM
+          directories that are symlinks. The other modules refuse to touch them.
+      type: list
+      elements: str
+volumes:
+  description: The volumes, sorted by vid.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    vid:
+      description: The volume id.
+      type: str
+    image:
+      description: Path of the clean image.
+      type: str
+    size:
+      description: Size in bytes (dirty image, else clean image; 0 when there is neither).
+      type: int
+    usage:
+      description: Allocated bytes of that image.
+      type: int
+    revisions:
+      description: Revisions (V(id), V(timestamp)), oldest first.
+      type: list
+      elements: dict
+    state:
+      description: V(absent), V(stopped), V(running) or V(dirty) (halted, commit pending).
+      type: str
+    in_use:
+      description: Whether the volume is in use.
+      type: bool
+    in_use_reasons:
+      description: Why, in plain words.
+      type: list
+      elements: str
+    precache:
+      description: V(fresh), V(stale) or V(missing).
+      type: str
+    artifacts:
+      description: Leftovers seen.
+      type: dict
+      contains:
+        tempfiles:
+          description: Names of tempfiles of the volume.
+          type: list
+          elements: str
+        import_image:
+          description: Name of an import image, if any.
+          type: str
+        junk_revisions:
+          description: Revision files whose id is not an integer.
+          type: list
+          elements: str
+        stale_precache:
+          description: Name of the precache when it is stale.
+          type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.dom0.reflink.plugins.module_utils._pool import run_info_task
+from ansible_collections.dom0.reflink.plugins.module_utils._task import main_wrapper
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "pool": {"type": "path", "required": True},
+            "vids": {"type": "list", "elements": "str"},
+            "lock_timeout": {"type": "int", "default": 60},
+        },
+        supports_check_mode=True,
+    )
+    main_wrapper(module, lambda: run_info_task(module.params))
+
+
+if __name__ == "__main__":
+    main()
