@@ -52,15 +52,19 @@ def _locks_dir(pool_dir, create):
 
 
 def _holders(st):
-    """Pids holding a flock on the file with stat ``st``, from /proc/locks."""
-    device = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    """Pids holding a flock on the file with stat ``st``, from /proc/locks.
+
+    Matched by inode number: on btrfs, stat's st_dev is the subvolume's
+    anonymous device, not the one /proc/locks prints.
+    """
+    inode = ":%d" % st.st_ino
     pids = []
     try:
         with open(_PROC_LOCKS, encoding="ascii", errors="replace") as handle:
             for line in handle:
                 fields = line.split()
                 # "N: FLOCK ADVISORY WRITE pid maj:min:ino start end"; waiters have "->" after N:
-                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(inode):
                     pids.append(int(fields[4]))
     except (OSError, ValueError):
         pass
