@@ -1,0 +1,160 @@
+# Build and test entry points for the dom0.reflink collection (GNU make).
+#
+#   make test     Debian packages + venv, pytest over tests/, then sanity
+#   make sanity   ansible-test sanity on a copy of the tree (offline pip bootstrap)
+#   make demo     run playbooks/demo.yml against a throwaway btrfs loop mount
+#   make clean    remove build/ and tests/output/
+#
+# Everything runs as root on Debian; `make deps` installs what is missing.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+
+# Interpreter for .venv: python3.11 when there is one, else python3.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
+VENV := $(ROOT)/.venv
+VENV_BIN := $(VENV)/bin
+REQUIREMENTS := $(ROOT)/tests/requirements.txt
+VENV_STAMP := $(VENV)/.requirements-installed
+
+# ansible-test needs the collection at .../ansible_collections/<ns>/<name>
+# and does not follow symlinks, so sanity runs on a copy of the tree.
+COLLECTIONS_PATH := $(ROOT)/build/collections
+COLLECTION_DIR := $(COLLECTIONS_PATH)/ansible_collections/dom0/reflink
+
+# Python version ansible-test sanity runs with.
+SANITY_PYTHON ?= 3.11
+# Extra arguments, e.g. `make sanity SANITY_ARGS="--test pylint"`.
+SANITY_ARGS ?=
+PYTEST_ARGS ?=
+
+# command:package pairs for `make deps` (sbin directories are searched too).
+DEB_COMMANDS := \
+	mkfs.btrfs:btrfs-progs \
+	mkfs.xfs:xfsprogs \
+	mkfs.ext4:e2fsprogs \
+	strace:strace \
+	rsync:rsync \
+	losetup:mount \
+	git:git \
+	shellcheck:shellcheck
+
+RSYNC_EXCLUDES := \
+	--exclude=/.git \
+	--exclude=/.venv \
+	--exclude='/.venv*' \
+	--exclude=/build \
+	--exclude=/tests/output \
+	--exclude=__pycache__ \
+	--exclude='*.py[cod]' \
+	--exclude=.pytest_cache \
+	--exclude=.ruff_cache \
+	--exclude=.mypy_cache \
+	--exclude=/.cache \
+	--exclude=/.tox \
+	--exclude='*.img' \
+	--exclude='/dom0-reflink-*.tar.gz'
+
+# Prints the pip version ansible-test bootstraps (get_venv_packages' default).
+define ANSIBLE_TEST_PIP_VERSION_PY
+import importlib.util, pathlib, re, sys
+spec = importlib.util.find_spec("ansible_test")
+src = pathlib.Path(spec.origin).parent / "_internal" / "python_requirements.py"
+found = re.search(r"pip=['\"]([0-9][0-9.]*)['\"]", src.read_text())
+if not found:
+    sys.exit("cannot find the bootstrap pip version in %s" % src)
+print(found.group(1))
+endef
+export ANSIBLE_TEST_PIP_VERSION_PY
+
+.PHONY: help deps venv collection test pytest sanity demo clean
+
+help:
+	@echo 'Targets:'
+	@echo '  make test        deps + venv, pytest over tests/, then make sanity'
+	@echo '  make pytest      pytest only (PYTEST_ARGS="..." to pass options)'
+	@echo '  make sanity      ansible-test sanity (SANITY_ARGS="--test NAME" to narrow)'
+	@echo '  make demo        run playbooks/demo.yml on a temporary btrfs loop mount'
+	@echo '  make venv        create/update .venv from tests/requirements.txt'
+	@echo '  make deps        apt-get install missing Debian tools'
+	@echo '  make collection  copy the tree to build/collections/ansible_collections/dom0/reflink'
+	@echo '  make clean       remove build/ and tests/output/'
+
+deps:
+	@missing=''; \
+	for pair in $(DEB_COMMANDS); do \
+		cmd=$${pair%%:*}; pkg=$${pair#*:}; \
+		if ! PATH="$$PATH:/usr/local/sbin:/usr/sbin:/sbin" command -v "$$cmd" >/dev/null 2>&1; then \
+			missing="$$missing $$pkg"; \
+		fi; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "make deps: missing Debian packages:$$missing (run as root to install them)" >&2; \
+			exit 1; \
+		fi; \
+		echo "make deps: installing$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q; \
+		apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV_STAMP)
+
+# Re-done when tests/requirements.txt changes; a venv made by another Python
+# version than $(PYTHON) is replaced.
+$(VENV_STAMP): $(REQUIREMENTS)
+	@if [ -z "$(PYTHON)" ]; then echo 'make venv: no python3.11 or python3 on PATH' >&2; exit 1; fi
+	@want=$$("$(PYTHON)" -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	have=$$("$(VENV_BIN)/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true); \
+	if [ "$$want" != "$$have" ]; then \
+		echo "make venv: creating $(VENV) with $(PYTHON) (Python $$want)"; \
+		rm -rf "$(VENV)"; \
+		"$(PYTHON)" -m venv "$(VENV)"; \
+	fi
+	"$(VENV_BIN)/python" -m pip install --disable-pip-version-check -q -r "$(REQUIREMENTS)"
+	touch "$@"
+
+# The copy gets a git repository of its own (with no commit): ansible-test
+# lists the files to check with `git ls-files --cached --others
+# --exclude-standard` from the nearest .git upwards, and would otherwise find
+# this repository's, where build/ is ignored, and skip every target.
+collection: deps
+	mkdir -p "$(COLLECTION_DIR)"
+	rsync -a --delete $(RSYNC_EXCLUDES) "$(ROOT)/" "$(COLLECTION_DIR)/"
+	@[ -d "$(COLLECTION_DIR)/.git" ] || git init -q "$(COLLECTION_DIR)"
+
+test: deps venv
+	$(MAKE) --no-print-directory pytest
+	$(MAKE) --no-print-directory sanity
+
+# pytest exits 5 when it collects no test (tests/core and tests/modules may not
+# exist yet); that is reported but is not a failure.
+pytest: deps venv
+	@cd "$(ROOT)" && rc=0; \
+	PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/python" -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ "$$rc" = 5 ]; then echo 'make pytest: no tests were collected'; rc=0; fi; \
+	exit $$rc
+
+# ansible-test bootstraps pip in each of its virtual environments with a script
+# it downloads from a host that is unreachable here; tools/get_pip.py is put
+# in its cache under the name it looks for (get_pip_<pip version>.py, with the
+# pip version read from the installed ansible-test).
+sanity: venv collection
+	@cache=$$("$(VENV_BIN)/python" -c 'import os; print(os.path.expanduser("~/.ansible/test/cache"))'); \
+	pipver=$$("$(VENV_BIN)/python" -c "$$ANSIBLE_TEST_PIP_VERSION_PY"); \
+	mkdir -p "$$cache"; \
+	install -m 0644 "$(ROOT)/tools/get_pip.py" "$$cache/get_pip_$${pipver//./_}.py"; \
+	echo "make sanity: offline pip bootstrap -> $$cache/get_pip_$${pipver//./_}.py"
+	cd "$(COLLECTION_DIR)" && PATH="$(VENV_BIN):$$PATH" \
+		ansible-test sanity --venv --python $(SANITY_PYTHON) --color no $(SANITY_ARGS)
+
+demo: deps venv collection
+	PATH="$(VENV_BIN):$$PATH" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" "$(ROOT)/tools/demo.sh"
+
+clean:
+	rm -rf "$(ROOT)/build" "$(ROOT)/tests/output"
