@@ -32,7 +32,8 @@ SANITY_PYTHON ?= 3.11
 SANITY_ARGS ?=
 PYTEST_ARGS ?=
 
-# command:package pairs for `make deps` (sbin directories are searched too).
+# command:package pairs for `make deps` (sbin directories are searched too);
+# python3-venv is added when $(PYTHON) lacks ensurepip (Debian's own Python).
 DEB_COMMANDS := \
 	mkfs.btrfs:btrfs-progs \
 	mkfs.xfs:xfsprogs \
@@ -92,6 +93,9 @@ deps:
 			missing="$$missing $$pkg"; \
 		fi; \
 	done; \
+	if [ -n "$(PYTHON)" ] && ! "$(PYTHON)" -c 'import ensurepip, venv' >/dev/null 2>&1; then \
+		missing="$$missing python3-venv"; \
+	fi; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" != 0 ]; then \
 			echo "make deps: missing Debian packages:$$missing (run as root to install them)" >&2; \
