@@ -220,3 +220,41 @@ class Step(Action):
 
     def run(self, workspace):
         self.function()
+
+
+# Extended attribute that marks a clean image as the result of a revert, so
+# that the same revert task run again recognises it.  It lives on the inode:
+# any later commit (ours or qubesd's) makes a new clean inode without it.
+REVERT_MARKER = "user.dom0-reflink.reverted-to"
+
+
+def read_revert_marker(directory, name):
+    """The revision id recorded on ``directory/name`` by a revert, or None."""
+    fd = directory.open_file(name, os.O_RDONLY)
+    try:
+        return int(os.getxattr(fd, REVERT_MARKER))
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
+class MarkReverted(Action):
+    """Record on the revision file (before it becomes clean) which revision it was."""
+
+    def __init__(self, rel, name, revision):
+        self.name = name
+        self.revision = revision
+        self.text = "mark %s as revision %d restored" % (rel(name), revision)
+
+    def run(self, workspace):
+        fd = workspace.vm_dir.open_file(self.name, os.O_RDONLY)
+        try:
+            os.setxattr(fd, REVERT_MARKER, b"%d" % self.revision)
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            # Without xattrs a rerun of the same revert is not recognised; the revert itself is unaffected.
+        finally:
+            os.close(fd)

@@ -15,6 +15,7 @@ import errno
 import fcntl
 import os
 import platform
+import stat
 
 from ansible_collections.dom0.reflink.plugins.module_utils._errors import CloneError
 
@@ -51,6 +52,14 @@ _ZERO_CHUNK = bytes(COPY_CHUNK)
 _ioctl = fcntl.ioctl
 
 
+def file_size(fd):
+    """Size of an open regular file or block device (whose st_size is 0)."""
+    st = os.fstat(fd)
+    if stat.S_ISBLK(st.st_mode):
+        return os.lseek(fd, 0, os.SEEK_END)
+    return st.st_size
+
+
 def ficlone_request():
     """The FICLONE ioctl request number for this machine; CloneError if unknown."""
     value = getattr(fcntl, "FICLONE", None)
@@ -71,6 +80,29 @@ def ficlone(dst_fd, src_fd):
     _ioctl(dst_fd, ficlone_request(), src_fd)
 
 
+def data_segments(fd, end, start=0):
+    """The ``(start, end)`` ranges of ``fd`` below ``end`` that hold data, via SEEK_DATA/SEEK_HOLE.
+
+    A file (or block device) that cannot say where its holes are is one data range.
+    """
+    position = start
+    while position < end:
+        try:
+            data_start = os.lseek(fd, position, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # nothing but a hole up to the end of the file
+                return
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                yield position, end
+                return
+            raise
+        if data_start >= end:
+            return
+        data_end = min(os.lseek(fd, data_start, os.SEEK_HOLE), end)
+        yield data_start, data_end
+        position = data_end
+
+
 def sparse_copy(src_fd, dst_fd, length):
     """Copy the first ``length`` bytes of ``src_fd`` into the empty ``dst_fd``, sparsely.
 
@@ -80,22 +112,10 @@ def sparse_copy(src_fd, dst_fd, length):
     Returns the number of bytes written.
     """
     os.ftruncate(dst_fd, length)
-    buffer = bytearray(COPY_CHUNK)
-    view = memoryview(buffer)
+    view = memoryview(bytearray(COPY_CHUNK))
     written = 0
-    position = 0
-    while position < length:
-        try:
-            data_start = os.lseek(src_fd, position, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # nothing but a hole up to the end
-                break
-            raise
-        if data_start >= length:
-            break
-        data_end = min(os.lseek(src_fd, data_start, os.SEEK_HOLE), length)
+    for data_start, data_end in data_segments(src_fd, length):
         written += _copy_segment(src_fd, dst_fd, data_start, data_end, view)
-        position = data_end
     return written
 
 
@@ -130,7 +150,7 @@ def fill_from(dst_fd, src_fd, *, dst_size=None, allow_copy=True, describe=None):
     """
     if dst_size == 0:
         return EMPTY
-    src_size = os.fstat(src_fd).st_size
+    src_size = file_size(src_fd)
     try:
         ficlone(dst_fd, src_fd)
         how = REFLINK

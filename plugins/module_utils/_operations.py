@@ -59,10 +59,14 @@ class VolumePlanner:
         ordered.extend(info for info in (files.clean, files.precache, files.dirty) if info)
         return [act.Remove(self.rel, info.name, why) for info in ordered]
 
-    def commit(self, staged, keep):
-        """Make the file ``staged`` the new clean image, as qubesd's commit does."""
+    def commit(self, staged, keep, files=None):
+        """Make the file ``staged`` the new clean image, as qubesd's commit does.
+
+        ``files`` is the volume as it will be when the commit starts (default:
+        as it is now).
+        """
         vid = self.vid
-        files = self.files
+        files = files or self.files
         actions = []
         added = 0
         if keep > 0 and files.clean is not None:
@@ -156,4 +160,43 @@ class VolumePlanner:
         actions = self.remove_everything("volume removed")
         if set(vm_dir_names) <= {info.name for info in everything}:
             actions.append(act.RemoveVmDirIfEmpty(self.vid))
+        return actions
+
+    def revert(self, revision, discard_dirty, marker):
+        """Make revision ``revision`` (an id, or "latest") the clean image again.
+
+        ``marker`` is the revision id a previous revert recorded on the current
+        clean image (None if there is none): the same revert run again, and
+        "latest" right after any revert, find the clean image already reverted.
+        """
+        files = self.files
+        running = self.surroundings.running_reasons(files)
+        if running:
+            raise VolumeInUse("cannot revert volume %s: it is running (%s)" % (self.vid, "; ".join(running)))
+        already = marker is not None and revision in ("latest", marker)
+        if not already:
+            number = files.revisions[-1][0] if revision == "latest" and files.revisions else revision
+            chosen = dict(files.revisions).get(number)
+            if chosen is None:
+                known = ", ".join(str(item) for item, _ in files.revisions) or "none"
+                raise InvalidArgument("volume %s has no revision %s to revert to (revisions: %s)"
+                                      % (self.vid, number, known))
+        actions = []
+        if files.dirty is not None:
+            if not discard_dirty:
+                raise VolumeInUse(
+                    "volume %s has a dirty image %s with uncommitted data (its VM halted without a commit); "
+                    "commit it with reflink_volume state=stopped, or set discard_dirty: true to drop it"
+                    % (self.vid, files.dirty.name))
+            actions.append(act.Remove(self.rel, self.vid.dirty, "discard_dirty: dropping uncommitted data"))
+        if already:
+            return actions
+        if files.clean is not None:
+            name = self.vid.revision(files.next_revision(), format_timestamp(files.clean.mtime_ns // 10 ** 9))
+            actions.append(act.Clone(self.rel, self.vid.clean, name, "keep the current image as a revision"))
+        if files.precache is not None:
+            actions.append(act.Remove(self.rel, self.vid.precache, "the precache is about to go stale"))
+        actions.append(act.MarkReverted(self.rel, chosen.name, number))
+        actions.append(act.Rename(self.rel, chosen.name, self.vid.clean, "revert to revision %d" % number))
+        actions.append(self.new_precache())
         return actions

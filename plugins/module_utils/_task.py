@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.dom0.reflink.plugins.module_utils._actions import Workspace
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._locks import volume_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_vid
@@ -40,6 +40,17 @@ def volume_argument_spec(**extra):
     spec = dict(VOLUME_ARGUMENT_SPEC)
     spec.update(extra)
     return spec
+
+
+def parse_revision(value):
+    """A revision as users give it: "latest", or a positive integer (also as a string)."""
+    if isinstance(value, str) and value.strip().lower() == "latest":
+        return "latest"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise InvalidArgument("revision must be 'latest' or a revision id, a positive integer (got %r)" % (value,))
 
 
 class PlanFailed(ReflinkError):
@@ -121,6 +132,3 @@ def main_wrapper(module, work):
         module.fail_json(msg="%s%s" % (exc.strerror or exc, where), actions=[], changed=False)
     module.exit_json(**result)
 
-
-def path_of(pool, vid, name):
-    return os.path.join(pool, vid.vm_dir, name)
