@@ -62,10 +62,20 @@ cleanup() {
     echo "demo.sh: removed the demo filesystem ($IMAGE)"
     exit "$status"
 }
+# On a signal, stop ansible-playbook first (bash runs a trap only once the
+# foreground command ends, hence the playbook runs in the background + wait).
+CHILD=
+on_signal() {
+    if [ -n "$CHILD" ]; then
+        kill -TERM "$CHILD" 2>/dev/null
+        wait "$CHILD" 2>/dev/null
+    fi
+    exit "$1"
+}
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
+trap 'on_signal 129' HUP
 
 # Leftovers of an earlier run that was killed.
 if mountpoint -q "$MNT" 2>/dev/null; then
@@ -84,4 +94,6 @@ mount -t btrfs "$DEVICE" "$MNT"
 echo "demo.sh: btrfs on $DEVICE ($IMAGE, 1 GiB sparse) mounted on $MNT"
 
 cd "$ROOT"
-ansible-playbook -i localhost, -c local playbooks/demo.yml -e "pool=$POOL" "$@"
+ansible-playbook -i localhost, -c local playbooks/demo.yml -e "pool=$POOL" "$@" &
+CHILD=$!
+wait "$CHILD"
