@@ -86,11 +86,13 @@ def simulate(files, actions):
     return VolumeFiles.from_infos(files.vid, listing.values())
 
 
-def run_volume_task(params, check_mode, diff, purpose, plan):
+def run_volume_task(params, check_mode, diff, purpose, plan, extra=None):
     """Run one volume module's task and return its result dict.
 
     ``plan(planner, context)`` returns the list of actions; ``context`` is a
     dict with ``workspace`` and ``vm_dir_names`` (the VM directory's entries).
+    ``extra(after)``, if given, returns more result keys from the volume's
+    files after the task (VolumeFiles).
     """
     vid = parse_vid(params["vid"])
     pool = params["pool"]
@@ -114,6 +116,8 @@ def run_volume_task(params, check_mode, diff, purpose, plan):
                     "actions": reported,
                     "volume": volume_report(pool, after, surroundings),
                 }
+                if extra is not None:
+                    result.update(extra(after))
                 if diff:
                     result["diff"] = {"before": files.summary(), "after": after.summary()}
                 return result
