@@ -35,4 +35,3 @@ notes:
     or qubesd's running-state file).
   - Every file the modules create has mode V(0600); every change is fsynced before the module returns.
 """
-

@@ -136,3 +136,27 @@ def data_is_absent(fd):
             return True
         raise
     return False
+
+
+_EXTENT_SHARED = 0x2000
+
+
+def exclusive_bytes(fd):
+    """Bytes of ``fd``'s extents that FIEMAP does not flag as shared (what removing it frees)."""
+    total = 0
+    start = 0
+    while True:
+        request = bytearray(_FIEMAP_HEADER.size + _BATCH * _FIEMAP_EXTENT.size)
+        _FIEMAP_HEADER.pack_into(request, 0, start, 0xFFFFFFFFFFFFFFFF - start, 0, 0, _BATCH, 0)
+        fcntl.ioctl(fd, FS_IOC_FIEMAP, request)
+        mapped = _FIEMAP_HEADER.unpack_from(request, 0)[3]
+        if mapped == 0:
+            return total
+        for index in range(mapped):
+            fields = _FIEMAP_EXTENT.unpack_from(request, _FIEMAP_HEADER.size + index * _FIEMAP_EXTENT.size)
+            logical, length, flags = fields[0], fields[2], fields[5]
+            if not flags & _EXTENT_SHARED:
+                total += length
+            if flags & _EXTENT_LAST:
+                return total
+            start = logical + length

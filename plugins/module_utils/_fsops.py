@@ -243,7 +243,7 @@ class Directory:
 
 def temp_name(final_name):
     """A fresh tempfile name for ``final_name``: ``<final_name>~`` and 8 random characters."""
-    suffix = "".join(secrets.choice(TEMPFILE_ALPHABET) for _ in range(TEMPFILE_SUFFIX_LEN))
+    suffix = "".join(secrets.choice(TEMPFILE_ALPHABET) for _position in range(TEMPFILE_SUFFIX_LEN))
     return "%s~%s" % (final_name, suffix)
 
 

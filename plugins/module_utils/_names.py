@@ -217,4 +217,3 @@ def classify(filename):
         timestamp=groups["rev_ts"],
         tempfile=groups["tmp"] is not None,
     )
-

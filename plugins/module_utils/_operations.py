@@ -54,7 +54,7 @@ class VolumePlanner:
         files = self.files
         ordered = list(files.tempfiles)
         ordered.extend(info for info in (files.import_,) if info)
-        ordered.extend(info for _, info in files.revisions)
+        ordered.extend(info for _number, info in files.revisions)
         ordered.extend(files.junk_revisions)
         ordered.extend(info for info in (files.clean, files.precache, files.dirty) if info)
         return [act.Remove(self.rel, info.name, why) for info in ordered]
@@ -178,7 +178,7 @@ class VolumePlanner:
             number = files.revisions[-1][0] if revision == "latest" and files.revisions else revision
             chosen = dict(files.revisions).get(number)
             if chosen is None:
-                known = ", ".join(str(item) for item, _ in files.revisions) or "none"
+                known = ", ".join(str(item) for item, _info in files.revisions) or "none"
                 raise InvalidArgument("volume %s has no revision %s to revert to (revisions: %s)"
                                       % (self.vid, number, known))
         actions = []

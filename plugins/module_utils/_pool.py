@@ -36,7 +36,7 @@ def filesystem_type(path):
     try:
         with open(_MOUNTINFO, encoding="utf-8", errors="surrogateescape") as handle:
             for line in handle:
-                left, _, right = line.partition(" - ")
+                left, _separator, right = line.partition(" - ")
                 mount_point = left.split()[4].replace("\\040", " ")
                 inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
                 if inside and len(mount_point) >= len(best):

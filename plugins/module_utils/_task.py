@@ -11,8 +11,6 @@ does not import Ansible: it only calls the module object it is given.
 
 from __future__ import annotations
 
-import os
-
 from ansible_collections.dom0.reflink.plugins.module_utils._actions import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
@@ -135,4 +133,3 @@ def main_wrapper(module, work):
         where = " (%s)" % exc.filename if exc.filename else ""
         module.fail_json(msg="%s%s" % (exc.strerror or exc, where), actions=[], changed=False)
     module.exit_json(**result)
-

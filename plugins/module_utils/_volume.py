@@ -97,7 +97,7 @@ class VolumeFiles:
     def all(self):
         """Every file of the volume, as FileInfo."""
         found = [info for info in (self.clean, self.dirty, self.precache, self.import_) if info]
-        found.extend(info for _, info in self.revisions)
+        found.extend(info for _number, info in self.revisions)
         found.extend(self.junk_revisions)
         found.extend(self.tempfiles)
         return found
@@ -140,7 +140,7 @@ class VolumeFiles:
         return {
             "vid": str(self.vid),
             "size": self.size,
-            "revisions": [number for number, _ in self.revisions],
+            "revisions": [number for number, _info in self.revisions],
             "files": [info.as_dict() for info in sorted(self.all(), key=lambda item: item.name)],
         }
 

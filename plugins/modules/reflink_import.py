@@ -11,7 +11,7 @@ short_description: Replace a volume's content by new data, staged and committed 
 version_added: 0.1.0
 description:
   - Writes the new data into the volume's import image (V(<volume>-import.img), which qubesd never
-    attaches to a VM), then commits it the way qubesd commits a VM's changes when it stops: the
+    attaches to a VM), then commits it the way qubesd commits a VM's changes when it stops. The
     current clean image becomes a revision, revisions beyond O(revisions_to_keep) are removed, the
     import image is renamed over the clean image, and a new precache is made. Until that rename
     the volume is untouched; after it, the new data is complete and on disk.
@@ -55,8 +55,8 @@ options:
     type: path
   size:
     description:
-      - The size of the result, in bytes or with a unit as in M(dom0.reflink.reflink_volume). Default:
-        the size of the source. A larger size adds zeros at the end; a smaller one cuts the data off.
+      - The size of the result, in bytes or with a unit as in M(dom0.reflink.reflink_volume); by
+        default the size of the source. A larger size adds zeros at the end; a smaller one cuts the data off.
       - Required for O(state=begin), and for O(state=present) without a source (clearing the volume).
     type: raw
   checksum:
@@ -69,7 +69,7 @@ options:
   force:
     description:
       - Without it, an import whose result has the size and bytes of the current clean image changes
-        nothing. The comparison is cheap when it can be: sizes first, then the files' extent maps (a
+        nothing. The comparison is as cheap as it can be. Sizes come first, then the files' extent maps (a
         reflink that neither side has rewritten is equal without reading a byte), and only then a read of
         both files where either has data.
       - With V(true) the import is always committed (and makes a revision).
@@ -95,7 +95,7 @@ seealso:
   - module: dom0.reflink.reflink_volume
   - module: dom0.reflink.reflink_revert
 author:
-  - dom0.reflink contributors
+  - dom0.reflink developers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

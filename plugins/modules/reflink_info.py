@@ -11,7 +11,7 @@ short_description: Report a reflink pool and its volumes
 version_added: 0.1.0
 description:
   - Reads a C(file-reflink) pool with one directory walk and reports its filesystem and every
-    volume found under V(appvms/) and V(vm-templates/) (or only O(vids)): size, usage, revisions,
+    volume found under V(appvms/) and V(vm-templates/) (or only O(vids)), with size, usage, revisions,
     state, whether it is in use and why, the state of its precache, and leftovers that
     M(dom0.reflink.reflink_gc) would look at.
   - Copes with every state qubesd can leave behind (running volumes, a dirty image of a halted VM,
@@ -37,7 +37,7 @@ seealso:
   - module: dom0.reflink.reflink_volume
   - module: dom0.reflink.reflink_gc
 author:
-  - dom0.reflink contributors
+  - dom0.reflink developers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -49,7 +49,7 @@ seealso:
   - module: dom0.reflink.reflink_volume
   - module: dom0.reflink.reflink_info
 author:
-  - dom0.reflink contributors
+  - dom0.reflink developers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -23,7 +23,7 @@ extends_documentation_fragment:
 options:
   revision:
     description:
-      - The revision id (an integer, see RV(volume.revisions)) or V(latest) for the newest revision.
+      - The revision id (an integer, as M(dom0.reflink.reflink_info) lists them) or V(latest) for the newest revision.
     type: raw
     default: latest
   discard_dirty:
@@ -37,7 +37,7 @@ seealso:
   - module: dom0.reflink.reflink_volume
   - module: dom0.reflink.reflink_info
 author:
-  - dom0.reflink contributors
+  - dom0.reflink developers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

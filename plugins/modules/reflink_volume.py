@@ -50,7 +50,7 @@ options:
     type: raw
   allow_shrink:
     description:
-      - Allow O(size) to be smaller than the volume. Data beyond the new end is lost:
+      - Allow O(size) to be smaller than the volume. Data beyond the new end is lost, so
         shrink the filesystem inside the image first. A running volume is never shrunk.
     type: bool
     default: false
@@ -58,7 +58,7 @@ options:
     description:
       - How many old images to keep as revisions when a commit replaces the clean image
         (O(state=stopped)). V(0) keeps none. V(-1) means snapshots are disabled for the
-        volume: no revision and no precache are kept, and older revisions are removed.
+        volume, so no revision and no precache are kept, and older revisions are removed.
     type: int
     default: 1
 seealso:
@@ -66,7 +66,7 @@ seealso:
   - module: dom0.reflink.reflink_import
   - module: dom0.reflink.reflink_info
 author:
-  - dom0.reflink contributors
+  - dom0.reflink developers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

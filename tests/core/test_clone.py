@@ -97,7 +97,7 @@ def test_copy_across_filesystems_is_exdev_then_copied(cross_fs_pair):
     write_image(src, 4 * MIB, [(0, 5000), (2 * MIB, 70000)])
     with Directory.open_pool(str(left)) as src_dir, Directory.open_pool(str(right)) as dst_dir:
         src_fd = src_dir.open_file("src.img", os.O_RDONLY)
-        dst_fd, _ = dst_dir.open_unnamed("probe")
+        dst_fd, _temp_name = dst_dir.open_unnamed("probe")
         try:
             with pytest.raises(OSError) as excinfo:
                 clone.ficlone(dst_fd, src_fd)
@@ -114,7 +114,7 @@ def test_real_eopnotsupp_on_ext4(ext4_dir):
     src = write_image(ext4_dir / "src.img", MIB, [(0, 4096)])
     with Directory.open_pool(str(ext4_dir)) as handle:
         src_fd = handle.open_file("src.img", os.O_RDONLY)
-        dst_fd, _ = handle.open_unnamed("x")
+        dst_fd, _temp_name = handle.open_unnamed("x")
         try:
             with pytest.raises(OSError) as excinfo:
                 clone.ficlone(dst_fd, src_fd)
@@ -131,7 +131,7 @@ def test_real_ebadf_is_in_the_gate(reflink_dir):
     src = write_image(reflink_dir / "src.img", 2 * MIB, [(4096, 8192)])
     src_fd = os.open(src, os.O_WRONLY)
     with Directory.open_pool(str(reflink_dir)) as handle:
-        dst_fd, _ = handle.open_unnamed("x")
+        dst_fd, _temp_name = handle.open_unnamed("x")
         try:
             with pytest.raises(OSError) as excinfo:
                 clone.ficlone(dst_fd, src_fd)

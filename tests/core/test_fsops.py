@@ -59,7 +59,7 @@ def test_failed_fill_leaves_old_file_and_no_tempfile(any_fs_dir, tempfile_kind):
 
 def test_tempfile_names_follow_the_contract():
     name = fsops.temp_name("private.img")
-    prefix, _, suffix = name.partition("~")
+    prefix, _separator, suffix = name.partition("~")
     assert prefix == "private.img" and len(suffix) == 8
     assert set(suffix) <= set("abcdefghijklmnopqrstuvwxyz0123456789_")
 

@@ -37,7 +37,7 @@ HOLDER = textwrap.dedent("""
 
 @pytest.fixture
 def holder(btrfs_dir):
-    collections = next(path for path in sys.path if path.endswith("pytest-collections"))
+    collections = [path for path in sys.path if path.endswith("pytest-collections")][0]
     process = subprocess.Popen([sys.executable, "-c", HOLDER, str(btrfs_dir), collections],
                                stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "held"

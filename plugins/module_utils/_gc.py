@@ -1,0 +1,315 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Pool-wide garbage collection: what crashes and old revisions leave behind.
+
+One directory walk reads the pool (PoolScan); the plan is a list of removals,
+each with its reason and the bytes it frees, per volume.  What gc never
+touches: a dirty image (uncommitted data), anything of a volume in use or
+whose lock is held, files that match no image pattern, and anything outside
+``appvms/`` and ``vm-templates/`` except its own stale journals.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+
+from ansible_collections.dom0.reflink.plugins.module_utils import _actions as act
+from ansible_collections.dom0.reflink.plugins.module_utils._compare import exclusive_bytes
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._imports import BEGUN, JOURNALS_DIR, journal_name
+from ansible_collections.dom0.reflink.plugins.module_utils._locks import (
+    LOCKS_DIR,
+    metadata_dir,
+    pool_lock,
+    try_volume_lock,
+)
+from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_vid
+from ansible_collections.dom0.reflink.plugins.module_utils._operations import (
+    SNAPSHOTS_DISABLED,
+    VolumePlanner,
+    check_revisions_to_keep,
+)
+from ansible_collections.dom0.reflink.plugins.module_utils._pool import PoolScan
+from ansible_collections.dom0.reflink.plugins.module_utils._task import PlanFailed, execute
+from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_duration
+from ansible_collections.dom0.reflink.plugins.module_utils._volume import Surroundings
+
+
+class Removal(act.Remove):
+    """A gc removal: the Remove action plus what the report says about it."""
+
+    def __init__(self, vid, info, reason, exclusive):
+        super().__init__(lambda name: "%s/%s" % (vid.vm_dir, name), info.name, reason)
+        self.entry = {
+            "file": "%s/%s" % (vid.vm_dir, info.name),
+            "reason": reason,
+            "bytes": info.usage,
+        }
+        if exclusive is not None:
+            self.entry["exclusive_bytes"] = exclusive
+
+
+def _age(now, info):
+    return now - info.mtime_ns / 1e9
+
+
+def _journals(pool_dir):
+    """{journal file name: (record or None if unreadable, mtime)} of ``.reflink/imports/``."""
+    found = {}
+    meta = metadata_dir(pool_dir, create=False)
+    if meta is None:
+        return found
+    with meta:
+        journals = meta.open_dir(JOURNALS_DIR)
+        if journals is None:
+            return found
+        with journals:
+            for name in journals.names():
+                st = journals.lstat(name)
+                if st is None or not name.endswith(".json"):
+                    continue
+                try:
+                    fd = journals.open_file(name, os.O_RDONLY)
+                    try:
+                        record = json.loads(os.read(fd, 65536))
+                    finally:
+                        os.close(fd)
+                except (OSError, ValueError):
+                    record = None
+                found[name] = (record, st.st_mtime)
+    return found
+
+
+class GcPlanner:
+    """Works out, volume by volume, what gc removes (or rebuilds), and what it reports."""
+
+    def __init__(self, pool_dir, options, now):
+        self.pool_dir = pool_dir
+        self.options = options
+        self.now = now
+        self.per_volume = {}        # vid str -> list of actions
+        self.vm_dir_removals = []   # (prefix, vm)
+        self.journal_removals = []  # (journal file name, reason)
+        self.orphans = []
+        self.pending_commit = []
+        self.skipped = []
+
+    def exclusive(self, vid, info):
+        try:
+            with Directory.open_pool(os.path.join(self.pool_dir.path, vid.vm_dir)) as vm_dir:
+                fd = vm_dir.open_file(info.name, os.O_RDONLY)
+                try:
+                    return exclusive_bytes(fd)
+                finally:
+                    os.close(fd)
+        except OSError:
+            return None
+
+    def removal(self, vid, info, reason):
+        return Removal(vid, info, reason, self.exclusive(vid, info))
+
+    def plan(self, scan, surroundings, journals):
+        options = self.options
+        keep_vids = options["keep_vids"]
+        for files in scan.sorted_volumes():
+            vid = files.vid
+            key = str(vid)
+            if files.dirty is not None:
+                self.pending_commit.append({"vid": key, "file": "%s/%s" % (vid.vm_dir, files.dirty.name),
+                                            "size": files.dirty.size})
+            reasons = surroundings.in_use_reasons(files)
+            if reasons:
+                if files.all():
+                    self.skipped.append({"vid": key, "reason": "in use: " + "; ".join(reasons)})
+                continue
+            journal = journals.get(journal_name(vid), (None, 0))
+            actions = self.plan_volume(files, surroundings, journal)
+            if keep_vids is not None and key not in keep_vids and files.all():
+                self.orphans.append({"vid": key, "size": files.size, "usage": sum(i.usage for i in files.all())})
+                if options["remove_orphans"]:
+                    actions = [self.removal(vid, info, "orphan: not in keep_vids")
+                               for info in files.all()]
+            if actions:
+                self.per_volume[key] = (vid, actions)
+        self.plan_vm_dirs(scan)
+        self.plan_journals(scan, journals)
+
+    def plan_volume(self, files, surroundings, journal):
+        options = self.options
+        vid = files.vid
+        min_age = options["min_age"]
+        actions = []
+        for info in files.tempfiles:
+            if _age(self.now, info) >= min_age:
+                actions.append(self.removal(vid, info, "stale tempfile, older than min_age"))
+        if files.import_ is not None:
+            record, journal_mtime = journal
+            claimed = record is not None and record.get("state") == BEGUN
+            journal_age = self.now - journal_mtime
+            if claimed and journal_age < options["import_max_age"]:
+                pass  # a begun two-phase import: another program may be writing it
+            elif claimed:
+                actions.append(self.removal(vid, files.import_,
+                                            "import begun longer ago than import_max_age and never committed"))
+            elif _age(self.now, files.import_) >= min_age:
+                actions.append(self.removal(vid, files.import_, "import image that no begun import claims"))
+        for info in files.junk_revisions:
+            actions.append(self.removal(vid, info, "revision file whose id is not an integer"))
+        keep = options["revisions_to_keep_per_volume"].get(str(vid), options["revisions_to_keep"])
+        excess = len(files.revisions) - max(keep, 0)
+        for number, info in files.revisions[:max(excess, 0)]:
+            actions.append(self.removal(vid, info, "revision %d is beyond revisions_to_keep=%d" % (number, keep)))
+        if files.precache is not None and files.precache_state == "stale":
+            actions.append(self.removal(vid, files.precache, "stale precache (mtime or size differs from clean)"))
+        if options["rebuild_precache"] and keep != SNAPSHOTS_DISABLED and files.clean is not None \
+                and files.dirty is None and files.precache_state != "fresh":
+            planner = VolumePlanner(files, surroundings, lambda name: "%s/%s" % (vid.vm_dir, name))
+            actions.append(planner.new_precache())
+        return actions
+
+    def plan_vm_dirs(self, scan):
+        """VM directories that are (or will be, after the removals) empty."""
+        removed = {}
+        for vid, actions in self.per_volume.values():
+            removed.setdefault(vid.vm_dir, set()).update(
+                action.name for action in actions if isinstance(action, Removal))
+        for rel_dir, entries in sorted(scan.vm_dirs.items()):
+            if set(entries) <= removed.get(rel_dir, set()):
+                self.vm_dir_removals.append(tuple(rel_dir.split("/")))
+
+    def plan_journals(self, scan, journals):
+        import_max_age = self.options["import_max_age"]
+        for name, (record, mtime) in sorted(journals.items()):
+            vid = None
+            if record is not None:
+                try:
+                    vid = parse_vid(record.get("vid", ""))
+                except InvalidArgument:
+                    vid = None
+            if vid is None:
+                self.journal_removals.append((name, "unreadable journal"))
+                continue
+            files = scan.volumes.get(str(vid))
+            planned = self.per_volume.get(str(vid), (None, []))[1]
+            import_removed = any(isinstance(a, Removal) and a.name == vid.import_ for a in planned)
+            if record.get("state") == BEGUN:
+                if files is None or files.import_ is None or import_removed:
+                    self.journal_removals.append((name, "journal of an import whose image is gone"))
+            elif self.now - mtime >= import_max_age:
+                self.journal_removals.append((name, "record of a committed import, older than import_max_age"))
+
+
+def _remove_vm_dir(pool_dir, prefix, vm):
+    def remove():
+        with Directory.open_pool(os.path.join(pool_dir.path, prefix)) as prefix_dir:
+            try:
+                prefix_dir.rmdir(vm)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):  # something appeared: keep it
+                    raise
+    return act.Step("remove empty VM directory %s/%s" % (prefix, vm), remove)
+
+
+def _remove_journal(pool_dir, name, reason):
+    def remove():
+        with metadata_dir(pool_dir, create=False) as meta, meta.open_dir(JOURNALS_DIR) as journals:
+            journals.unlink(name, missing_ok=True)
+    return act.Step("remove journal .reflink/%s/%s (%s)" % (JOURNALS_DIR, name, reason), remove)
+
+
+def parse_gc_options(params):
+    options = {
+        "min_age": parse_duration(params["min_age"], "min_age"),
+        "import_max_age": parse_duration(params["import_max_age"], "import_max_age"),
+        "revisions_to_keep": check_revisions_to_keep(params["revisions_to_keep"]),
+        "revisions_to_keep_per_volume": {},
+        "rebuild_precache": params["rebuild_precache"],
+        "remove_orphans": params["remove_orphans"],
+        "keep_vids": None,
+    }
+    for vid, keep in (params.get("revisions_to_keep_per_volume") or {}).items():
+        try:
+            keep = int(keep)
+        except (TypeError, ValueError):
+            raise InvalidArgument("revisions_to_keep_per_volume[%s] must be an integer" % vid) from None
+        options["revisions_to_keep_per_volume"][str(parse_vid(vid))] = check_revisions_to_keep(keep)
+    if params.get("keep_vids") is not None:
+        options["keep_vids"] = {str(parse_vid(vid)) for vid in params["keep_vids"]}
+    if options["remove_orphans"] and options["keep_vids"] is None:
+        raise InvalidArgument("remove_orphans needs keep_vids: the list of volumes that should exist")
+    return options
+
+
+def run_gc_task(params, check_mode):
+    """reflink_gc: scan, plan, remove (unless in check mode), report."""
+    options = parse_gc_options(params)
+    only = [parse_vid(vid) for vid in params["vids"]] if params.get("vids") else None
+    path = params["pool"]
+    now = time.time()
+    removed, actions, skipped = [], [], []
+    with Directory.open_pool(path) as pool_dir:
+        with pool_lock(pool_dir, exclusive=True, timeout=params["lock_timeout"], purpose="reflink_gc",
+                       create=not check_mode):
+            scan = PoolScan.read(pool_dir, only)
+            planner = GcPlanner(pool_dir, options, now)
+            planner.plan(scan, Surroundings.read(path), _journals(pool_dir))
+            skipped.extend(planner.skipped)
+            locks = None
+            meta = metadata_dir(pool_dir, create=False)
+            if meta is not None:
+                with meta:
+                    locks = meta.open_dir(LOCKS_DIR)
+            try:
+                for key in sorted(planner.per_volume):
+                    vid, volume_actions = planner.per_volume[key]
+                    if check_mode:
+                        actions.extend(action.text for action in volume_actions)
+                        removed.extend(a.entry for a in volume_actions if isinstance(a, Removal))
+                        continue
+                    lock = try_volume_lock(locks, vid) if locks is not None else None
+                    if locks is not None and lock is None:
+                        skipped.append({"vid": key, "reason": "its volume lock is held by another task"})
+                        continue
+                    try:
+                        with act.Workspace(pool_dir, vid) as workspace:
+                            _execute_reporting(volume_actions, workspace, removed, actions)
+                    finally:
+                        if lock is not None:
+                            lock.release()
+                steps = [_remove_vm_dir(pool_dir, prefix, vm) for prefix, vm in planner.vm_dir_removals
+                         if not any(item["vid"].startswith("%s/%s/" % (prefix, vm)) for item in skipped)]
+                steps += [_remove_journal(pool_dir, name, reason) for name, reason in planner.journal_removals]
+                if check_mode:
+                    actions.extend(step.text for step in steps)
+                else:
+                    actions.extend(execute(steps, None))
+            finally:
+                if locks is not None:
+                    locks.close()
+    return {
+        "changed": bool(actions),
+        "actions": actions,
+        "removed": removed,
+        "reclaimed_bytes": sum(entry["bytes"] for entry in removed),
+        "reclaimed_exclusive_bytes": sum(entry.get("exclusive_bytes", 0) for entry in removed),
+        "orphans": planner.orphans,
+        "pending_commit": planner.pending_commit,
+        "skipped_volumes": skipped,
+    }
+
+
+def _execute_reporting(volume_actions, workspace, removed, actions):
+    """Execute one volume's actions, adding what was done to ``actions`` and ``removed``."""
+    try:
+        done = execute(volume_actions, workspace)
+    except PlanFailed as exc:
+        actions.extend(exc.done)
+        removed.extend(a.entry for a in volume_actions[:len(exc.done)] if isinstance(a, Removal))
+        raise PlanFailed(str(exc), actions) from None
+    actions.extend(done)
+    removed.extend(a.entry for a in volume_actions if isinstance(a, Removal))

@@ -1,0 +1,211 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: reflink_gc
+short_description: Reclaim what crashes and old revisions leave behind in a reflink pool
+version_added: 0.1.0
+description:
+  - Reads the whole pool with one directory walk, under the exclusive pool lock, and removes, each
+    reported with its reason and the bytes it frees (see RV(removed)),
+  - stale tempfiles (V(<image>~XXXXXXXX)) older than O(min_age);
+  - import images older than O(min_age) that no begun two-phase import claims, and those whose import
+    was begun longer ago than O(import_max_age);
+  - revisions beyond O(revisions_to_keep) (or the volume's entry in O(revisions_to_keep_per_volume)),
+    oldest first, and revision files whose id is not an integer (qubesd cannot read them);
+  - stale precache images (mtime or size differs from the clean image);
+  - empty VM directories, and journals of imports whose image is gone.
+  - "It never removes: a dirty image (uncommitted data of a VM that is running or halted without a
+    commit; listed in RV(pending_commit)), anything of a volume that is in use or whose lock another
+    task holds (listed in RV(skipped_volumes)), a file that matches no image name of a volume (qubesd keeps
+    C(firewall.xml) and others in VM directories), or anything outside V(appvms/) and
+    V(vm-templates/) other than its own stale journals."
+  - Volumes not listed in O(keep_vids) are reported in RV(orphans), and removed only with
+    O(remove_orphans=true).
+extends_documentation_fragment:
+  - dom0.reflink.attributes
+options:
+  pool:
+    description: The pool directory.
+    type: path
+    required: true
+  vids:
+    description: Only look at these volumes (and their VM directories).
+    type: list
+    elements: str
+  keep_vids:
+    description:
+      - The volumes that should exist. Volumes found and not listed are reported as orphans.
+    type: list
+    elements: str
+  remove_orphans:
+    description: Remove every file of the orphans (requires O(keep_vids)). Orphans in use are skipped.
+    type: bool
+    default: false
+  min_age:
+    description:
+      - Tempfiles and unclaimed import images younger than this are kept (a task may be writing them).
+        Seconds, or a number with V(s), V(m), V(h) or V(d), for example V(30m).
+    type: raw
+    default: 1h
+  import_max_age:
+    description:
+      - A begun two-phase import keeps its image until its journal is this old; then both are removed.
+    type: raw
+    default: 1d
+  revisions_to_keep:
+    description: Revisions to keep per volume; V(0) and V(-1) keep none.
+    type: int
+    default: 1
+  revisions_to_keep_per_volume:
+    description: Overrides of O(revisions_to_keep), by vid.
+    type: dict
+    default: {}
+  rebuild_precache:
+    description: Also make a missing (or stale) precache for stopped volumes.
+    type: bool
+    default: false
+  lock_timeout:
+    description: Seconds to wait for the exclusive pool lock, then fail naming the holder.
+    type: int
+    default: 60
+attributes:
+  check_mode:
+    description: Check mode lists exactly what a real run would remove, with the same keys and byte counts.
+  diff_mode:
+    support: none
+    description: The report in RV(removed) says what changed.
+notes:
+  - RV(reclaimed_bytes) adds up the allocated bytes of the removed files. On btrfs and XFS a file may share
+    its extents with other files (revisions and precache are reflinks of each other), and removing it
+    frees only the extents no other file uses. RV(reclaimed_exclusive_bytes) counts the bytes the
+    filesystem did not flag as shared (FIEMAP); it is the better estimate of the space given back.
+seealso:
+  - module: dom0.reflink.reflink_info
+  - module: dom0.reflink.reflink_volume
+author:
+  - dom0.reflink developers (!UNKNOWN)
+"""
+
+EXAMPLES = r"""
+- name: Nightly clean-up of the Qubes pool
+  dom0.reflink.reflink_gc:
+    pool: /var/lib/qubes
+
+- name: See what would go, without removing anything
+  dom0.reflink.reflink_gc:
+    pool: /var/lib/qubes
+    min_age: 30m
+  check_mode: true
+  register: gc_plan
+
+- name: Keep three revisions of templates' root volumes, one elsewhere, and rebuild missing precaches
+  dom0.reflink.reflink_gc:
+    pool: /var/lib/qubes
+    revisions_to_keep: 1
+    revisions_to_keep_per_volume:
+      vm-templates/debian-12/root: 3
+      vm-templates/fedora-41/root: 3
+    rebuild_precache: true
+
+- name: Remove volumes that no longer belong to any VM
+  dom0.reflink.reflink_gc:
+    pool: /var/lib/vm-pool
+    keep_vids: "{{ vm_volumes }}"
+    remove_orphans: true
+"""
+
+RETURN = r"""
+actions:
+  description: Each step done (planned, in check mode), in plain words.
+  returned: always
+  type: list
+  elements: str
+removed:
+  description: The files removed (to be removed, in check mode).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    file:
+      description: Path relative to the pool.
+      type: str
+      sample: appvms/work/private.img~k2j4h5g6
+    reason:
+      description: Why it was removed.
+      type: str
+      sample: stale tempfile, older than min_age
+    bytes:
+      description: Allocated bytes of the file.
+      type: int
+    exclusive_bytes:
+      description: Allocated bytes not shared with other files (FIEMAP), when the filesystem tells.
+      type: int
+reclaimed_bytes:
+  description: Sum of RV(removed[].bytes).
+  returned: always
+  type: int
+reclaimed_exclusive_bytes:
+  description: Sum of RV(removed[].exclusive_bytes).
+  returned: always
+  type: int
+orphans:
+  description: Volumes found but not in O(keep_vids) (empty without O(keep_vids)).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    vid:
+      description: The volume id.
+      type: str
+    size:
+      description: Size of the volume in bytes.
+      type: int
+    usage:
+      description: Allocated bytes of all its files.
+      type: int
+pending_commit:
+  description: Dirty images (uncommitted data), which gc never removes.
+  returned: always
+  type: list
+  elements: dict
+skipped_volumes:
+  description:
+    - Volumes left alone, with the reason (in use, lock held). (Not called C(skipped), which Ansible
+      would read as "the task was skipped".)
+  returned: always
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.dom0.reflink.plugins.module_utils._gc import run_gc_task
+from ansible_collections.dom0.reflink.plugins.module_utils._task import main_wrapper
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "pool": {"type": "path", "required": True},
+            "vids": {"type": "list", "elements": "str"},
+            "keep_vids": {"type": "list", "elements": "str"},
+            "remove_orphans": {"type": "bool", "default": False},
+            "min_age": {"type": "raw", "default": "1h"},
+            "import_max_age": {"type": "raw", "default": "1d"},
+            "revisions_to_keep": {"type": "int", "default": 1},
+            "revisions_to_keep_per_volume": {"type": "dict", "default": {}},
+            "rebuild_precache": {"type": "bool", "default": False},
+            "lock_timeout": {"type": "int", "default": 60},
+        },
+        supports_check_mode=True,
+    )
+    main_wrapper(module, lambda: run_gc_task(module.params, module.check_mode))
+
+
+if __name__ == "__main__":
+    main()
