@@ -22,8 +22,11 @@ options:
     description:
       - The pool directory. Only its last level is created; its parent must exist.
       - Symlinks in this path are followed (qubesd does the same); nothing below it may be a symlink.
+      - The alias O(pool) lets one C(module_defaults) entry for the group C(dom0.reflink.all) set the
+        pool of every module of the collection.
     type: path
     required: true
+    aliases: [pool]
   state:
     description:
       - V(present) creates what is missing; V(absent) removes the pool, its empty VM directories and
@@ -121,7 +124,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._task import main_wra
 def main():
     module = AnsibleModule(
         argument_spec={
-            "path": {"type": "path", "required": True},
+            "path": {"type": "path", "required": True, "aliases": ["pool"]},
             "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
             "require_reflink": {"type": "bool", "default": True},
             "lock_timeout": {"type": "int", "default": 60},
