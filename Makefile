@@ -72,13 +72,15 @@ print(found.group(1))
 endef
 export ANSIBLE_TEST_PIP_VERSION_PY
 
-.PHONY: help deps venv collection test pytest sanity demo clean
+.PHONY: help deps venv collection test pytest sanity lint package-test demo clean
 
 help:
 	@echo 'Targets:'
 	@echo '  make test        deps + venv, pytest over tests/, then make sanity'
 	@echo '  make pytest      pytest only (PYTEST_ARGS="..." to pass options)'
 	@echo '  make sanity      ansible-test sanity (SANITY_ARGS="--test NAME" to narrow)'
+	@echo '  make lint        ruff, yamllint, ansible-lint (production), changelog and docs lint'
+	@echo '  make package-test  build the tarball, install it offline, run a module from it'
 	@echo '  make demo        run playbooks/demo.yml on a temporary btrfs loop mount'
 	@echo '  make venv        create/update .venv from tests/requirements.txt'
 	@echo '  make deps        apt-get install missing Debian tools'
@@ -135,6 +137,8 @@ collection: deps
 test: deps venv
 	$(MAKE) --no-print-directory pytest
 	$(MAKE) --no-print-directory sanity
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory package-test
 
 # pytest exits 5 when it collects no test (tests/core and tests/modules may not
 # exist yet); that is reported but is not a failure.
@@ -156,6 +160,22 @@ sanity: venv collection
 	echo "make sanity: offline pip bootstrap -> $$cache/get_pip_$${pipver//./_}.py"
 	cd "$(COLLECTION_DIR)" && PATH="$(VENV_BIN):$$PATH" \
 		ansible-test sanity --venv --python $(SANITY_PYTHON) --color no $(SANITY_ARGS)
+
+# Linters of the whole tree.  ansible-lint and antsibull-docs look the
+# collection up by name: they get the copy in build/collections.
+lint: venv collection
+	cd "$(ROOT)" && "$(VENV_BIN)/ruff" check --no-cache .
+	cd "$(ROOT)" && "$(VENV_BIN)/yamllint" --strict .
+	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/antsibull-changelog" lint
+	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" \
+		"$(VENV_BIN)/ansible-lint" --offline -q
+	cd "$(COLLECTION_DIR)" && PATH="$(VENV_BIN):$$PATH" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" \
+		"$(VENV_BIN)/antsibull-docs" lint-collection-docs --plugin-docs --skip-rstcheck .
+
+# What a user installs: the tarball must hold no test output, venv or image,
+# and a module must run from the installed copy.
+package-test: venv collection
+	ROOT="$(ROOT)" VENV_BIN="$(VENV_BIN)" COLLECTION_DIR="$(COLLECTION_DIR)" "$(ROOT)/tools/package_test.sh"
 
 demo: deps venv collection
 	PATH="$(VENV_BIN):$$PATH" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" "$(ROOT)/tools/demo.sh"

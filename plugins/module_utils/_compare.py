@@ -101,10 +101,8 @@ def same_content(left_fd, right_fd):
         if left_map is not None and left_map == extent_map(right_fd):
             return True
     size = left_st.st_size
-    for start, end in _union(_ranges_with_data(left_fd, size), _ranges_with_data(right_fd, size)):
-        if not _equal_reads(left_fd, right_fd, start, end):
-            return False
-    return True
+    ranges = _union(_ranges_with_data(left_fd, size), _ranges_with_data(right_fd, size))
+    return all(_equal_reads(left_fd, right_fd, start, end) for start, end in ranges)
 
 
 def prefix_matches(image_fd, source_fd, length):

@@ -232,9 +232,9 @@ def parse_gc_options(params):
         "remove_orphans": params["remove_orphans"],
         "keep_vids": None,
     }
-    for vid, keep in (params.get("revisions_to_keep_per_volume") or {}).items():
+    for vid, given in (params.get("revisions_to_keep_per_volume") or {}).items():
         try:
-            keep = int(keep)
+            keep = int(given)
         except (TypeError, ValueError):
             raise InvalidArgument("revisions_to_keep_per_volume[%s] must be an integer" % vid) from None
         options["revisions_to_keep_per_volume"][str(parse_vid(vid))] = check_revisions_to_keep(keep)

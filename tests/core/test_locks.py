@@ -37,7 +37,8 @@ HOLDER = textwrap.dedent("""
 
 @pytest.fixture
 def holder(btrfs_dir):
-    collections = [path for path in sys.path if path.endswith("pytest-collections")][0]
+    collections = next(iter(path for path in sys.path if path.endswith("pytest-collections")), None)
+    assert collections is not None
     process = subprocess.Popen([sys.executable, "-c", HOLDER, str(btrfs_dir), collections],
                                stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "held"
