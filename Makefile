@@ -72,7 +72,7 @@ print(found.group(1))
 endef
 export ANSIBLE_TEST_PIP_VERSION_PY
 
-.PHONY: help deps venv collection test pytest sanity lint package-test demo clean
+.PHONY: help deps venv collection test pytest sanity lint docs package-test demo clean
 
 help:
 	@echo 'Targets:'
@@ -81,6 +81,7 @@ help:
 	@echo '  make sanity      ansible-test sanity (SANITY_ARGS="--test NAME" to narrow)'
 	@echo '  make lint        ruff, yamllint, ansible-lint (production), changelog and docs lint'
 	@echo '  make package-test  build the tarball, install it offline, run a module from it'
+	@echo '  make docs        render the module pages and the guide into build/docs'
 	@echo '  make demo        run playbooks/demo.yml on a temporary btrfs loop mount'
 	@echo '  make venv        create/update .venv from tests/requirements.txt'
 	@echo '  make deps        apt-get install missing Debian tools'
@@ -170,7 +171,15 @@ lint: venv collection
 	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" \
 		"$(VENV_BIN)/ansible-lint" --offline -q
 	cd "$(COLLECTION_DIR)" && PATH="$(VENV_BIN):$$PATH" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" \
-		"$(VENV_BIN)/antsibull-docs" lint-collection-docs --plugin-docs --skip-rstcheck .
+		"$(VENV_BIN)/antsibull-docs" lint-collection-docs --plugin-docs .
+
+# Module pages and the guide (docs/docsite), rendered to reStructuredText in build/docs.
+docs: venv collection
+	rm -rf "$(ROOT)/build/docs" && mkdir -p "$(ROOT)/build/docs"
+	PATH="$(VENV_BIN):$$PATH" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" \
+		"$(VENV_BIN)/antsibull-docs" collection --use-current --output-format simplified-rst \
+		--dest-dir "$(ROOT)/build/docs" dom0.reflink
+	@echo "make docs: rendered into build/docs/collections/dom0/reflink/"
 
 # What a user installs: the tarball must hold no test output, venv or image,
 # and a module must run from the installed copy.
