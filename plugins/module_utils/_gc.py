@@ -13,7 +13,6 @@ whose lock is held, files that match no image pattern, and anything outside
 from __future__ import annotations
 
 import errno
-import json
 import os
 import time
 
@@ -21,7 +20,13 @@ from ansible_collections.dom0.reflink.plugins.module_utils import _actions as ac
 from ansible_collections.dom0.reflink.plugins.module_utils._compare import exclusive_bytes
 from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._imports import BEGUN, JOURNALS_DIR, journal_name
+from ansible_collections.dom0.reflink.plugins.module_utils._imports import (
+    BEGUN,
+    JOURNALS_DIR,
+    journal_name,
+    journals_dir,
+    load_record,
+)
 from ansible_collections.dom0.reflink.plugins.module_utils._locks import (
     LOCKS_DIR,
     metadata_dir,
@@ -61,27 +66,18 @@ def _age(now, info):
 def _journals(pool_dir):
     """{journal file name: (record or None if unreadable, mtime)} of ``.reflink/imports/``."""
     found = {}
-    meta = metadata_dir(pool_dir, create=False)
-    if meta is None:
-        return found
-    with meta:
-        journals = meta.open_dir(JOURNALS_DIR)
+    with journals_dir(pool_dir) as journals:
         if journals is None:
             return found
-        with journals:
-            for name in journals.names():
-                st = journals.lstat(name)
-                if st is None or not name.endswith(".json"):
-                    continue
-                try:
-                    fd = journals.open_file(name, os.O_RDONLY)
-                    try:
-                        record = json.loads(os.read(fd, 65536))
-                    finally:
-                        os.close(fd)
-                except (OSError, ValueError):
-                    record = None
-                found[name] = (record, st.st_mtime)
+        for name in journals.names():
+            st = journals.lstat(name)
+            if st is None or not name.endswith(".json"):
+                continue
+            try:
+                record = load_record(journals, name)
+            except (OSError, ValueError):
+                record = None
+            found[name] = (record, st.st_mtime)
     return found
 
 
@@ -217,8 +213,9 @@ def _remove_vm_dir(pool_dir, prefix, vm):
 
 def _remove_journal(pool_dir, name, reason):
     def remove():
-        with metadata_dir(pool_dir, create=False) as meta, meta.open_dir(JOURNALS_DIR) as journals:
-            journals.unlink(name, missing_ok=True)
+        with journals_dir(pool_dir) as journals:
+            if journals is not None:
+                journals.unlink(name, missing_ok=True)
     return act.Step("remove journal .reflink/%s/%s (%s)" % (JOURNALS_DIR, name, reason), remove)
 
 

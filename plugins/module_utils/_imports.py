@@ -226,29 +226,41 @@ def journal_name(vid):
     return escape_vid(str(vid)) + ".json"
 
 
+@contextlib.contextmanager
+def journals_dir(pool_dir, create=False):
+    """``<pool>/.reflink/imports`` as a Directory for the ``with`` block (None if missing and not ``create``)."""
+    meta = metadata_dir(pool_dir, create=create)
+    if meta is None:
+        yield None
+        return
+    with meta:
+        journals = meta.open_dir(JOURNALS_DIR, create=create, mode=0o700)
+        if journals is None:
+            yield None
+            return
+        with journals:
+            yield journals
+
+
+def load_record(journals, name):
+    """The JSON record in ``journals/name`` (OSError if unreadable, ValueError if corrupt)."""
+    fd = journals.open_file(name, os.O_RDONLY)
+    try:
+        return json.loads(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+
+
 def read_journal(pool_dir, vid):
     """The journal record of ``vid``'s two-phase import, or None."""
-    meta = metadata_dir(pool_dir, create=False)
-    if meta is None:
-        return None
-    with meta:
-        journals = meta.open_dir(JOURNALS_DIR)
-        if journals is None:
+    with journals_dir(pool_dir) as journals:
+        if journals is None or journals.regular_lstat(journal_name(vid)) is None:
             return None
-        with journals:
-            if journals.regular_lstat(journal_name(vid)) is None:
-                return None
-            fd = journals.open_file(journal_name(vid), os.O_RDONLY)
-            try:
-                raw = os.read(fd, 65536)
-            finally:
-                os.close(fd)
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        raise VolumeStateError("import journal of %s is corrupt; abort the import (state=abort) to clear it"
-                               % vid) from None
-    return record
+        try:
+            return load_record(journals, journal_name(vid))
+        except ValueError:
+            raise VolumeStateError("import journal of %s is corrupt; abort the import (state=abort) to clear it"
+                                   % vid) from None
 
 
 class WriteJournal(Action):
@@ -268,9 +280,8 @@ class WriteJournal(Action):
             found = workspace.vm_dir.lstat(self.vid.clean)
             record["clean_ino"] = found.st_ino if found else None
         data = json.dumps(record, sort_keys=True).encode()
-        with metadata_dir(self.pool_dir, create=True) as meta:
-            with meta.open_dir(JOURNALS_DIR, create=True, mode=0o700) as journals:
-                journals.write_new_file(journal_name(self.vid), lambda fd: os.write(fd, data))
+        with journals_dir(self.pool_dir, create=True) as journals:
+            journals.write_new_file(journal_name(self.vid), lambda fd: os.write(fd, data))
 
 
 class RemoveJournal(Action):
@@ -280,14 +291,9 @@ class RemoveJournal(Action):
         self.text = "remove the import journal of %s" % vid
 
     def run(self, workspace):
-        meta = metadata_dir(self.pool_dir, create=False)
-        if meta is None:
-            return
-        with meta:
-            journals = meta.open_dir(JOURNALS_DIR)
+        with journals_dir(self.pool_dir) as journals:
             if journals is not None:
-                with journals:
-                    journals.unlink(journal_name(self.vid), missing_ok=True)
+                journals.unlink(journal_name(self.vid), missing_ok=True)
 
 
 # -- plans -----------------------------------------------------------------
