@@ -131,15 +131,18 @@ def parse_vid(value):
         raise InvalidArgument(
             "vid %r: prefix must be one of %s; images anywhere else would be offered "
             "to other VMs by dom0's udev rules" % (value, ", ".join(PREFIXES)))
-    _check_component(vm, "VM name")
-    _check_component(volume, "volume name")
-    if ".img" in volume:
-        raise InvalidArgument("volume name %r must not contain '.img'" % volume)
-    for suffix in _RESERVED_VOLUME_SUFFIXES:
-        if volume.endswith(suffix):
-            raise InvalidArgument(
-                "volume name %r must not end in %r: its image would read as another "
-                "volume's %s image" % (volume, suffix, suffix[1:]))
+    try:
+        _check_component(vm, "VM name")
+        _check_component(volume, "volume name")
+        if ".img" in volume:
+            raise InvalidArgument("volume name %r must not contain '.img'" % volume)
+        for suffix in _RESERVED_VOLUME_SUFFIXES:
+            if volume.endswith(suffix):
+                raise InvalidArgument(
+                    "volume name %r must not end in %r: its image would read as another "
+                    "volume's %s image" % (volume, suffix, suffix[1:]))
+    except InvalidArgument as exc:
+        raise InvalidArgument("vid %r: %s" % (value, exc)) from None
     return Vid(prefix, vm, volume)
 
 
