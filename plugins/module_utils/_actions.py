@@ -112,7 +112,7 @@ class Rename(Action):
 
     def simulate(self, files):
         info = files.pop(self.src)
-        files[self.dst] = FileInfo(self.dst, info.size, info.usage, info.mtime_ns, info.ino)
+        files[self.dst] = FileInfo(self.dst, info.size, info.usage, info.mtime_ns, info.ino, info.dev)
 
 
 class Remove(Action):
@@ -151,7 +151,7 @@ class ResizeInPlace(Action):
 
     def simulate(self, files):
         info = files[self.name]
-        files[self.name] = FileInfo(self.name, self.size, min(info.usage, self.size), info.mtime_ns, info.ino)
+        files[self.name] = FileInfo(self.name, self.size, min(info.usage, self.size), info.mtime_ns, info.ino, info.dev)
 
 
 class SetLoopCapacity(Action):

@@ -19,7 +19,7 @@ import fcntl
 import os
 import struct
 
-from ansible_collections.dom0.reflink.plugins.module_utils._clone import data_segments
+from ansible_collections.dom0.reflink.plugins.module_utils._clone import data_segments, file_size
 
 # _IOWR('f', 11, struct fiemap): the same number on every Linux architecture.
 FS_IOC_FIEMAP = 0xC020660B
@@ -92,7 +92,8 @@ def _equal_reads(left_fd, right_fd, start, end):
 def same_content(left_fd, right_fd):
     """Whether the two open files have the same size and bytes."""
     left_st, right_st = os.fstat(left_fd), os.fstat(right_fd)
-    if left_st.st_size != right_st.st_size:
+    size = file_size(left_fd)
+    if size != file_size(right_fd):  # st_size is 0 for a block device
         return False
     if (left_st.st_dev, left_st.st_ino) == (right_st.st_dev, right_st.st_ino):
         return True
@@ -100,7 +101,6 @@ def same_content(left_fd, right_fd):
         left_map = extent_map(left_fd)
         if left_map is not None and left_map == extent_map(right_fd):
             return True
-    size = left_st.st_size
     ranges = _union(_ranges_with_data(left_fd, size), _ranges_with_data(right_fd, size))
     return all(_equal_reads(left_fd, right_fd, start, end) for start, end in ranges)
 

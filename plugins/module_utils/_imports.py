@@ -199,6 +199,19 @@ def sha256_of(fd):
     return digest.hexdigest()
 
 
+def verify_clean_checksum(vm_dir, vid, expected):
+    """For an import that changes nothing: the data is the clean image's, so check that."""
+    fd = vm_dir.open_file(vid.clean, os.O_RDONLY)
+    try:
+        actual = sha256_of(fd)
+    finally:
+        os.close(fd)
+    if actual != expected:
+        raise ReflinkError(
+            "checksum mismatch: expected sha256:%s, but the data to import (the same as the current clean "
+            "image, so nothing was staged) has sha256:%s; the volume is unchanged" % (expected, actual))
+
+
 class VerifyChecksum(Action):
     """Compare the staged image with the expected SHA-256; on mismatch remove it and fail."""
 
@@ -300,7 +313,7 @@ class RemoveJournal(Action):
 
 def _own_image(files, source):
     for info in (files.clean, files.dirty):
-        if info is not None and source is not None and source.identity[1] == info.ino:
+        if info is not None and source is not None and source.identity == (info.dev, info.ino):
             return info.name
     return None
 
@@ -327,11 +340,15 @@ def plan_import(planner, workspace, options, source, journal):
     begun = journal is not None and journal.get("state") == BEGUN
 
     if state == "abort":
+        # Only an import this collection began is aborted: an import image no journal claims may be
+        # qubesd's own import in progress (reflink_gc removes a stale one).  A committed import's
+        # record stays: it is what makes a rerun of commit a no-op.
+        if not begun:
+            return []
         actions = []
         if files.import_ is not None:
             actions.append(Remove(rel, vid.import_, "import aborted"))
-        if begun:  # a committed import's record stays: it is what makes a rerun of commit a no-op
-            actions.append(RemoveJournal(pool_dir, vid))
+        actions.append(RemoveJournal(pool_dir, vid))
         return actions
 
     if state == "commit":
@@ -344,6 +361,12 @@ def plan_import(planner, workspace, options, source, journal):
                 "the import image %s begun at %s is gone (qubesd deletes an uncommitted import image when "
                 "the VM starts or the volume is created or removed); abort and begin again"
                 % (rel(vid.import_), journal.get("written", "?")))
+        begun_ino = journal.get("import_ino")
+        if begun_ino is not None and begun_ino != files.import_.ino:
+            raise VolumeStateError(
+                "the import image %s is not the file that state=begin created (it was replaced: inode %d, "
+                "begun as inode %d), so it may be another program's import; write into the begun file in "
+                "place instead of replacing it, or abort and begin again" % (rel(vid.import_), files.import_.ino, begun_ino))
         planner.refuse_if_in_use("commit an import into")
         actions = []
         if size is None and files.import_.size != journal.get("size"):
@@ -391,6 +414,8 @@ def plan_import(planner, workspace, options, source, journal):
     planner.refuse_if_in_use("import into")
     result_size = size if size is not None else source.size
     if not options["force"] and unchanged(workspace.vm_dir, files, source, result_size):
+        if options["checksum"]:
+            verify_clean_checksum(workspace.vm_dir, vid, options["checksum"])
         return []
     actions = []
     if not files.exists:

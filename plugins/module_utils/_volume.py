@@ -43,10 +43,11 @@ class FileInfo:
     usage: int
     mtime_ns: int = 0
     ino: int = 0
+    dev: int = 0
 
     @classmethod
     def from_stat(cls, name, st):
-        return cls(name, st.st_size, allocated_bytes(st), st.st_mtime_ns, st.st_ino)
+        return cls(name, st.st_size, allocated_bytes(st), st.st_mtime_ns, st.st_ino, st.st_dev)
 
     def as_dict(self):
         return {"name": self.name, "size": self.size, "usage": self.usage}
