@@ -32,6 +32,16 @@ SANITY_PYTHON ?= 3.11
 SANITY_ARGS ?=
 PYTEST_ARGS ?=
 
+# `make molecule`: the scenarios of extensions/molecule (MOLECULE_ARGS="-s default"
+# for one). `make compat`: the scenario default with ansible-core 2.16 (in
+# .venv-2.16) and with Python 3.13 as the modules' interpreter (PYTHON313=path
+# to choose it; the run is skipped when there is none).
+MOLECULE_ARGS ?= --all
+COMPAT_VENV := $(ROOT)/.venv-2.16
+COMPAT_REQUIREMENTS := $(ROOT)/extensions/molecule/requirements-ansible-2.16.txt
+COMPAT_STAMP := $(COMPAT_VENV)/.requirements-installed
+PYTHON313 ?=
+
 # command:package pairs for `make deps` (sbin directories are searched too);
 # python3-venv is added when $(PYTHON) lacks ensurepip (Debian's own Python).
 DEB_COMMANDS := \
@@ -72,7 +82,7 @@ print(found.group(1))
 endef
 export ANSIBLE_TEST_PIP_VERSION_PY
 
-.PHONY: help deps venv collection test pytest sanity lint docs package-test demo clean
+.PHONY: help deps venv collection test pytest sanity lint docs package-test molecule compat demo clean
 
 help:
 	@echo 'Targets:'
@@ -81,6 +91,8 @@ help:
 	@echo '  make sanity      ansible-test sanity (SANITY_ARGS="--test NAME" to narrow)'
 	@echo '  make lint        ruff, yamllint, ansible-lint (production), changelog and docs lint'
 	@echo '  make package-test  build the tarball, install it offline, run a module from it'
+	@echo '  make molecule    molecule test of extensions/molecule/* (MOLECULE_ARGS="-s default" for one)'
+	@echo '  make compat      scenario default with ansible-core 2.16, and with modules on Python 3.13'
 	@echo '  make docs        render the module pages and the guide into build/docs'
 	@echo '  make demo        run playbooks/demo.yml on a temporary btrfs loop mount'
 	@echo '  make venv        create/update .venv from tests/requirements.txt'
@@ -140,6 +152,8 @@ test: deps venv
 	$(MAKE) --no-print-directory sanity
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory package-test
+	$(MAKE) --no-print-directory molecule
+	$(MAKE) --no-print-directory compat
 
 # pytest exits 5 when it collects no test (tests/core and tests/modules may not
 # exist yet); that is reported but is not a failure.
@@ -185,6 +199,46 @@ docs: venv collection
 # and a module must run from the installed copy.
 package-test: venv collection
 	ROOT="$(ROOT)" VENV_BIN="$(VENV_BIN)" COLLECTION_DIR="$(COLLECTION_DIR)" "$(ROOT)/tools/package_test.sh"
+
+# Molecule runs from the repository root (the collection root: it finds the
+# scenarios under extensions/molecule and their base config there), with the
+# collection taken from build/collections (extensions/molecule/config.yml).
+molecule: deps venv collection
+	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/molecule" test $(MOLECULE_ARGS)
+
+# A second virtual environment with ansible-core 2.16, made once and kept
+# (re-done when its requirements change), like .venv.
+$(COMPAT_STAMP): $(COMPAT_REQUIREMENTS)
+	@if [ -z "$(PYTHON)" ]; then echo 'make compat: no python3.11 or python3 on PATH' >&2; exit 1; fi
+	@want=$$("$(PYTHON)" -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	have=$$("$(COMPAT_VENV)/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true); \
+	if [ "$$want" != "$$have" ]; then \
+		echo "make compat: creating $(COMPAT_VENV) with $(PYTHON) (Python $$want)"; \
+		rm -rf "$(COMPAT_VENV)"; \
+		"$(PYTHON)" -m venv "$(COMPAT_VENV)"; \
+	fi
+	"$(COMPAT_VENV)/bin/python" -m pip install --disable-pip-version-check -q -r "$(COMPAT_REQUIREMENTS)"
+	touch "$@"
+
+# The Python 3.13 run looks for an interpreter that really is 3.13 (a pyenv
+# shim of an inactive version is not): $(PYTHON313), pyenv's versions, PATH.
+compat: deps venv collection $(COMPAT_STAMP)
+	cd "$(ROOT)" && extensions/molecule/compat.sh "ansible-core 2.16" "$(COMPAT_VENV)/bin"
+	@cd "$(ROOT)" && py313=''; \
+	for candidate in $(PYTHON313) "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/3.13*/bin/python3.13 \
+			"$$(command -v python3.13 || true)" /usr/bin/python3.13 /usr/local/bin/python3.13; do \
+		if [ -n "$$candidate" ] && [ -x "$$candidate" ] && \
+				"$$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null; then \
+			py313=$$candidate; break; \
+		fi; \
+	done; \
+	if [ -z "$$py313" ]; then \
+		echo 'make compat: SKIPPED the run with modules on Python 3.13: no Python 3.13 found'; \
+		echo '  (looked at PYTHON313, ~/.pyenv/versions/3.13*, python3.13 on PATH, /usr/bin, /usr/local/bin)'; \
+	else \
+		echo "extensions/molecule/compat.sh \"Python 3.13 modules\" $(VENV_BIN) $$py313"; \
+		extensions/molecule/compat.sh "Python 3.13 modules" "$(VENV_BIN)" "$$py313"; \
+	fi
 
 demo: deps venv collection
 	PATH="$(VENV_BIN):$$PATH" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" "$(ROOT)/tools/demo.sh"
