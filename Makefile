@@ -82,12 +82,13 @@ print(found.group(1))
 endef
 export ANSIBLE_TEST_PIP_VERSION_PY
 
-.PHONY: help deps venv collection test pytest sanity lint docs package-test molecule compat demo clean
+.PHONY: help deps venv collection test pytest test-reliability sanity lint docs package-test molecule compat demo clean
 
 help:
 	@echo 'Targets:'
 	@echo '  make test        deps + venv, pytest over tests/, then make sanity'
 	@echo '  make pytest      pytest only (PYTEST_ARGS="..." to pass options)'
+	@echo '  make test-reliability  crash matrix, faults, concurrency, bad input (tests/reliability)'
 	@echo '  make sanity      ansible-test sanity (SANITY_ARGS="--test NAME" to narrow)'
 	@echo '  make lint        ruff, yamllint, ansible-lint (production), changelog and docs lint'
 	@echo '  make package-test  build the tarball, install it offline, run a module from it'
@@ -149,6 +150,7 @@ collection: deps
 
 test: deps venv
 	$(MAKE) --no-print-directory pytest
+	$(MAKE) --no-print-directory test-reliability
 	$(MAKE) --no-print-directory sanity
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory package-test
@@ -162,6 +164,11 @@ pytest: deps venv
 	PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/python" -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ "$$rc" = 5 ]; then echo 'make pytest: no tests were collected'; rc=0; fi; \
 	exit $$rc
+
+# tests/reliability is not in pytest.ini's testpaths: it runs here, on its own
+# (a few minutes; kill-point counts in tests/output/reliability/kill-points.json).
+test-reliability: deps venv
+	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/python" -m pytest tests/reliability $(PYTEST_ARGS)
 
 # ansible-test bootstraps pip in each of its virtual environments with a script
 # it downloads from a host that is unreachable here; tools/get_pip.py is put
