@@ -35,6 +35,10 @@ class Action:
     def simulate(self, files):
         """Apply the action to ``files`` (a dict name -> FileInfo of the VM directory)."""
 
+    def undo(self, workspace):
+        """After a later step failed: take back what is useless alone; return what was done, or None."""
+        return None
+
     @property
     def done(self):
         return self.text
@@ -47,6 +51,12 @@ class MakeVmDir(Action):
 
     def run(self, workspace):
         workspace.ensure_vm_dir()
+
+    def undo(self, workspace):
+        if workspace.vm_dir is not None and not workspace.vm_dir.names():
+            workspace.remove_vm_dir_if_empty()
+            return "removed the new, empty VM directory %s" % self.vid.vm_dir
+        return None
 
 
 class RemoveVmDirIfEmpty(Action):
@@ -127,6 +137,20 @@ class Remove(Action):
         files.pop(self.name, None)
 
 
+class RemovePrecache(Remove):
+    """Remove a precache that is about to go stale; if the task fails, make it anew from clean."""
+
+    def __init__(self, rel, vid):
+        super().__init__(rel, vid.precache, "the precache is about to go stale")
+        self.vid = vid
+
+    def undo(self, workspace):
+        if workspace.vm_dir is None or workspace.vm_dir.lstat(self.vid.clean) is None:
+            return None
+        clone.clone_file(workspace.vm_dir, self.vid.clean, workspace.vm_dir, self.vid.precache, copy_mtime=True)
+        return "made the precache %s anew" % self.vid.precache
+
+
 class Fsync(Action):
     def __init__(self, rel, name):
         self.name = name
@@ -177,7 +201,12 @@ class Workspace:
         if self.prefix_dir is None:
             raise PoolError("%s has no %s/ directory: it is not a set-up pool; "
                             "create it with dom0.reflink.reflink_pool" % (pool_dir.path, vid.prefix))
-        self.vm_dir = self.prefix_dir.open_dir(vid.vm)
+        self.vm_dir = None
+
+    def open_vm_dir(self):
+        """Open the VM directory (if it exists); done under the volume lock."""
+        self.vm_dir = self.prefix_dir.open_dir(self.vid.vm)
+        return self
 
     def rel(self, name):
         """``name`` as a path relative to the pool, for messages."""

@@ -16,6 +16,7 @@ directory, so that once a function returns its effect survives a power cut.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -71,14 +72,15 @@ class Directory:
 
         Returns None when it is missing and ``create`` is false.
         """
-        for _attempt in range(2):
+        for _attempt in range(3):
             try:
                 fd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=self.fd)
                 return Directory(fd, self.join(name))
             except FileNotFoundError:
                 if not create:
                     return None
-                self.mkdir(name, mode)
+                with contextlib.suppress(FileExistsError):  # another task made it meanwhile: open it
+                    self.mkdir(name, mode)
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
@@ -186,6 +188,28 @@ class Directory:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def file_size_fits(self, size):
+        """Whether a file in this directory can have ``size`` bytes (tried on an unnamed file).
+
+        True also when it cannot be told (no O_TMPFILE, a read-only filesystem):
+        the real operation then reports what is wrong.
+        """
+        if _O_TMPFILE is None:
+            return True
+        try:
+            fd = os.open(".", _O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, FILE_MODE, dir_fd=self.fd)
+        except OSError:
+            return True
+        try:
+            os.ftruncate(fd, size)
+        except OverflowError:
+            return False
+        except OSError as exc:
+            return exc.errno not in (errno.EFBIG, errno.EINVAL)
+        finally:
+            os.close(fd)
+        return True
 
     def write_new_file(self, name, fill, mode=FILE_MODE):
         """Atomically (re)place ``name`` by a new file whose content ``fill(fd)`` writes.

@@ -13,6 +13,7 @@ whose lock is held, files that match no image pattern, and anything outside
 from __future__ import annotations
 
 import errno
+import re
 import os
 import time
 
@@ -39,7 +40,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._operations import (
     VolumePlanner,
     check_revisions_to_keep,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._pool import PoolScan
+from ansible_collections.dom0.reflink.plugins.module_utils._pool import PoolScan, require_pool
 from ansible_collections.dom0.reflink.plugins.module_utils._task import PlanFailed, execute
 from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_duration
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import Surroundings
@@ -63,14 +64,20 @@ def _age(now, info):
     return now - info.mtime_ns / 1e9
 
 
+_JOURNAL_TEMPFILE_RE = re.compile(r".+\.json~[a-z0-9_]{8}\Z")
+
+
 def _journals(pool_dir):
-    """{journal file name: (record or None if unreadable, mtime)} of ``.reflink/imports/``."""
+    """The journals of ``.reflink/imports/``: ({name: (record or None if unreadable, mtime)}, {tempfile: mtime})."""
     found = {}
+    tempfiles = {}
     with journals_dir(pool_dir) as journals:
         if journals is None:
-            return found
+            return found, tempfiles
         for name in journals.names():
             st = journals.lstat(name)
+            if st is not None and _JOURNAL_TEMPFILE_RE.match(name):
+                tempfiles[name] = st.st_mtime  # a journal write killed between its link and rename
             if st is None or not name.endswith(".json"):
                 continue
             try:
@@ -78,7 +85,7 @@ def _journals(pool_dir):
             except (OSError, ValueError):
                 record = None
             found[name] = (record, st.st_mtime)
-    return found
+    return found, tempfiles
 
 
 class GcPlanner:
@@ -109,7 +116,7 @@ class GcPlanner:
     def removal(self, vid, info, reason):
         return Removal(vid, info, reason, self.exclusive(vid, info))
 
-    def plan(self, scan, surroundings, journals):
+    def plan(self, scan, surroundings, journals, journal_tempfiles):
         options = self.options
         keep_vids = options["keep_vids"]
         for files in scan.sorted_volumes():
@@ -134,6 +141,9 @@ class GcPlanner:
                 self.per_volume[key] = (vid, actions)
         self.plan_vm_dirs(scan)
         self.plan_journals(scan, journals)
+        for name, mtime in sorted(journal_tempfiles.items()):
+            if self.now - mtime >= self.options["min_age"]:
+                self.journal_removals.append((name, "stale tempfile of a journal"))
 
     def plan_volume(self, files, surroundings, journal):
         options = self.options
@@ -250,11 +260,12 @@ def run_gc_task(params, check_mode):
     now = time.time()
     removed, actions, skipped = [], [], []
     with Directory.open_pool(path) as pool_dir:
+        require_pool(pool_dir)
         with pool_lock(pool_dir, exclusive=True, timeout=params["lock_timeout"], purpose="reflink_gc",
                        create=not check_mode):
             scan = PoolScan.read(pool_dir, only)
             planner = GcPlanner(pool_dir, options, now)
-            planner.plan(scan, Surroundings.read(path), _journals(pool_dir))
+            planner.plan(scan, Surroundings.read(path), *_journals(pool_dir))
             skipped.extend(planner.skipped)
             locks = None
             meta = metadata_dir(pool_dir, create=False)
@@ -273,7 +284,7 @@ def run_gc_task(params, check_mode):
                         skipped.append({"vid": key, "reason": "its volume lock is held by another task"})
                         continue
                     try:
-                        with act.Workspace(pool_dir, vid) as workspace:
+                        with act.Workspace(pool_dir, vid).open_vm_dir() as workspace:
                             _execute_reporting(volume_actions, workspace, removed, actions)
                     finally:
                         if lock is not None:

@@ -39,7 +39,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._locks import metadat
 from ansible_collections.dom0.reflink.plugins.module_utils._names import escape_vid, parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._operations import check_revisions_to_keep
 from ansible_collections.dom0.reflink.plugins.module_utils._task import run_volume_task
-from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_size
+from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_volume_size
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import FileInfo, VolumeFiles
 
 JOURNALS_DIR = "imports"
@@ -165,6 +165,12 @@ class Stage(Action):
                                    describe=(self.source.description, destination))
 
         self.how = workspace.vm_dir.write_new_file(self.name, fill)
+
+    def undo(self, workspace):
+        # Until the commit renames it, the staged image is of no use alone.
+        if workspace.vm_dir is not None and workspace.vm_dir.unlink(self.name, missing_ok=True):
+            return "removed the staged image %s" % self.name
+        return None
 
     def simulate(self, files):
         usage = 0 if self.source is None else min(self.source.usage, self.size)
@@ -351,11 +357,17 @@ def plan_import(planner, workspace, options, source, journal):
         actions.append(RemoveJournal(pool_dir, vid))
         return actions
 
+    keep = options["revisions_to_keep"]
     if state == "commit":
         if journal is not None and journal.get("state") == COMMITTED and not begun:
-            return []
+            return planner.finish_precache(keep)
         if not begun:
             raise VolumeStateError("no two-phase import of %s was begun: run state=begin first" % vid)
+        if files.import_ is None and files.clean is not None and files.clean.ino == journal.get("import_ino"):
+            # The commit's rename happened and the task died before it recorded it: finish.
+            return planner.finish_precache(keep) + [
+                WriteJournal(pool_dir, vid, {"vid": str(vid), "state": COMMITTED},
+                             "record the import of %s as committed" % vid)]
         if files.import_ is None:
             raise VolumeStateError(
                 "the import image %s begun at %s is gone (qubesd deletes an uncommitted import image when "
@@ -374,6 +386,7 @@ def plan_import(planner, workspace, options, source, journal):
                 "the import image %s is %d bytes, but the import was begun with %s bytes; give size "
                 "at commit to accept the new size" % (rel(vid.import_), files.import_.size, journal.get("size")))
         if size is not None and size != files.import_.size:
+            planner.check_size(size)
             actions.append(ResizeInPlace(rel, vid.import_, size))
         if options["checksum"]:
             actions.append(VerifyChecksum(rel, vid.import_, options["checksum"]))
@@ -396,6 +409,7 @@ def plan_import(planner, workspace, options, source, journal):
             raise VolumeStateError("an import of %s (%s bytes) was begun at %s; commit or abort it first"
                                    % (vid, journal.get("size"), journal.get("written", "?")))
         planner.refuse_if_in_use("import into")
+        planner.check_size(size)
         actions = [] if workspace.vm_dir is not None else [MakeVmDir(vid)]
         actions.append(Stage(rel, vid.import_, None, size, allow_copy=True))
         actions.append(WriteJournal(pool_dir, vid, {"vid": str(vid), "state": BEGUN, "size": size},
@@ -413,10 +427,11 @@ def plan_import(planner, workspace, options, source, journal):
         raise InvalidArgument("the source %s is the volume's own image %s" % (source.description, own))
     planner.refuse_if_in_use("import into")
     result_size = size if size is not None else source.size
+    planner.check_size(result_size)
     if not options["force"] and unchanged(workspace.vm_dir, files, source, result_size):
         if options["checksum"]:
             verify_clean_checksum(workspace.vm_dir, vid, options["checksum"])
-        return []
+        return planner.finish_precache(keep)
     actions = []
     if not files.exists:
         actions.extend(_new_volume_actions(planner, workspace))
@@ -431,7 +446,7 @@ def plan_import(planner, workspace, options, source, journal):
 def run_import_task(params, check_mode, diff):
     """reflink_import: open and lock the source, then plan and run like every volume task."""
     options = dict(params)
-    options["size"] = None if params["size"] is None else parse_size(params["size"])
+    options["size"] = None if params["size"] is None else parse_volume_size(params["size"])
     options["checksum"] = parse_checksum(params["checksum"])
     options["revisions_to_keep"] = check_revisions_to_keep(params["revisions_to_keep"])
     vid = parse_vid(params["vid"])
@@ -449,6 +464,8 @@ def run_import_task(params, check_mode, diff):
             if src_vid == vid and os.path.realpath(src_pool) == os.path.realpath(params["pool"]):
                 raise InvalidArgument("src_vid %s is the volume being imported into" % src_vid)
             src_pool_dir = stack.enter_context(Directory.open_pool(src_pool))
+            if not src_pool_dir.has_subdir(src_vid.prefix):
+                raise InvalidArgument("src_pool %s is not a pool: it has no %s/ directory" % (src_pool, src_vid.prefix))
             stack.enter_context(volume_lock(src_pool_dir, src_vid, timeout=params["lock_timeout"],
                                             purpose="reflink_import reading %s" % src_vid,
                                             create=not check_mode, exclusive=False))

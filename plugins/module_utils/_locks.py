@@ -122,7 +122,9 @@ def acquire(directory, name, *, exclusive, timeout, purpose, what, create=True):
     does not exist (check mode: nothing can be holding it for our kind of work
     then, and we must not create it).  Raises LockTimeout naming the holder.
     """
-    flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    # A shared holder only reads (so reflink_info works on a read-only pool); an exclusive one
+    # writes who it is into the file.
+    flags = (os.O_RDWR if exclusive else os.O_RDONLY) | (os.O_CREAT if create else 0)
     try:
         fd = directory.open_file(name, flags, 0o600)
     except FileNotFoundError:

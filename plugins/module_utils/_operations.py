@@ -11,13 +11,17 @@ means there is nothing to do.  Nothing here touches the disk.
 
 from __future__ import annotations
 
+import os
+
 from ansible_collections.dom0.reflink.plugins.module_utils import _actions as act
+from ansible_collections.dom0.reflink.plugins.module_utils._compare import same_content
 from ansible_collections.dom0.reflink.plugins.module_utils._errors import (
     InvalidArgument,
     VolumeInUse,
     VolumeStateError,
 )
 from ansible_collections.dom0.reflink.plugins.module_utils._names import format_timestamp
+from ansible_collections.dom0.reflink.plugins.module_utils._volume import loop_size
 
 # revisions_to_keep: -1 means "snapshots disabled": no revision, no precache.
 SNAPSHOTS_DISABLED = -1
@@ -32,11 +36,20 @@ def check_revisions_to_keep(value):
 class VolumePlanner:
     """Plans for one volume, given its files and what surrounds it."""
 
-    def __init__(self, files, surroundings, rel):
+    def __init__(self, files, surroundings, rel, vm_dir=None, prefix_dir=None):
         self.files = files
         self.vid = files.vid
         self.surroundings = surroundings
         self.rel = rel
+        self.vm_dir = vm_dir  # to compare contents; None where the VM directory does not exist
+        self.prefix_dir = prefix_dir
+
+    def check_size(self, size):
+        """Refuse, before any change, a size larger than the filesystem's largest file."""
+        where = self.vm_dir or self.prefix_dir
+        if where is not None and not where.file_size_fits(size):
+            raise InvalidArgument("size %d is too large: larger than the largest file the filesystem of %s can hold"
+                                  % (size, where.path))
 
     # -- building blocks ---------------------------------------------------
 
@@ -59,28 +72,71 @@ class VolumePlanner:
         ordered.extend(info for info in (files.clean, files.precache, files.dirty) if info)
         return [act.Remove(self.rel, info.name, why) for info in ordered]
 
+    def newest_revision_is_clean(self, files):
+        """Whether the newest revision already holds the clean image.
+
+        That is what a commit or revert leaves when it is killed after making
+        the revision and before its rename; making another one would only
+        push an older revision out.  Named from clean's mtime, same size, and
+        the same bytes (cheap when they share extents, as a fresh reflink does).
+        """
+        if not files.revisions or files.clean is None or self.vm_dir is None:
+            return False
+        info = files.revisions[-1][1]
+        clean = files.clean
+        if info.size != clean.size or not info.name.endswith("@" + format_timestamp(clean.mtime_ns // 10 ** 9)):
+            return False
+        left = self.vm_dir.open_file(info.name, os.O_RDONLY)
+        try:
+            right = self.vm_dir.open_file(self.vid.clean, os.O_RDONLY)
+            try:
+                return same_content(left, right)
+            finally:
+                os.close(right)
+        finally:
+            os.close(left)
+
+    def keep_clean_as_revision(self, files, why):
+        """Actions that keep the current clean image as the next revision; how many were added (0 or 1)."""
+        if files.clean is None or self.newest_revision_is_clean(files):
+            return [], 0
+        name = self.vid.revision(files.next_revision(), format_timestamp(files.clean.mtime_ns // 10 ** 9))
+        return [act.Clone(self.rel, self.vid.clean, name, why)], 1
+
+    def finish_precache(self, keep):
+        """Make a missing or stale precache of a stopped volume: how an interrupted commit converges."""
+        files = self.files
+        if files.dirty is not None or files.clean is None or keep == SNAPSHOTS_DISABLED \
+                or files.precache_state == "fresh":
+            return []
+        actions = []
+        if files.precache is not None:
+            actions.append(act.Remove(self.rel, self.vid.precache, "stale precache"))
+        actions.append(self.new_precache())
+        return actions
+
     def commit(self, staged, keep, files=None):
         """Make the file ``staged`` the new clean image, as qubesd's commit does.
 
         ``files`` is the volume as it will be when the commit starts (default:
-        as it is now).
+        as it is now).  The staged file is flushed first, so that a failing
+        disk stops the commit before any revision is pruned.
         """
         vid = self.vid
         files = files or self.files
         actions = []
+        if staged == vid.dirty:
+            actions.append(act.Fsync(self.rel, staged))
         added = 0
-        if keep > 0 and files.clean is not None:
-            name = vid.revision(files.next_revision(), format_timestamp(files.clean.mtime_ns // 10 ** 9))
-            actions.append(act.Clone(self.rel, vid.clean, name, "keep the old image as a revision"))
-            added = 1
+        if keep > 0:
+            kept, added = self.keep_clean_as_revision(files, "keep the old image as a revision")
+            actions.extend(kept)
         excess = len(files.revisions) + added - max(keep, 0)
         for number, info in files.revisions[:max(excess, 0)]:
             actions.append(act.Remove(self.rel, info.name,
                                       "revision %d is beyond revisions_to_keep=%d" % (number, keep)))
-        if staged == vid.dirty:
-            actions.append(act.Fsync(self.rel, staged))
         if files.precache is not None:
-            actions.append(act.Remove(self.rel, vid.precache, "the precache is about to go stale"))
+            actions.append(act.RemovePrecache(self.rel, vid))
         actions.append(act.Rename(self.rel, staged, vid.clean, "commit"))
         if keep != SNAPSHOTS_DISABLED:
             actions.append(self.new_precache())
@@ -90,6 +146,7 @@ class VolumePlanner:
 
     def create(self, size, keep, vm_dir_exists):
         """A new origin volume: no leftover of an earlier one, a sparse clean, its precache."""
+        self.check_size(size)
         actions = self.remove_everything("leftover of an earlier volume with this vid")
         if not vm_dir_exists:
             actions.append(act.MakeVmDir(self.vid))
@@ -103,6 +160,7 @@ class VolumePlanner:
         current = files.size
         if size == current:
             return []
+        self.check_size(size)
         if size < current and not allow_shrink:
             raise VolumeStateError(
                 "refusing to shrink volume %s from %d to %d bytes: data beyond the new end is lost. "
@@ -116,14 +174,14 @@ class VolumePlanner:
             for device in self.surroundings.loops_of(self.vid, self.vid.dirty):
                 actions.append(act.SetLoopCapacity(device))
             return actions
-        # Stopped: never mutate clean (a backup may be reading it); give it a new inode.
-        actions = []
-        if files.precache is not None:
-            actions.append(act.Remove(self.rel, self.vid.precache, "the precache is about to go stale"))
-        actions.append(act.Clone(self.rel, self.vid.clean, self.vid.clean,
-                                 "resize (new inode)", size=size))
+        # Stopped: never mutate clean (a backup may be reading it); give it a new inode.  The old
+        # precache stays until the new one replaces it: it is stale (its size differs) meanwhile,
+        # and still there if the resize fails.
+        actions = [act.Clone(self.rel, self.vid.clean, self.vid.clean, "resize (new inode)", size=size)]
         if keep != SNAPSHOTS_DISABLED:
             actions.append(self.new_precache())
+        elif files.precache is not None:
+            actions.append(act.Remove(self.rel, self.vid.precache, "stale precache"))
         return actions
 
     def present(self, size, allow_shrink, keep, vm_dir_exists):
@@ -134,18 +192,19 @@ class VolumePlanner:
             return self.create(size, keep, vm_dir_exists)
         if size is not None and size != files.size:
             return self.resize(size, allow_shrink, keep)
-        if files.dirty is None and keep != SNAPSHOTS_DISABLED and files.precache_state != "fresh":
-            # Converge after a crash between a commit's rename and its new precache.
-            actions = []
-            if files.precache is not None:
-                actions.append(act.Remove(self.rel, self.vid.precache, "stale precache"))
-            actions.append(self.new_precache())
-            return actions
-        return []
+        if files.dirty is not None:
+            return self.loops_catch_up()
+        return self.finish_precache(keep)
+
+    def loops_catch_up(self):
+        """Loop devices still at an older size of the dirty image: a resize was killed before telling them."""
+        dirty = self.files.dirty
+        return [act.SetLoopCapacity(device) for device in self.surroundings.loops_of(self.vid, self.vid.dirty)
+                if loop_size(device) not in (None, dirty.size)]
 
     def stopped(self, keep):
         if self.files.dirty is None:
-            return []
+            return self.finish_precache(keep)
         running = self.surroundings.running_reasons(self.files)
         if running:
             raise VolumeInUse("cannot commit volume %s: it is running (%s); stop the VM first"
@@ -190,12 +249,11 @@ class VolumePlanner:
                     % (self.vid, files.dirty.name))
             actions.append(act.Remove(self.rel, self.vid.dirty, "discard_dirty: dropping uncommitted data"))
         if already:
-            return actions
-        if files.clean is not None:
-            name = self.vid.revision(files.next_revision(), format_timestamp(files.clean.mtime_ns // 10 ** 9))
-            actions.append(act.Clone(self.rel, self.vid.clean, name, "keep the current image as a revision"))
+            return actions or self.finish_precache(0)
+        kept, _added = self.keep_clean_as_revision(files, "keep the current image as a revision")
+        actions.extend(kept)
         if files.precache is not None:
-            actions.append(act.Remove(self.rel, self.vid.precache, "the precache is about to go stale"))
+            actions.append(act.RemovePrecache(self.rel, self.vid))
         actions.append(act.MarkReverted(self.rel, chosen.name, number))
         actions.append(act.Rename(self.rel, chosen.name, self.vid.clean, "revert to revision %d" % number))
         actions.append(self.new_precache())

@@ -14,6 +14,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._clone import probe_r
 from ansible_collections.dom0.reflink.plugins.module_utils._errors import (
     InvalidArgument,
     PoolError,
+    ReflinkError,
     UnsafePath,
 )
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory, remove_tree
@@ -124,6 +125,13 @@ class PoolScan:
 
     def sorted_volumes(self):
         return [self.volumes[key] for key in sorted(self.volumes)]
+
+
+def require_pool(pool_dir):
+    """Refuse a directory that is not a pool, before any lock file is made in it."""
+    if not any(pool_dir.has_subdir(prefix) for prefix in names.PREFIXES):
+        raise PoolError("%s is not a pool: it has neither appvms/ nor vm-templates/; "
+                        "set it up with dom0.reflink.reflink_pool" % pool_dir.path)
 
 
 def open_pool_or_parent(path):
@@ -296,7 +304,11 @@ def run_info_task(params):
     if params.get("vids"):
         only = [names.parse_vid(vid) for vid in params["vids"]]
     with Directory.open_pool(path) as pool_dir:
-        reflink = probe_reflink(pool_dir)
+        require_pool(pool_dir)
+        try:
+            reflink = probe_reflink(pool_dir)
+        except (OSError, ReflinkError):
+            reflink = None  # a read-only or full filesystem cannot be probed; the report still stands
         with pool_lock(pool_dir, exclusive=False, timeout=params["lock_timeout"],
                        purpose="reflink_info", create=False):
             scan = PoolScan.read(pool_dir, only)

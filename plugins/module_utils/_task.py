@@ -60,20 +60,48 @@ class PlanFailed(ReflinkError):
 
 
 def execute(actions, workspace):
-    """Run ``actions`` in order; on failure raise PlanFailed naming the failed step."""
+    """Run ``actions`` in order; on failure undo what can be undone and raise PlanFailed.
+
+    Undoing is best effort and only for steps whose effect would otherwise
+    outlive a failed task for no use (a staged import image, a new empty VM
+    directory, a removed precache); a crash cannot undo, and the next run of
+    the task converges instead.
+    """
     done = []
+    ran = []
     for action in actions:
         try:
             action.run(workspace)
-        except ReflinkError as exc:
-            raise PlanFailed("%s; failed at step '%s'" % (exc, action.text), done) from None
-        except OSError as exc:
-            where = " (%s)" % exc.filename if exc.filename else ""
-            raise PlanFailed("step '%s' failed: %s%s; completed steps are listed in actions, "
-                             "run the task again to finish" % (action.text, exc.strerror or exc, where),
-                             done) from None
+        except (ReflinkError, OSError, OverflowError) as exc:
+            # The failed step may have done part of its work (a rename whose directory fsync
+            # failed): it is undone first, with the steps before it.
+            undone = _undo([action, *reversed(ran)], workspace)
+            raise PlanFailed("%s; completed steps are listed in actions%s; run the task again to finish, "
+                             "or fix the cause first" % (_failure_text(action, exc), undone), done) from None
         done.append(action.done)
+        ran.append(action)
     return done
+
+
+def _failure_text(action, exc):
+    if isinstance(exc, ReflinkError):
+        return "%s; failed at step '%s'" % (exc, action.text)
+    if isinstance(exc, OverflowError):
+        return "step '%s' failed: the size is too large for this system" % action.text
+    where = " (%s)" % exc.filename if exc.filename else ""
+    return "step '%s' failed: %s%s" % (action.text, exc.strerror or exc, where)
+
+
+def _undo(actions, workspace):
+    undone = []
+    for action in actions:
+        try:
+            text = action.undo(workspace)
+        except (ReflinkError, OSError):
+            continue  # the next run of the task, or reflink_gc, deals with it
+        if text:
+            undone.append(text)
+    return "; undone: %s" % ", ".join(undone) if undone else ""
 
 
 def simulate(files, actions):
@@ -94,31 +122,32 @@ def run_volume_task(params, check_mode, diff, purpose, plan, extra=None):
     """
     vid = parse_vid(params["vid"])
     pool = params["pool"]
-    with Directory.open_pool(pool) as pool_dir:
+    with Directory.open_pool(pool) as pool_dir, Workspace(pool_dir, vid) as workspace:
+        # The workspace checked that this is a pool before any lock file is made in it.
         with volume_lock(pool_dir, vid, timeout=params["lock_timeout"], purpose=purpose,
                          create=not check_mode):
-            with Workspace(pool_dir, vid) as workspace:
-                vm_dir_names = workspace.vm_dir.names() if workspace.vm_dir else []
-                files = read_volume(workspace.vm_dir, vid)
-                surroundings = Surroundings.read(pool)
-                planner = VolumePlanner(files, surroundings, workspace.rel)
-                actions = plan(planner, {"workspace": workspace, "vm_dir_names": vm_dir_names})
-                if check_mode:
-                    reported = [action.text for action in actions]
-                    after = simulate(files, actions)
-                else:
-                    reported = execute(actions, workspace)
-                    after = read_volume(workspace.vm_dir, vid)
-                result = {
-                    "changed": bool(actions),
-                    "actions": reported,
-                    "volume": volume_report(pool, after, surroundings),
-                }
-                if extra is not None:
-                    result.update(extra(after))
-                if diff:
-                    result["diff"] = {"before": files.summary(), "after": after.summary()}
-                return result
+            workspace.open_vm_dir()
+            vm_dir_names = workspace.vm_dir.names() if workspace.vm_dir else []
+            files = read_volume(workspace.vm_dir, vid)
+            surroundings = Surroundings.read(pool)
+            planner = VolumePlanner(files, surroundings, workspace.rel, workspace.vm_dir, workspace.prefix_dir)
+            actions = plan(planner, {"workspace": workspace, "vm_dir_names": vm_dir_names})
+            if check_mode:
+                reported = [action.text for action in actions]
+                after = simulate(files, actions)
+            else:
+                reported = execute(actions, workspace)
+                after = read_volume(workspace.vm_dir, vid)
+            result = {
+                "changed": bool(actions),
+                "actions": reported,
+                "volume": volume_report(pool, after, surroundings),
+            }
+            if extra is not None:
+                result.update(extra(after))
+            if diff:
+                result["diff"] = {"before": files.summary(), "after": after.summary()}
+            return result
 
 
 def main_wrapper(module, work):

@@ -25,6 +25,10 @@ _DURATION_RE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*\Z", re.IGNORECASE)
 _SIZE_HELP = "an integer number of bytes or a number with K, M, G, T (or KiB, MiB, GiB, TiB), e.g. 20G or 512MiB"
 
 
+# The largest file size Linux can represent (off_t is a signed 64-bit integer).
+MAX_SIZE = 2 ** 63 - 1
+
+
 def parse_size(value, what="size"):
     """Bytes of ``value``: an int, or a string such as ``20G``, ``512MiB``, ``1.5G``.
 
@@ -35,9 +39,7 @@ def parse_size(value, what="size"):
     if isinstance(value, bool):
         raise InvalidArgument("%s must be %s, not a boolean" % (what, _SIZE_HELP))
     if isinstance(value, int):
-        if value < 0:
-            raise InvalidArgument("%s must not be negative (got %d)" % (what, value))
-        return value
+        return _in_range(value, what)
     if not isinstance(value, str):
         raise InvalidArgument("%s must be %s (got %r)" % (what, _SIZE_HELP, value))
     match = _SIZE_RE.match(value)
@@ -48,9 +50,25 @@ def parse_size(value, what="size"):
     if factor is None:
         raise InvalidArgument("%s %r has an unknown unit %r; use %s" % (what, value, suffix, _SIZE_HELP))
     try:
-        return int(Decimal(number) * factor)
+        return _in_range(int(Decimal(number) * factor), what)
     except InvalidOperation:
         raise InvalidArgument("%s %r is not %s" % (what, value, _SIZE_HELP)) from None
+
+
+def _in_range(value, what):
+    if value < 0:
+        raise InvalidArgument("%s must not be negative (got %d)" % (what, value))
+    if value > MAX_SIZE:
+        raise InvalidArgument("%s %d is larger than any file can be (%d bytes)" % (what, value, MAX_SIZE))
+    return value
+
+
+def parse_volume_size(value, what="size"):
+    """Like parse_size, for the size of a volume: zero bytes is no volume at all."""
+    size = parse_size(value, what)
+    if size == 0:
+        raise InvalidArgument("%s must be more than 0 bytes: a volume of zero bytes cannot hold anything" % what)
+    return size
 
 
 def parse_duration(value, what="duration"):

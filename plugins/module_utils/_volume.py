@@ -207,6 +207,15 @@ def loop_devices():
     return backed
 
 
+def loop_size(device):
+    """Size in bytes the loop device ``/dev/loopN`` presents now, or None if unknown."""
+    try:
+        with open(os.path.join(_SYS_BLOCK, os.path.basename(device), "size"), encoding="ascii") as handle:
+            return int(handle.read()) * 512
+    except (OSError, ValueError):
+        return None
+
+
 def qubes_running_vids():
     """Escaped vids named by qubesd's running-state files, whatever the pool name."""
     running = set()

@@ -72,7 +72,9 @@ pool:
       type: str
       sample: btrfs
     reflink:
-      description: Whether the reflink probe (two unnamed files) succeeded.
+      description:
+        - Whether the reflink probe (two unnamed files) succeeded; null when the filesystem could not be
+          probed (read-only or full).
       type: bool
     size:
       description: Size of the filesystem in bytes.

@@ -179,7 +179,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._task import (
     run_volume_task,
     volume_argument_spec,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_size
+from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_volume_size
 
 
 def main():
@@ -195,7 +195,7 @@ def main():
     params = module.params
 
     def work():
-        size = None if params["size"] is None else parse_size(params["size"])
+        size = None if params["size"] is None else parse_volume_size(params["size"])
         keep = check_revisions_to_keep(params["revisions_to_keep"])
         state = params["state"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
-from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_duration, parse_size
+from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_duration, parse_size, parse_volume_size
 
 GIB = 1024 ** 3
 
@@ -24,12 +24,20 @@ def test_size_forms(value, expected):
 
 @pytest.mark.parametrize("value", [
     -1, "-1", "-1G", "", "G", "1.2.3G", "1 G B", "1GB", "1Gi", "1P", "1e3", "twenty", "0x10",
-    True, 1.5, None, [1],
+    True, 1.5, None, [1], 2 ** 63, "8388608T",
 ])
 def test_bad_sizes_are_refused(value):
     with pytest.raises(InvalidArgument) as excinfo:
         parse_size(value)
     assert "size" in str(excinfo.value)
+
+
+def test_largest_size_is_accepted_and_volume_sizes_are_not_zero():
+    assert parse_size(2 ** 63 - 1) == 2 ** 63 - 1
+    assert parse_volume_size("1") == 1
+    with pytest.raises(InvalidArgument) as excinfo:
+        parse_volume_size("0G")
+    assert "more than 0 bytes" in str(excinfo.value)
 
 
 @pytest.mark.parametrize("value, expected", [

@@ -187,7 +187,7 @@ def test_sizes(btrfs_dir, modrun):
     rows += [
         ("reflink_volume", {"pool": "POOL", "vid": "appvms/new/private", "size": 0}, r"size|zero|empty"),
         ("reflink_volume", {"pool": "POOL", "vid": "appvms/new/private", "size": "0M"}, r"size|zero|empty"),
-        ("reflink_volume", {"pool": "POOL", "vid": VID, "size": 0}, r"shrink"),  # without allow_shrink
+        ("reflink_volume", {"pool": "POOL", "vid": VID, "size": 0}, r"more than 0 bytes"),
         ("reflink_import", {"pool": "POOL", "vid": "appvms/new/private", "state": "begin", "size": 0},
          r"size|zero|empty"),
         ("reflink_import", {"pool": "POOL", "vid": VID, "size": 0, "force": True}, r"size|zero|empty"),

@@ -411,6 +411,10 @@ def test_crash_matrix(scenario, filesystems, modrun, kill_point_reports, request
     root = pathlib.Path(tempfile.mkdtemp(prefix="crash-%s-" % scenario.name, dir=filesystems[scenario.fs].path))
     request.addfinalizer(lambda: shutil.rmtree(root, ignore_errors=True))
     report = ce.run_matrix(scenario, root)
+    if report["problems"] and all("was never a kill point" in p for p in report["problems"]):
+        # The number of unrelated calls before a step (ioctls on the terminal, ...) can move
+        # between runs so that a step escapes every kill; one more whole matrix finds it.
+        report = ce.run_matrix(scenario, root)
     kill_point_reports.append(report)
     assert report["kill_points"] > 0, report
     problems = report["problems"]

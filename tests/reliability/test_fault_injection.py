@@ -189,7 +189,8 @@ def test_ficlone_eio_of_the_new_precache_fails_after_the_commit(reflink_dir, mod
     assert "EIO" in run.result["msg"], run.result
     assert case.clean() == case.new
     state = rh.read_state(case.pool, VID)
-    assert state.precache is None and state.tempfiles == []
+    # Either no precache, or (the failed task's undo made it again) a fresh one: never a stale one.
+    assert (state.precache is None or state.precache_fresh) and state.tempfiles == []
     again = rh.run_direct("reflink_import", **args)
     assert not again["failed"], again
     state = rh.read_state(case.pool, VID)
@@ -335,6 +336,7 @@ def test_read_only_pool(loopfs_factory, modrun):
         problems.append("reflink_info fails on a read-only pool: %s" % info["msg"])
     else:
         assert info["volumes"] == info_rw["volumes"]
-        assert info["pool"]["reflink"] is False or info["pool"]["reflink"] is True
+        # None: the probe could not run (a read-only filesystem cannot hold even an unnamed file).
+        assert info["pool"]["reflink"] in (True, False, None)
     assert rh.listing(pool) == before
     assert not problems, "\n".join(problems)
