@@ -33,7 +33,10 @@ installed="$WORK/collections/ansible_collections/dom0/reflink"
 
 export ANSIBLE_COLLECTIONS_PATH="$WORK/collections" ANSIBLE_LOCALHOST_WARNING=False \
        ANSIBLE_INVENTORY_UNPARSED_WARNING=False ANSIBLE_PYTHON_INTERPRETER="$VENV_BIN/python"
-ansible-doc dom0.reflink.reflink_volume >"$WORK/doc.txt" && grep -q "reflink_volume" "$WORK/doc.txt" || { echo "package-test: ansible-doc failed" >&2; exit 1; }
+if ! ansible-doc dom0.reflink.reflink_volume >"$WORK/doc.txt" || ! grep -q "reflink_volume" "$WORK/doc.txt"; then
+    echo "package-test: ansible-doc failed" >&2
+    exit 1
+fi
 pool="$WORK/pool"
 out=$(ansible localhost -c local -m dom0.reflink.reflink_pool -a "path=$pool require_reflink=false")
 grep -q '"changed": true' <<<"$out" || { echo "package-test: reflink_pool gave: $out" >&2; exit 1; }

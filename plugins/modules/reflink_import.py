@@ -37,6 +37,12 @@ options:
         Each of them run again changes nothing.
       - qubesd deletes an uncommitted import image when the VM starts, or when the volume is created or
         removed; a commit then fails and tells you to begin again.
+      - A commit run again is recognised through the journal's record of the commit, which
+        M(dom0.reflink.reflink_gc) removes after its O(dom0.reflink.reflink_gc#module:import_max_age).
+        A playbook that may run the two phases again later should guard them (for example, only while
+        M(dom0.reflink.reflink_info) reports the volume absent).
+      - In check mode V(begin) records nothing, so a V(commit) that follows it in the same check-mode
+        run fails with "no two-phase import was begun".
     type: str
     choices: [present, begin, commit, abort]
     default: present
