@@ -154,7 +154,5 @@ def qubes_running_file(name):
     finally:
         os.unlink(path)
         if made_dir:
-            try:
+            with contextlib.suppress(OSError):  # someone else put a file there meanwhile
                 os.rmdir(directory)
-            except OSError:
-                pass  # someone else put a file there meanwhile
