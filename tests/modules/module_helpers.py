@@ -18,7 +18,8 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from disk_helpers import MIB, allocated, listing, same_bytes, write_image  # noqa: F401 (re-exported)
+# allocated and same_bytes are re-exported for the test files.
+from disk_helpers import MIB, allocated, listing, same_bytes, write_image  # noqa: F401  # pylint: disable=unused-import
 
 # A fixed clean-image mtime: 2026-01-02T03:04:05Z.
 T0 = 1767323045

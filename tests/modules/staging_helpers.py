@@ -27,7 +27,7 @@ _TEMPFILE_RE = re.compile(r"~[a-z0-9_]{8}\Z")
 _REVISION_RE = re.compile(r"\A(?P<volume>[^/]+)\.img\.(?P<id>[^@/]+)@(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)\Z")
 
 
-def make_source(path, seed=11, size=SOURCE_SIZE, segments=SOURCE_SEGMENTS):
+def make_source(path, seed=11, size=SOURCE_SIZE, segments=tuple(SOURCE_SEGMENTS)):
     """A sparse source image with random data and holes; returns its bytes."""
     return put_file(path, size, segments, seed=seed)
 

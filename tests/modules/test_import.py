@@ -624,7 +624,7 @@ def test_a_file_on_another_btrfs_subvolume_with_the_same_inode_number_is_not_the
     subprocess.run(["btrfs", "-q", "subvolume", "create", str(subvolume)], check=True)
     try:
         src = subvolume / "source.img"
-        for _ in range(1000000):  # btrfs gives each new file the subvolume's highest inode number + 1
+        for _attempt in range(1000000):  # btrfs gives each new file the subvolume's highest inode number + 1
             fd = os.open(src, os.O_CREAT | os.O_WRONLY, 0o600)
             ino = os.fstat(fd).st_ino
             os.close(fd)

@@ -31,7 +31,7 @@ def test_bad_vids_fail_and_change_nothing(btrfs_dir, run_module):
         ("reflink_info", {"vids": ["appvms/work/private", "appvms/../../etc"]}, ["appvms/../../etc"]),
     ]
     before = listing(btrfs_dir)
-    results = run_parallel(run_module, [(name, dict(args, pool=str(pool))) for name, args, _ in cases], workers=3)
+    results = run_parallel(run_module, [(name, dict(args, pool=str(pool))) for name, args, _expected in cases], workers=3)
     for (_name, _args, words), result in zip(cases, results, strict=True):
         assert_failed(result, *words)
     assert listing(btrfs_dir) == before

@@ -105,7 +105,7 @@ SIZE_FORMS = [("20M", 20 * MIB), ("20MiB", 20 * MIB), ("1.5M", 1572864), (104857
 def test_every_size_form(btrfs_dir, run_module):
     pool = make_pool(btrfs_dir)
     calls = [("reflink_volume", {"pool": str(pool), "vid": "appvms/vm%d/private" % i, "size": size})
-             for i, (size, _) in enumerate(SIZE_FORMS)]
+             for i, (size, _bytes) in enumerate(SIZE_FORMS)]
     # Then the same sizes spelt differently: no change.
     calls += [("reflink_volume", {"pool": str(pool), "vid": "appvms/vm0/private", "size": 20971520}),
               ("reflink_volume", {"pool": str(pool), "vid": "appvms/vm2/private", "size": "1.5MiB"})]
@@ -128,7 +128,7 @@ def test_bad_sizes_fail_and_change_nothing(btrfs_dir, run_module):
     pool = make_pool(btrfs_dir)
     make_volume(pool, VID, size=4 * MIB)
     before = listing(pool)
-    calls = [("reflink_volume", {"pool": str(pool), "vid": VID, "size": size}) for size, _ in BAD_SIZES]
+    calls = [("reflink_volume", {"pool": str(pool), "vid": VID, "size": size}) for size, _words in BAD_SIZES]
     calls += [("reflink_volume", {"pool": str(pool), "vid": "appvms/new/private", "size": size})
               for size in ("-1", "1GB")]
     results = run_parallel(run_module, calls)

@@ -436,6 +436,6 @@ def test_the_zygote_runs_a_module_as_python_m_does(btrfs_dir, modrun):
     proc = subprocess.run([sys.executable, "-m", "ansible_collections.dom0.reflink.plugins.modules.reflink_volume",
                            str(args_file)], capture_output=True, text=True, env=env, check=False)
     direct = rh.parse_result(proc.stdout, {"exit": proc.returncode})
-    again = rh.run_direct("reflink_volume", **dict(args, size="8M"))
+    again = rh.run_direct("reflink_volume", **{**args, "size": "8M"})
     assert not direct["failed"] and direct["changed"], direct
     assert again["changed"] is False and again["volume"] == direct["volume"], (again, direct)
