@@ -96,6 +96,8 @@ help:
 	@echo '  make compat      scenario default with ansible-core 2.16, and with modules on Python 3.13'
 	@echo '  make docs        render the module pages and the guide into build/docs'
 	@echo '  make demo        run playbooks/demo.yml on a temporary btrfs loop mount'
+	@echo '  make bench       benchmarks against cp and the bare ioctl, ~15 min (ARGS=--quick: < 1 min)'
+	@echo '  make bench-quick every benchmark case, tiny, to check that they run'
 	@echo '  make venv        create/update .venv from tests/requirements.txt'
 	@echo '  make deps        apt-get install missing Debian tools'
 	@echo '  make collection  copy the tree to build/collections/ansible_collections/dom0/reflink'
@@ -154,6 +156,7 @@ test: deps venv
 	$(MAKE) --no-print-directory sanity
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory package-test
+	$(MAKE) --no-print-directory bench-quick
 	$(MAKE) --no-print-directory molecule
 	$(MAKE) --no-print-directory compat
 
@@ -249,6 +252,15 @@ compat: deps venv collection $(COMPAT_STAMP)
 
 demo: deps venv collection
 	PATH="$(VENV_BIN):$$PATH" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" "$(ROOT)/tools/demo.sh"
+
+# Benchmarks (root): loop filesystems under /var/tmp/dom0-reflink-bench, results in
+# build/bench/ (see docs/performance.md). ARGS is passed on, e.g. ARGS="--cases 1,2".
+.PHONY: bench bench-quick
+bench: deps venv
+	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/python" benchmarks/run.py $(ARGS)
+
+bench-quick: deps venv
+	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/python" benchmarks/run.py --quick $(ARGS)
 
 clean:
 	rm -rf "$(ROOT)/build" "$(ROOT)/tests/output"
