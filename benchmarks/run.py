@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import types
@@ -59,11 +60,11 @@ class Context:
         self.collections = collections
         self.python = os.path.abspath(sys.executable) if not args.python else args.python
         self.venv_bin = os.path.dirname(self.python)
-        self.scratch = os.path.join(REPO, 'build', 'bench', 'scratch')
-        self.ansible_home = os.path.join(REPO, 'build', 'bench', 'ansible-home')
+        # Private to this run: another run (or `make clean`) must not remove it under us.
+        self.scratch = tempfile.mkdtemp(prefix='dom0-reflink-bench-')
+        self.ansible_home = os.path.join(self.scratch, 'ansible-home')
         self.started = time.perf_counter()
-        os.makedirs(self.scratch, exist_ok=True)
-        os.makedirs(self.ansible_home, exist_ok=True)
+        os.makedirs(self.ansible_home)
 
     def reps(self, quick, full):
         return quick if self.quick else full
