@@ -109,9 +109,9 @@ def _load_core(collections):
         PoolScan=pool.PoolScan, run_info_task=pool.run_info_task, run_gc_task=gc.run_gc_task)
 
 
-def _first_line(command):
+def _first_line(command, env=None):
     try:
-        result = subprocess.run(command, capture_output=True, text=True, env=bl.tool_env(), check=False)
+        result = subprocess.run(command, capture_output=True, text=True, env=bl.tool_env(env), check=False)
     except OSError:
         return None
     text = (result.stdout or result.stderr).strip()
@@ -143,7 +143,8 @@ def machine_info(base_dir):
         'python': platform.python_version(), 'cp': _first_line(['cp', '--version']),
         'btrfs-progs': _first_line(['mkfs.btrfs', '--version']), 'xfsprogs': _first_line(['mkfs.xfs', '-V']),
         'e2fsprogs': _first_line(['mkfs.ext4', '-V']),
-        'ansible-core': _first_line([os.path.join(os.path.dirname(sys.executable), 'ansible'), '--version']),
+        'ansible-core': _first_line([os.path.join(os.path.dirname(sys.executable), 'ansible'), '--version'],
+                                    {'LC_ALL': 'C.UTF-8'}),
     }
 
 
