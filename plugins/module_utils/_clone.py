@@ -129,7 +129,7 @@ def _copy_segment(src_fd, dst_fd, start, end, view):
         if got == 0:  # the source shrank under us; the rest stays a hole
             break
         chunk = view[:got]
-        if chunk != _ZERO_CHUNK[:got]:
+        if not _ZERO_CHUNK.startswith(chunk):  # memcmp; comparing memoryviews goes byte by byte
             done = 0
             while done < got:
                 done += os.pwritev(dst_fd, [chunk[done:]], offset + done)

@@ -35,7 +35,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._errors import (
     VolumeStateError,
 )
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._locks import metadata_dir, volume_lock
+from ansible_collections.dom0.reflink.plugins.module_utils._locks import metadata_subdir, volume_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._names import escape_vid, parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._operations import check_revisions_to_keep
 from ansible_collections.dom0.reflink.plugins.module_utils._task import run_volume_task
@@ -245,20 +245,9 @@ def journal_name(vid):
     return escape_vid(str(vid)) + ".json"
 
 
-@contextlib.contextmanager
 def journals_dir(pool_dir, create=False):
     """``<pool>/.reflink/imports`` as a Directory for the ``with`` block (None if missing and not ``create``)."""
-    meta = metadata_dir(pool_dir, create=create)
-    if meta is None:
-        yield None
-        return
-    with meta:
-        journals = meta.open_dir(JOURNALS_DIR, create=create, mode=0o700)
-        if journals is None:
-            yield None
-            return
-        with journals:
-            yield journals
+    return metadata_subdir(pool_dir, JOURNALS_DIR, create)
 
 
 def load_record(journals, name):

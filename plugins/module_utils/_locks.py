@@ -37,18 +37,19 @@ def metadata_dir(pool_dir, create):
 
 
 @contextlib.contextmanager
-def _locks_dir(pool_dir, create):
+def metadata_subdir(pool_dir, name, create=False):
+    """``<pool>/.reflink/<name>`` (mode 0700) for the ``with`` block; None if missing and not ``create``."""
     meta = metadata_dir(pool_dir, create)
     if meta is None:
         yield None
         return
     with meta:
-        locks = meta.open_dir(LOCKS_DIR, create=create, mode=0o700)
-        if locks is None:
+        subdir = meta.open_dir(name, create=create, mode=0o700)
+        if subdir is None:
             yield None
             return
-        with locks:
-            yield locks
+        with subdir:
+            yield subdir
 
 
 def _holders(st):
@@ -162,7 +163,7 @@ def acquire(directory, name, *, exclusive, timeout, purpose, what, create=True):
 @contextlib.contextmanager
 def pool_lock(pool_dir, *, exclusive, timeout, purpose, create=True):
     """Hold the pool lock (shared or exclusive) for the ``with`` block."""
-    with _locks_dir(pool_dir, create) as locks:
+    with metadata_subdir(pool_dir, LOCKS_DIR, create) as locks:
         lock = None
         if locks is not None:
             lock = acquire(locks, POOL_LOCK, exclusive=exclusive, timeout=timeout, purpose=purpose,
@@ -180,7 +181,7 @@ def volume_lock(pool_dir, vid, *, timeout, purpose, create=True, exclusive=True)
 
     ``exclusive=False`` takes the volume lock shared, for reading a source volume.
     """
-    with _locks_dir(pool_dir, create) as locks:
+    with metadata_subdir(pool_dir, LOCKS_DIR, create) as locks:
         held = []
         try:
             if locks is not None:

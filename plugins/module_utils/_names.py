@@ -11,6 +11,7 @@ this module instead of building names itself.
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from dataclasses import dataclass
 
@@ -192,6 +193,7 @@ class ImageName:
         return self.kind == REVISION and self.revision is None
 
 
+@functools.lru_cache(maxsize=4096)
 def classify(filename):
     """Return the :class:`ImageName` of ``filename``, or None for a file that is no image."""
     match = _IMAGE_RE.match(filename)
