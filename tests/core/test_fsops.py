@@ -10,6 +10,7 @@ import stat
 import pytest
 
 from ansible_collections.dom0.reflink.plugins.module_utils import _fsops as fsops
+from ansible_collections.dom0.reflink.plugins.module_utils import _names as names
 from ansible_collections.dom0.reflink.plugins.module_utils._errors import UnsafePath
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
 
@@ -62,6 +63,9 @@ def test_tempfile_names_follow_the_contract():
     prefix, _separator, suffix = name.partition("~")
     assert prefix == "private.img" and len(suffix) == 8
     assert set(suffix) <= set("abcdefghijklmnopqrstuvwxyz0123456789_")
+    found = names.classify(name)
+    assert found is not None and found.tempfile and found.final_name == "private.img"
+    assert len({fsops.temp_name("private.img") for _ in range(1000)}) == 1000
 
 
 @pytest.mark.parametrize("level", ["prefix", "vm", "image", "metadata"])
