@@ -19,7 +19,7 @@ import time
 
 from ansible_collections.dom0.reflink.plugins.module_utils import _actions as act
 from ansible_collections.dom0.reflink.plugins.module_utils._compare import exclusive_bytes
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._imports import (
     BEGUN,
@@ -101,17 +101,39 @@ class GcPlanner:
         self.orphans = []
         self.pending_commit = []
         self.skipped = []
+        self._open_vm_dir = None    # (vm_dir, Directory or None), see _vm_dir
 
     def exclusive(self, vid, info):
         try:
-            with Directory.open_pool(os.path.join(self.pool_dir.path, vid.vm_dir)) as vm_dir:
-                fd = vm_dir.open_file(info.name, os.O_RDONLY)
-                try:
-                    return exclusive_bytes(fd)
-                finally:
-                    os.close(fd)
+            vm_dir = self._vm_dir(vid)
+            if vm_dir is None:
+                return None
+            fd = vm_dir.open_file(info.name, os.O_RDONLY)
+        except (OSError, ReflinkError):   # gone or replaced meanwhile: no figure, not an error
+            return None
+        try:
+            return exclusive_bytes(fd)
         except OSError:
             return None
+        finally:
+            os.close(fd)
+
+    def _vm_dir(self, vid):
+        """The open VM directory of ``vid``: volumes come sorted, so one open at a time is enough."""
+        if self._open_vm_dir is None or self._open_vm_dir[0] != vid.vm_dir:
+            self.close()
+            prefix_dir = self.pool_dir.open_dir(vid.prefix)
+            vm_dir = None
+            if prefix_dir is not None:
+                with prefix_dir:
+                    vm_dir = prefix_dir.open_dir(vid.vm)
+            self._open_vm_dir = (vid.vm_dir, vm_dir)
+        return self._open_vm_dir[1]
+
+    def close(self):
+        if self._open_vm_dir is not None and self._open_vm_dir[1] is not None:
+            self._open_vm_dir[1].close()
+        self._open_vm_dir = None
 
     def removal(self, vid, info, reason):
         return Removal(vid, info, reason, self.exclusive(vid, info))
@@ -265,7 +287,10 @@ def run_gc_task(params, check_mode):
                        create=not check_mode):
             scan = PoolScan.read(pool_dir, only)
             planner = GcPlanner(pool_dir, options, now)
-            planner.plan(scan, Surroundings.read(path), *_journals(pool_dir))
+            try:
+                planner.plan(scan, Surroundings.read(path), *_journals(pool_dir))
+            finally:
+                planner.close()
             skipped.extend(planner.skipped)
             locks = None
             meta = metadata_dir(pool_dir, create=False)

@@ -11,6 +11,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from module_helpers import MIB, T0, make_pool, make_volume, pool_listing, put_file, stamp
 
 OLD = time.time() - 7200     # older than the default min_age of 1h
@@ -191,3 +193,30 @@ def test_min_age_forms(btrfs_dir, run_module):
     gone = run_module("reflink_gc", pool=str(pool), min_age=300)
     assert removed_files(gone) == ["appvms/work/private.img~abcdefgh"]
     assert json.dumps(gone["removed"])  # plain data, serialisable
+
+
+@pytest.mark.parametrize("fs", ["btrfs", "xfs"])
+def test_exclusive_bytes_tell_what_a_removal_frees(fs, request, run_module):
+    """A revision sharing all its extents with clean frees nothing; one with its own data frees that."""
+    pool = make_pool(request.getfixturevalue(fs + "_dir"))
+    own = {"alpha": MIB, "beta": 2 * MIB}
+    for vm in own:   # two VM directories, different figures: each file is read in its own
+        vm_dir = pool / "appvms" / vm
+        make_volume(pool, "appvms/%s/private" % vm, revisions=[(3, T0 - 100)])
+        shared = vm_dir / ("private.img.1@%s" % stamp(T0 - 300))
+        subprocess.run(["cp", "--reflink=always", str(vm_dir / "private.img"), str(shared)], check=True)
+        os.utime(shared, (T0 - 300, T0 - 300))
+        put_file(vm_dir / ("private.img.2@%s" % stamp(T0 - 200)), 4 * MIB, [(0, own[vm])], seed=9, mtime=T0 - 200)
+    checked = run_module("reflink_gc", check=True, pool=str(pool))
+    result = run_module("reflink_gc", pool=str(pool))
+    assert not result.get("failed"), result.get("msg")
+    assert checked["removed"] == result["removed"]
+    by_file = {entry["file"]: entry for entry in result["removed"]}
+    assert sorted(by_file) == ["appvms/%s/private.img.%d@%s" % (vm, number, stamp(T0 - 400 + 100 * number))
+                               for vm in ("alpha", "beta") for number in (1, 2)]
+    for name, entry in by_file.items():
+        own_data = own[name.split("/")[1]] if ".img.2@" in name else 0
+        assert entry["exclusive_bytes"] == own_data, entry
+        assert entry["bytes"] >= max(own_data, 64 * 1024), entry
+    assert result["reclaimed_exclusive_bytes"] == 3 * MIB
+    assert checked["reclaimed_exclusive_bytes"] == 3 * MIB
