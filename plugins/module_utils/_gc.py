@@ -102,6 +102,7 @@ class GcPlanner:
         self.pending_commit = []
         self.skipped = []
         self._open_vm_dir = None    # (vm_dir, Directory or None), see _vm_dir
+        self._prefix_dirs = {}      # prefix -> Directory or None
 
     def exclusive(self, vid, info):
         try:
@@ -121,19 +122,25 @@ class GcPlanner:
     def _vm_dir(self, vid):
         """The open VM directory of ``vid``: volumes come sorted, so one open at a time is enough."""
         if self._open_vm_dir is None or self._open_vm_dir[0] != vid.vm_dir:
-            self.close()
-            prefix_dir = self.pool_dir.open_dir(vid.prefix)
-            vm_dir = None
-            if prefix_dir is not None:
-                with prefix_dir:
-                    vm_dir = prefix_dir.open_dir(vid.vm)
-            self._open_vm_dir = (vid.vm_dir, vm_dir)
+            self._close_vm_dir()
+            if vid.prefix not in self._prefix_dirs:
+                self._prefix_dirs[vid.prefix] = self.pool_dir.open_dir(vid.prefix)
+            prefix_dir = self._prefix_dirs[vid.prefix]
+            self._open_vm_dir = (vid.vm_dir, prefix_dir.open_dir(vid.vm) if prefix_dir is not None else None)
         return self._open_vm_dir[1]
 
-    def close(self):
+    def _close_vm_dir(self):
         if self._open_vm_dir is not None and self._open_vm_dir[1] is not None:
             self._open_vm_dir[1].close()
         self._open_vm_dir = None
+
+    def close(self):
+        """Close the directories opened for FIEMAP reads (once planning is done)."""
+        self._close_vm_dir()
+        for directory in self._prefix_dirs.values():
+            if directory is not None:
+                directory.close()
+        self._prefix_dirs.clear()
 
     def removal(self, vid, info, reason):
         return Removal(vid, info, reason, self.exclusive(vid, info))
