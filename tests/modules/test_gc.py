@@ -200,13 +200,13 @@ def test_exclusive_bytes_tell_what_a_removal_frees(fs, request, run_module):
     """A revision sharing all its extents with clean frees nothing; one with its own data frees that."""
     pool = make_pool(request.getfixturevalue(fs + "_dir"))
     own = {"alpha": MIB, "beta": 2 * MIB}
-    for vm in own:   # two VM directories, different figures: each file is read in its own
+    for vm, own_bytes in own.items():   # two VM directories, different figures: each file read in its own
         vm_dir = pool / "appvms" / vm
         make_volume(pool, "appvms/%s/private" % vm, revisions=[(3, T0 - 100)])
         shared = vm_dir / ("private.img.1@%s" % stamp(T0 - 300))
         subprocess.run(["cp", "--reflink=always", str(vm_dir / "private.img"), str(shared)], check=True)
         os.utime(shared, (T0 - 300, T0 - 300))
-        put_file(vm_dir / ("private.img.2@%s" % stamp(T0 - 200)), 4 * MIB, [(0, own[vm])], seed=9, mtime=T0 - 200)
+        put_file(vm_dir / ("private.img.2@%s" % stamp(T0 - 200)), 4 * MIB, [(0, own_bytes)], seed=9, mtime=T0 - 200)
     checked = run_module("reflink_gc", check=True, pool=str(pool))
     result = run_module("reflink_gc", pool=str(pool))
     assert not result.get("failed"), result.get("msg")
