@@ -241,7 +241,10 @@ class GcPlanner:
 
 def _remove_vm_dir(pool_dir, prefix, vm):
     def remove():
-        with Directory.open_pool(os.path.join(pool_dir.path, prefix)) as prefix_dir:
+        prefix_dir = pool_dir.open_dir(prefix)   # never through a symlink planted since the scan
+        if prefix_dir is None:
+            return
+        with prefix_dir:
             try:
                 prefix_dir.rmdir(vm)
             except OSError as exc:

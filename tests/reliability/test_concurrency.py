@@ -97,7 +97,8 @@ def test_import_and_gc_at_once(ext4_dir, modrun):
                 # Each import starts together with a gc run of its own, whatever the speed of either:
                 # a free-running loop of gc runs can be outpaced by the imports on a fast machine.
                 gc_starting.clear()
-                gc_starting.wait(timeout=120)
+                if not gc_starting.wait(timeout=120):
+                    raise RuntimeError("no gc run started within 120 s")
                 imports.append(rh.run_direct("reflink_import", pool=str(pool), vid=VID, src=str(path),
                                              revisions_to_keep=2, lock_timeout=120))
         finally:
@@ -122,6 +123,28 @@ def test_import_and_gc_at_once(ext4_dir, modrun):
     state = assert_tidy(pool)
     assert len(state.revisions) == 2
     assert (pool / "appvms/work/private.img").read_bytes() == sources[-1].read_bytes()
+
+
+def test_gc_waits_for_an_import_in_the_middle(btrfs_dir, modrun):
+    """An import stopped with its file staged and the old image already a revision: gc does not touch it."""
+    pool = make_pool(btrfs_dir)
+    old = make_volume(pool)
+    source = btrfs_dir / "source.img"
+    new = put_file(source, SIZE, [(8192, 100000)], seed=600)
+    with _stopped_at_first_unlink("reflink_import", {"pool": str(pool), "vid": VID, "src": str(source)}) as stopped:
+        assert (pool / "appvms/work/private-import.img").read_bytes() == new
+        before = rh.listing(pool)
+        collected = rh.run_direct("reflink_gc", pool=str(pool), min_age=0, revisions_to_keep=0, lock_timeout=1)
+        assert collected["failed"], collected
+        assert "pid %d" % stopped.pid in collected["msg"], collected["msg"]
+        assert rh.listing(pool) == before, "gc changed the pool while an import held it"
+        imported = stopped.resume()
+    assert_ok(imported)
+    assert (pool / "appvms/work/private.img").read_bytes() == new
+    collected = assert_ok(rh.run_direct("reflink_gc", pool=str(pool), min_age=0, revisions_to_keep=1))
+    assert collected["removed"] == []
+    state = assert_tidy(pool)
+    assert [facts.digest for _stamp, facts in state.revisions.values()] == [rh.digest_bytes(old)]
 
 
 @pytest.mark.parametrize("round_", range(3))
@@ -208,16 +231,23 @@ def _text(path):
 class _StoppedModule:
     """A module process held stopped by strace; resume() lets it finish, kill() ends it."""
 
-    def __init__(self, runner, pid, work, tracer):
-        self.runner, self.pid, self.work, self.tracer = runner, pid, work, tracer
+    def __init__(self, runner, pid, work):
+        self.runner, self.pid, self.work = runner, pid, work
+        self.tracer = None
         self.status = None
 
-    def _detach(self):
+    def _end_tracer(self):
+        if self.tracer is None:
+            return
         self.tracer.terminate()          # strace detaches from its tracee on SIGTERM
-        self.tracer.wait(timeout=30)
+        try:
+            self.tracer.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.tracer.kill()
+            self.tracer.wait(timeout=30)
 
     def resume(self):
-        self._detach()
+        self._end_tracer()               # a group-stopped tracee stays stopped when strace detaches
         os.kill(self.pid, signal.SIGCONT)
         self.status = self.runner.wait(self.pid)
         return rh.parse_result(_text(os.path.join(self.work, "out.txt")), self.status)
@@ -225,7 +255,7 @@ class _StoppedModule:
     def kill(self):
         os.kill(self.pid, signal.SIGKILL)
         self.status = self.runner.wait(self.pid)
-        self.tracer.wait(timeout=30)
+        self._end_tracer()
         return self.status
 
 
@@ -238,21 +268,30 @@ def _stopped_at_first_unlink(module, args):
         rh.write_args(os.path.join(work, "args.json"), args)
         runner = rh.zygote()
         pid = runner.spawn(module, os.path.join(work, "args.json"), os.path.join(work, "out.txt"), stop=True)
+        stopped = _StoppedModule(runner, pid, work)
         rh.wait_for(lambda: rh.process_state(pid) == "T", "the module to stop itself")
         trace = os.path.join(work, "trace.txt")
-        tracer = subprocess.Popen(["strace", "-f", "-o", trace, "-p", str(pid), "-e", "trace=unlinkat,unlink",
-                                   "-e", "inject=unlinkat,unlink:signal=SIGSTOP:when=1"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        stopped = _StoppedModule(runner, pid, work, tracer)
-        rh.wait_for(lambda: "stopped by SIGSTOP" in _text(trace), "strace")
+        stopped.tracer = subprocess.Popen(
+            ["strace", "-f", "-o", trace, "-p", str(pid), "-e", "trace=unlinkat,unlink",
+             "-e", "inject=unlinkat,unlink:signal=SIGSTOP:when=1"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+        def traced(count):
+            if stopped.tracer.poll() is not None:
+                raise RuntimeError("strace exited early: %s" % stopped.tracer.stderr.read().decode(errors="replace"))
+            text = _text(trace)
+            return text.count("stopped by SIGSTOP") >= count and (count < 2 or "unlinkat(" in text)
+
+        rh.wait_for(lambda: traced(1), "strace to attach")
         os.kill(pid, signal.SIGCONT)
-        rh.wait_for(lambda: "unlinkat(" in _text(trace) and _text(trace).count("stopped by SIGSTOP") >= 2,
-                    "the module to stop at its first unlink")
+        rh.wait_for(lambda: traced(2), "the module to stop at its first unlink")
         yield stopped
     finally:
-        if stopped is not None and stopped.status is None:
-            stopped.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            if stopped is not None and stopped.status is None:
+                stopped.kill()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def test_lock_of_a_killed_module_is_free_again(btrfs_dir, modrun):
