@@ -13,6 +13,9 @@ options:
     description:
       - The pool directory, for example V(/var/lib/qubes) for Qubes OS' default C(file-reflink) pool.
       - It must already be set up (see M(dom0.reflink.reflink_pool)); the volume modules never create a pool.
+      - In check mode a pool directory that does not exist yet is planned as an empty pool, with a warning,
+        so that a C(--check) run of a play whose M(dom0.reflink.reflink_pool) task would create the pool
+        reports what the volume tasks would do. A real run fails on a missing pool.
       - Symlinks in this path are followed; nothing below it is ever reached through a symlink.
     type: path
     required: true

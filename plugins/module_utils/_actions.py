@@ -198,14 +198,14 @@ class Workspace:
         self.pool_dir = pool_dir
         self.vid = vid
         self.prefix_dir = pool_dir.open_dir(vid.prefix)
-        if self.prefix_dir is None:
+        if self.prefix_dir is None and pool_dir.exists:   # an AbsentDirectory is planned as an empty pool
             raise PoolError("%s has no %s/ directory: it is not a set-up pool; "
                             "create it with dom0.reflink.reflink_pool" % (pool_dir.path, vid.prefix))
         self.vm_dir = None
 
     def open_vm_dir(self):
         """Open the VM directory (if it exists); done under the volume lock."""
-        self.vm_dir = self.prefix_dir.open_dir(self.vid.vm)
+        self.vm_dir = self.prefix_dir.open_dir(self.vid.vm) if self.prefix_dir is not None else None
         return self
 
     def rel(self, name):

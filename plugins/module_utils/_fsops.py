@@ -42,8 +42,55 @@ def _kind_of(mode):
     return "a special file"
 
 
+class AbsentDirectory:
+    """A pool directory that does not exist yet, read as an empty one.
+
+    Check mode plans a volume task against it where an earlier task of the same
+    run (reflink_pool) would have created the pool: Ansible's check mode reports
+    what a run would do, and the real run makes the pool before the volume.
+    Nothing can be created in it.
+    """
+
+    exists = False
+    fd = None
+
+    def __init__(self, path):
+        self.path = path
+
+    def open_dir(self, name, create=False, mode=0o755):
+        """None: nothing exists below a missing pool (and nothing can be made there)."""
+        if not create:
+            return None
+        raise PoolError("pool directory %s does not exist; create it with dom0.reflink.reflink_pool" % self.path)
+
+    def has_subdir(self, name):
+        return False
+
+    def names(self):
+        return []
+
+    def lstat(self, name):
+        return None
+
+    regular_lstat = lstat
+
+    def join(self, name):
+        return os.path.join(self.path, name)
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        pass
+
+
 class Directory:
     """An open directory of the pool; all names given to its methods are single components."""
+
+    exists = True
 
     def __init__(self, fd, path):
         self.fd = fd

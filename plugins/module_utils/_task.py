@@ -11,9 +11,11 @@ does not import Ansible: it only calls the module object it is given.
 
 from __future__ import annotations
 
+import os
+
 from ansible_collections.dom0.reflink.plugins.module_utils._actions import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, ReflinkError
-from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._fsops import AbsentDirectory, Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._locks import volume_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._operations import VolumePlanner
@@ -122,7 +124,8 @@ def run_volume_task(params, check_mode, diff, purpose, plan, extra=None):
     """
     vid = parse_vid(params["vid"])
     pool = params["pool"]
-    with Directory.open_pool(pool) as pool_dir, Workspace(pool_dir, vid) as workspace:
+    warnings = []
+    with _open_task_pool(pool, check_mode, warnings) as pool_dir, Workspace(pool_dir, vid) as workspace:
         # The workspace checked that this is a pool before any lock file is made in it.
         with volume_lock(pool_dir, vid, timeout=params["lock_timeout"], purpose=purpose,
                          create=not check_mode):
@@ -147,7 +150,18 @@ def run_volume_task(params, check_mode, diff, purpose, plan, extra=None):
                 result.update(extra(after))
             if diff:
                 result["diff"] = {"before": files.summary(), "after": after.summary()}
+            if warnings:
+                result["warnings"] = warnings
             return result
+
+
+def _open_task_pool(path, check_mode, warnings):
+    """The pool's Directory; in check mode a pool that does not exist yet is planned as an empty one."""
+    if check_mode and not os.path.lexists(path):
+        warnings.append("pool %s does not exist: check mode planned this task as if it were an empty pool "
+                        "(as dom0.reflink.reflink_pool would leave it); a real run needs the pool first" % path)
+        return AbsentDirectory(path)
+    return Directory.open_pool(path)
 
 
 def main_wrapper(module, work):
@@ -161,4 +175,6 @@ def main_wrapper(module, work):
     except OSError as exc:
         where = " (%s)" % exc.filename if exc.filename else ""
         module.fail_json(msg="%s%s" % (exc.strerror or exc, where), actions=[], changed=False)
+    for warning in result.pop("warnings", ()):
+        module.warn(warning)
     module.exit_json(**result)

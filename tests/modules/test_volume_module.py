@@ -102,6 +102,31 @@ def test_create_check_real_diff_and_rerun(any_fs_dir, run_module, request):
 SIZE_FORMS = [("20M", 20 * MIB), ("20MiB", 20 * MIB), ("1.5M", 1572864), (1048576, 1048576), ("1k", 1024)]
 
 
+def test_check_mode_plans_on_a_pool_not_made_yet(btrfs_dir, run_module):
+    """ansible-playbook --check of a provisioning play on a fresh host: the pool task would make the
+    pool, so the volume tasks after it report what they would do instead of failing; nothing is made."""
+    pool = btrfs_dir / "new-pool"
+    source = btrfs_dir / "template.img"
+    put_file(source, 4 * MIB, [(0, MIB)], seed=21)
+    before = listing(btrfs_dir)
+    made = run_module("reflink_pool", check=True, path=str(pool))
+    volume = run_module("reflink_volume", check=True, diff=True, pool=str(pool), vid=VID, size="8M")
+    imported = run_module("reflink_import", check=True, pool=str(pool), vid="vm-templates/debian/root",
+                          src=str(source))
+    for result in (made, volume, imported):
+        assert not result.get("failed"), result.get("msg")
+        assert result["changed"] is True
+    assert volume["volume"]["size"] == 8 * MIB
+    assert volume["diff"]["before"] != volume["diff"]["after"]
+    assert any("private.img" in action for action in volume["actions"]), volume["actions"]
+    assert imported["volume"]["size"] == 4 * MIB
+    assert listing(btrfs_dir) == before and not pool.exists()
+    # A real run still needs the pool: no volume is made in a directory nobody set up.
+    real = run_module("reflink_volume", pool=str(pool), vid=VID, size="8M")
+    assert_failed(real, "does not exist", "reflink_pool")
+    assert listing(btrfs_dir) == before
+
+
 def test_every_size_form(btrfs_dir, run_module):
     pool = make_pool(btrfs_dir)
     calls = [("reflink_volume", {"pool": str(pool), "vid": "appvms/vm%d/private" % i, "size": size})
