@@ -175,6 +175,22 @@ def remove(path: str) -> None:
         os.unlink(path)
 
 
+def durable_cp(cp_options: list[str], src_path: str, tmp_path: str, dst_path: str, dir_fd: int) -> None:
+    """cp into a tempfile, fsync it, rename it over ``dst_path``, fsync the directory ``dir_fd``.
+
+    What Qubes' file-reflink driver does around its cp, and the like-with-like
+    counterpart of the core's durable file writing.
+    """
+    subprocess.run(['cp', *cp_options, '--', src_path, tmp_path], check=True)
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp_path, dst_path)
+    os.fsync(dir_fd)
+
+
 def warm(path: str) -> None:
     """Read the data of ``path`` once (holes are skipped), so later runs find it in the page cache."""
     fd = os.open(path, os.O_RDONLY)

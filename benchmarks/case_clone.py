@@ -95,15 +95,7 @@ def _variants(core, directory, src_name, dst_name):
         subprocess.run(['cp', '--reflink=always', src_path, dst_path], check=True)
 
     def cp_durable():
-        tmp_path = dst_path + '~cptmp'
-        subprocess.run(['cp', '--reflink=always', src_path, tmp_path], check=True)
-        fd = os.open(tmp_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp_path, dst_path)
-        os.fsync(pool_dir.fd)
+        bl.durable_cp(['--reflink=always'], src_path, dst_path + '~cptmp', dst_path, pool_dir.fd)
 
     variants = [
         bl.Variant('ioctl', bare_ioctl, open_dst, close_and_clean),

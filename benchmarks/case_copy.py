@@ -98,14 +98,7 @@ def _variants(ctx, src_dir, dst_dir, src_name, checks):
         subprocess.run(['cp', '--sparse=always', src_path, dst_path], check=True)
 
     def qubes_cp():
-        subprocess.run(['cp', '--sparse=always', '--', src_path, tmp_path], check=True)
-        fd = os.open(tmp_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp_path, dst_path)
-        dst_d.fsync()
+        bl.durable_cp(['--sparse=always'], src_path, tmp_path, dst_path, dst_d.fd)
 
     def cp_auto():
         subprocess.run(['cp', '--reflink=auto', src_path, dst_path], check=True)

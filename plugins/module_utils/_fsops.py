@@ -52,7 +52,6 @@ class AbsentDirectory:
     """
 
     exists = False
-    fd = None
 
     def __init__(self, path):
         self.path = path
@@ -62,23 +61,6 @@ class AbsentDirectory:
         if not create:
             return None
         raise PoolError("pool directory %s does not exist; create it with dom0.reflink.reflink_pool" % self.path)
-
-    def has_subdir(self, name):
-        return False
-
-    def names(self):
-        return []
-
-    def lstat(self, name):
-        return None
-
-    regular_lstat = lstat
-
-    def join(self, name):
-        return os.path.join(self.path, name)
-
-    def close(self):
-        pass
 
     def __enter__(self):
         return self

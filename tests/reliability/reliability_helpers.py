@@ -242,6 +242,33 @@ def process_state(pid):
         return None
 
 
+def wait_for_trace(tracer, trace, predicate, what):
+    """Wait until ``predicate(text of the trace file)`` holds; an strace that exits first is an error."""
+    def seen():
+        if tracer.poll() is not None:
+            raise RuntimeError("strace exited early: %s" % tracer.stderr.read().decode(errors="replace"))
+        return os.path.exists(trace) and predicate(pathlib.Path(trace).read_text(errors="replace"))
+    wait_for(seen, what)
+
+
+def attach_strace(pid, trace, options):
+    """``strace -f -o trace -p pid`` with ``options``, on a module spawned with ``stop=True``.
+
+    Returns once strace has attached (it reports the module's self-stop); the module stays
+    stopped until it gets SIGCONT.
+    """
+    wait_for(lambda: process_state(pid) == "T", "the module process to stop itself")
+    tracer = subprocess.Popen(["strace", "-f", "-o", str(trace), "-p", str(pid), *options],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_trace(tracer, trace, lambda text: "stopped by SIGSTOP" in text, "strace to attach")
+    except BaseException:
+        tracer.kill()
+        tracer.wait()
+        raise
+    return tracer
+
+
 def run_traced(module, args, inject=None, fault=None):
     """Run the module under ``strace -f -p``, attached once its start-up is done.
 
@@ -257,21 +284,13 @@ def run_traced(module, args, inject=None, fault=None):
         runner = zygote()
         pid = runner.spawn(module, work / "args.json", work / "out.txt", stop=True)
         trace = work / "trace.txt"
+        options = ["-e", "trace=" + ",".join("?" + name for name in TRACED)]
+        if inject is not None:
+            options += ["-e", "inject=%s:signal=SIGKILL:when=%d" % inject]
+        if fault is not None:
+            options += ["-e", "inject=%s:error=%s:when=%s" % fault]
         try:
-            wait_for(lambda: process_state(pid) == "T", "the module process to stop itself")
-            cmd = ["strace", "-f", "-o", str(trace), "-p", str(pid), "-e", "trace=" + ",".join("?" + name for name in TRACED)]
-            if inject is not None:
-                cmd += ["-e", "inject=%s:signal=SIGKILL:when=%d" % inject]
-            if fault is not None:
-                cmd += ["-e", "inject=%s:error=%s:when=%s" % fault]
-            tracer = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-            def attached():
-                if tracer.poll() is not None:
-                    raise RuntimeError("strace exited early: %s" % tracer.stderr.read().decode(errors="replace"))
-                return trace.exists() and "stopped by SIGSTOP" in trace.read_text(errors="replace")
-
-            wait_for(attached, "strace to attach")
+            tracer = attach_strace(pid, trace, options)
         except BaseException:
             os.kill(pid, signal.SIGKILL)
             runner.wait(pid)

@@ -269,22 +269,13 @@ def _stopped_at_first_unlink(module, args):
         runner = rh.zygote()
         pid = runner.spawn(module, os.path.join(work, "args.json"), os.path.join(work, "out.txt"), stop=True)
         stopped = _StoppedModule(runner, pid, work)
-        rh.wait_for(lambda: rh.process_state(pid) == "T", "the module to stop itself")
         trace = os.path.join(work, "trace.txt")
-        stopped.tracer = subprocess.Popen(
-            ["strace", "-f", "-o", trace, "-p", str(pid), "-e", "trace=unlinkat,unlink",
-             "-e", "inject=unlinkat,unlink:signal=SIGSTOP:when=1"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-        def traced(count):
-            if stopped.tracer.poll() is not None:
-                raise RuntimeError("strace exited early: %s" % stopped.tracer.stderr.read().decode(errors="replace"))
-            text = _text(trace)
-            return text.count("stopped by SIGSTOP") >= count and (count < 2 or "unlinkat(" in text)
-
-        rh.wait_for(lambda: traced(1), "strace to attach")
+        stopped.tracer = rh.attach_strace(pid, trace, ["-e", "trace=unlinkat,unlink",
+                                                       "-e", "inject=unlinkat,unlink:signal=SIGSTOP:when=1"])
         os.kill(pid, signal.SIGCONT)
-        rh.wait_for(lambda: traced(2), "the module to stop at its first unlink")
+        rh.wait_for_trace(stopped.tracer, trace,
+                          lambda text: "unlinkat(" in text and text.count("stopped by SIGSTOP") >= 2,
+                          "the module to stop at its first unlink")
         yield stopped
     finally:
         try:
