@@ -125,6 +125,16 @@ def test_check_mode_plans_on_a_pool_not_made_yet(btrfs_dir, run_module):
     real = run_module("reflink_volume", pool=str(pool), vid=VID, size="8M")
     assert_failed(real, "does not exist", "reflink_pool")
     assert listing(btrfs_dir) == before
+    # Once the pool is made, the real runs do what check mode said, with the same keys; again, nothing.
+    assert run_module("reflink_pool", path=str(pool))["changed"] is True
+    for check, module, args in ((volume, "reflink_volume", {"vid": VID, "size": "8M"}),
+                                (imported, "reflink_import", {"vid": "vm-templates/debian/root", "src": str(source)})):
+        done = run_module(module, diff=True, pool=str(pool), **args)
+        assert not done.get("failed"), done.get("msg")
+        assert [strip_how(action) for action in done["actions"]] == [strip_how(a) for a in check["actions"]]
+        assert set(done) - {"diff", "warnings"} == set(check) - {"diff", "warnings"}
+        assert done["volume"]["size"] == check["volume"]["size"]
+        assert run_module(module, pool=str(pool), **args)["changed"] is False
 
 
 def test_every_size_form(btrfs_dir, run_module):
