@@ -21,7 +21,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils import _actions as ac
 from ansible_collections.dom0.reflink.plugins.module_utils._compare import exclusive_bytes
 from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._imports import (
+from ansible_collections.dom0.reflink.plugins.module_utils._journal import (
     BEGUN,
     JOURNALS_DIR,
     journal_name,

@@ -1,0 +1,88 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Journals of two-phase imports: ``<pool>/.reflink/imports/<escaped vid>.json``.
+
+A begun import is recorded so that each phase can be run again without effect,
+so that a commit can check that it commits the file that ``begin`` made, and so
+that gc leaves a begun import's file alone.  A record is a small JSON object
+written like every new file (tempfile, fsync, rename, fsync of the directory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from ansible_collections.dom0.reflink.plugins.module_utils._actions import Action
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import VolumeStateError
+from ansible_collections.dom0.reflink.plugins.module_utils._locks import metadata_subdir
+from ansible_collections.dom0.reflink.plugins.module_utils._names import escape_vid
+
+JOURNALS_DIR = "imports"
+BEGUN = "begun"
+COMMITTED = "committed"
+
+
+def journal_name(vid):
+    return escape_vid(str(vid)) + ".json"
+
+
+def journals_dir(pool_dir, create=False):
+    """``<pool>/.reflink/imports`` as a Directory for the ``with`` block (None if missing and not ``create``)."""
+    return metadata_subdir(pool_dir, JOURNALS_DIR, create)
+
+
+def load_record(journals, name):
+    """The JSON record in ``journals/name`` (OSError if unreadable, ValueError if corrupt)."""
+    fd = journals.open_file(name, os.O_RDONLY)
+    try:
+        return json.loads(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+
+
+def read_journal(pool_dir, vid):
+    """The journal record of ``vid``'s two-phase import, or None."""
+    with journals_dir(pool_dir) as journals:
+        if journals is None or journals.regular_lstat(journal_name(vid)) is None:
+            return None
+        try:
+            return load_record(journals, journal_name(vid))
+        except ValueError:
+            raise VolumeStateError("import journal of %s is corrupt; abort the import (state=abort) to clear it"
+                                   % vid) from None
+
+
+class WriteJournal(Action):
+    def __init__(self, pool_dir, vid, record, text):
+        self.pool_dir = pool_dir
+        self.vid = vid
+        self.record = record
+        self.text = text
+
+    def run(self, workspace):
+        record = dict(self.record)
+        record["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if record.get("state") == BEGUN and workspace.vm_dir is not None:
+            found = workspace.vm_dir.lstat(self.vid.import_)
+            record["import_ino"] = found.st_ino if found else None
+        if record.get("state") == COMMITTED and workspace.vm_dir is not None:
+            found = workspace.vm_dir.lstat(self.vid.clean)
+            record["clean_ino"] = found.st_ino if found else None
+        data = json.dumps(record, sort_keys=True).encode()
+        with journals_dir(self.pool_dir, create=True) as journals:
+            journals.write_new_file(journal_name(self.vid), lambda fd: os.write(fd, data))
+
+
+class RemoveJournal(Action):
+    def __init__(self, pool_dir, vid):
+        self.pool_dir = pool_dir
+        self.vid = vid
+        self.text = "remove the import journal of %s" % vid
+
+    def run(self, workspace):
+        with journals_dir(self.pool_dir) as journals:
+            if journals is not None:
+                journals.unlink(journal_name(self.vid), missing_ok=True)
