@@ -19,6 +19,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._fsops import AbsentD
 from ansible_collections.dom0.reflink.plugins.module_utils._locks import volume_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._operations import VolumePlanner
+from ansible_collections.dom0.reflink.plugins.module_utils._qubes_xml import read_qubes_xml, refuse_qubesd_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import (
     Surroundings,
     VolumeFiles,
@@ -26,12 +27,18 @@ from ansible_collections.dom0.reflink.plugins.module_utils._volume import (
     volume_report,
 )
 
-# The options shared by the volume modules (documented in the doc fragment
-# dom0.reflink.volume).
+# The option every module has (documented in the doc fragment dom0.reflink.qubes_xml).
+QUBES_XML_ARGUMENT_SPEC = {
+    "qubes_xml": {"type": "str", "default": "auto"},
+}
+
+# The options shared by the volume modules (documented in the doc fragments
+# dom0.reflink.volume and dom0.reflink.qubes_xml).
 VOLUME_ARGUMENT_SPEC = {
     "pool": {"type": "path", "required": True},
     "vid": {"type": "str", "required": True},
     "lock_timeout": {"type": "int", "default": 60},
+    **QUBES_XML_ARGUMENT_SPEC,
 }
 
 
@@ -114,17 +121,24 @@ def simulate(files, actions):
     return VolumeFiles.from_infos(files.vid, listing.values())
 
 
-def run_volume_task(params, check_mode, diff, purpose, plan, extra=None):
+def run_volume_task(params, check_mode, diff, purpose, plan, extra=None, changes="change"):
     """Run one volume module's task and return its result dict.
 
     ``plan(planner, context)`` returns the list of actions; ``context`` is a
     dict with ``workspace`` and ``vm_dir_names`` (the VM directory's entries).
     ``extra(after)``, if given, returns more result keys from the volume's
-    files after the task (VolumeFiles).
+    files after the task (VolumeFiles).  ``changes`` says what the task does
+    to the volume's data ("import into"), for the refusal of a volume that
+    qubes.xml lists as a snapshot or volatile one; None for a task that only
+    removes (those files are leftovers then, and removing them loses nothing).
     """
     vid = parse_vid(params["vid"])
     pool = params["pool"]
     warnings = []
+    # Read (and refuse) before any lock file is made: a bad qubes.xml changes nothing.
+    qubes = read_qubes_xml(params.get("qubes_xml"), pool)
+    if changes is not None:
+        refuse_qubesd_volume(qubes, vid, changes)
     with _open_task_pool(pool, check_mode, warnings) as pool_dir, Workspace(pool_dir, vid) as workspace:
         # The workspace checked that this is a pool before any lock file is made in it.
         with volume_lock(pool_dir, vid, timeout=params["lock_timeout"], purpose=purpose,
@@ -132,8 +146,9 @@ def run_volume_task(params, check_mode, diff, purpose, plan, extra=None):
             workspace.open_vm_dir()
             vm_dir_names = workspace.vm_dir.names() if workspace.vm_dir else []
             files = read_volume(workspace.vm_dir, vid)
-            surroundings = Surroundings.read(pool)
-            planner = VolumePlanner(files, surroundings, workspace.rel, workspace.vm_dir, workspace.prefix_dir)
+            surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
+            planner = VolumePlanner(files, surroundings, workspace.rel, workspace.vm_dir, workspace.prefix_dir,
+                                    qubes=qubes.volume(vid) if qubes is not None else None)
             actions = plan(planner, {"workspace": workspace, "vm_dir_names": vm_dir_names})
             if check_mode:
                 reported = [action.text for action in actions]

@@ -216,30 +216,33 @@ def loop_size(device):
         return None
 
 
-def qubes_running_vids():
-    """Escaped vids named by qubesd's running-state files, whatever the pool name."""
-    running = set()
-    for path in glob.glob(QUBES_RUNNING_GLOB):
-        escaped = os.path.basename(path)[len("volume-running-"):]
-        # The file names "<pool>:<vid>" escaped; a vid never contains ':'.
-        running.add(escaped.rpartition(":")[2])
-    return running
+def qubes_running_names():
+    """What follows ``volume-running-`` in each of qubesd's running-state files: escaped "<pool>:<vid>"."""
+    return {os.path.basename(path)[len("volume-running-"):] for path in glob.glob(QUBES_RUNNING_GLOB)}
+
+
+def _vid_of_running_name(escaped):
+    # The file names "<pool>:<vid>" escaped; a vid never contains ':'.
+    return escaped.rpartition(":")[2]
 
 
 @dataclass
 class Surroundings:
     """What outside the pool says about its volumes: loop devices and qubesd's running files.
 
-    Read once per task (or once per pool-wide scan).
+    Read once per task (or once per pool-wide scan).  ``pool_name`` is the
+    pool's Qubes name when qubes.xml says it: then only the running-state file
+    of that name counts; unknown (None), a file of any pool name counts.
     """
 
     pool_realpath: str
     loops: dict
-    running: set
+    running: set            # escaped "<pool>:<vid>" of each running-state file
+    pool_name: str | None = None
 
     @classmethod
-    def read(cls, pool_path):
-        return cls(os.path.realpath(pool_path), loop_devices(), qubes_running_vids())
+    def read(cls, pool_path, pool_name=None):
+        return cls(os.path.realpath(pool_path), loop_devices(), qubes_running_names(), pool_name)
 
     def image_realpath(self, vid, name):
         return os.path.join(self.pool_realpath, vid.vm_dir, name)
@@ -253,8 +256,13 @@ class Surroundings:
         for info in files.all():
             for device in self.loops_of(files.vid, info.name):
                 reasons.append("loop device %s is backed by %s" % (device, info.name))
+        if self.pool_name is not None:
+            exact = names.escape_vid("%s:%s" % (self.pool_name, files.vid))
+            if exact in self.running:
+                reasons.append("qubesd's running-state file %s exists" % QUBES_RUNNING_GLOB.replace("*", exact))
+            return reasons
         escaped = names.escape_vid(str(files.vid))
-        if escaped in self.running:
+        if any(_vid_of_running_name(name) == escaped for name in self.running):
             reasons.append("qubesd's running-state file %s exists"
                            % QUBES_RUNNING_GLOB.replace("*", "<pool>:" + escaped))
         return reasons

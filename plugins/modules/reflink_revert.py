@@ -19,6 +19,7 @@ description:
     O(revision=latest) too; to go further back, name a revision id.
 extends_documentation_fragment:
   - dom0.reflink.volume
+  - dom0.reflink.qubes_xml
   - dom0.reflink.attributes
 options:
   revision:
@@ -114,7 +115,7 @@ def main():
             return planner.revert(revision, params["discard_dirty"], marker)
 
         return run_volume_task(params, module.check_mode, module._diff,
-                               "reflink_revert %s to %s" % (params["vid"], revision), plan)
+                               "reflink_revert %s to %s" % (params["vid"], revision), plan, changes="revert")
 
     main_wrapper(module, work)
 
