@@ -373,7 +373,7 @@ def run_import_task(params, check_mode, diff):
     options = dict(params)
     options["size"] = None if params["size"] is None else parse_volume_size(params["size"])
     options["checksum"] = parse_checksum(params["checksum"])
-    options["revisions_to_keep"] = check_revisions_to_keep(params["revisions_to_keep"])
+    given_keep = check_revisions_to_keep(params["revisions_to_keep"], optional=True)
     vid = parse_vid(params["vid"])
     if params["state"] != "present" and (params["src"] or params["src_vid"]):
         raise InvalidArgument("src and src_vid go with state=present; with state=%s another program "
@@ -399,6 +399,7 @@ def run_import_task(params, check_mode, diff):
 
         def plan(planner, context):
             workspace = context["workspace"]
+            options["revisions_to_keep"] = planner.revisions_to_keep(given_keep)
             return plan_import(planner, workspace, options, source, read_journal(workspace.pool_dir, vid))
 
         def import_image(after):
@@ -406,4 +407,4 @@ def run_import_task(params, check_mode, diff):
             return {"import_image": os.path.join(params["pool"], vid.vm_dir, vid.import_) if present else None}
 
         return run_volume_task(params, check_mode, diff, "reflink_import state=%s %s" % (params["state"], vid),
-                               plan, extra=import_image)
+                               plan, extra=import_image, changes=None if params["state"] == "abort" else "import into")

@@ -27,7 +27,14 @@ from ansible_collections.dom0.reflink.plugins.module_utils._volume import loop_s
 SNAPSHOTS_DISABLED = -1
 
 
-def check_revisions_to_keep(value):
+# What qubesd keeps for a volume whose revisions_to_keep nothing sets (the Qubes pool default).
+DEFAULT_REVISIONS_TO_KEEP = 1
+
+
+def check_revisions_to_keep(value, optional=False):
+    """``value`` if it is a valid revisions_to_keep (None too, when ``optional``: not given)."""
+    if value is None and optional:
+        return None
     if not isinstance(value, int) or isinstance(value, bool) or value < SNAPSHOTS_DISABLED:
         raise InvalidArgument("revisions_to_keep must be an integer >= -1 (got %r)" % (value,))
     return value
@@ -36,13 +43,22 @@ def check_revisions_to_keep(value):
 class VolumePlanner:
     """Plans for one volume, given its files and what surrounds it."""
 
-    def __init__(self, files, surroundings, rel, vm_dir=None, prefix_dir=None):
+    def __init__(self, files, surroundings, rel, vm_dir=None, prefix_dir=None, qubes=None):
         self.files = files
         self.vid = files.vid
         self.surroundings = surroundings
         self.rel = rel
         self.vm_dir = vm_dir  # to compare contents; None where the VM directory does not exist
         self.prefix_dir = prefix_dir
+        self.qubes = qubes    # the QubesVolume qubes.xml lists for this vid, or None
+
+    def revisions_to_keep(self, given):
+        """``given`` if the task sets it, else the volume's own value from qubes.xml, else Qubes' default."""
+        if given is not None:
+            return given
+        if self.qubes is not None:
+            return self.qubes.revisions_to_keep
+        return DEFAULT_REVISIONS_TO_KEEP
 
     def check_size(self, size):
         """Refuse, before any change, a size larger than the filesystem's largest file."""

@@ -26,6 +26,7 @@ description:
   - Refused while the volume is in use.
 extends_documentation_fragment:
   - dom0.reflink.volume
+  - dom0.reflink.qubes_xml
   - dom0.reflink.attributes
 options:
   state:
@@ -85,8 +86,9 @@ options:
     description:
       - How many old images to keep as revisions when the import is committed. V(0) keeps none; V(-1)
         (snapshots disabled) keeps no revision and no precache and removes older revisions.
+      - Default is the volume's own value from qubes.xml (see O(qubes_xml)), else V(1), as
+        C(qvm-volume import) does.
     type: int
-    default: 1
   fallback:
     description:
       - V(errno) copies the data sparsely when a reflink is impossible (different filesystems, a
@@ -187,7 +189,7 @@ def main():
             size={"type": "raw"},
             checksum={"type": "str"},
             force={"type": "bool", "default": False},
-            revisions_to_keep={"type": "int", "default": 1},
+            revisions_to_keep={"type": "int"},
             fallback={"type": "str", "default": "errno", "choices": ["errno", "never"]},
         ),
         mutually_exclusive=[["src", "src_vid"]],

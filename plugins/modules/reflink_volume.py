@@ -20,6 +20,7 @@ description:
     that the next run of the same task completes.
 extends_documentation_fragment:
   - dom0.reflink.volume
+  - dom0.reflink.qubes_xml
   - dom0.reflink.attributes
 options:
   state:
@@ -59,8 +60,9 @@ options:
       - How many old images to keep as revisions when a commit replaces the clean image
         (O(state=stopped)). V(0) keeps none. V(-1) means snapshots are disabled for the
         volume, so no revision and no precache are kept, and older revisions are removed.
+      - Default is the volume's own value from qubes.xml (see O(qubes_xml)), else V(1), as qubesd's
+        own commit does. The same value decides whether a new or resized volume gets a precache.
     type: int
-    default: 1
 seealso:
   - module: dom0.reflink.reflink_pool
   - module: dom0.reflink.reflink_import
@@ -188,7 +190,7 @@ def main():
             state={"type": "str", "default": "present", "choices": ["present", "absent", "stopped"]},
             size={"type": "raw"},
             allow_shrink={"type": "bool", "default": False},
-            revisions_to_keep={"type": "int", "default": 1},
+            revisions_to_keep={"type": "int"},
         ),
         supports_check_mode=True,
     )
@@ -196,10 +198,11 @@ def main():
 
     def work():
         size = None if params["size"] is None else parse_volume_size(params["size"])
-        keep = check_revisions_to_keep(params["revisions_to_keep"])
+        given_keep = check_revisions_to_keep(params["revisions_to_keep"], optional=True)
         state = params["state"]
 
         def plan(planner, context):
+            keep = planner.revisions_to_keep(given_keep)
             if state == "absent":
                 return planner.absent(context["vm_dir_names"])
             if state == "stopped":
@@ -208,7 +211,8 @@ def main():
                                    vm_dir_exists=context["workspace"].vm_dir is not None)
 
         return run_volume_task(params, module.check_mode, module._diff,
-                               "reflink_volume state=%s %s" % (state, params["vid"]), plan)
+                               "reflink_volume state=%s %s" % (state, params["vid"]), plan,
+                               changes={"present": "create or resize", "stopped": "commit"}.get(state))
 
     main_wrapper(module, work)
 
