@@ -41,6 +41,11 @@ from ansible_collections.dom0.reflink.plugins.module_utils._operations import (
     check_revisions_to_keep,
 )
 from ansible_collections.dom0.reflink.plugins.module_utils._pool import PoolScan, require_pool
+from ansible_collections.dom0.reflink.plugins.module_utils._qubes_xml import (
+    QUBESD_OWNED_KINDS,
+    orphan_reason,
+    read_qubes_xml,
+)
 from ansible_collections.dom0.reflink.plugins.module_utils._task import PlanFailed, execute
 from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_duration
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import Surroundings
@@ -91,10 +96,11 @@ def _journals(pool_dir):
 class GcPlanner:
     """Works out, volume by volume, what gc removes (or rebuilds), and what it reports."""
 
-    def __init__(self, pool_dir, options, now):
+    def __init__(self, pool_dir, options, now, qubes=None):
         self.pool_dir = pool_dir
         self.options = options
         self.now = now
+        self.qubes = qubes          # the QubesPool from qubes.xml, or None
         self.per_volume = {}        # vid str -> list of actions
         self.vm_dir_removals = []   # (prefix, vm)
         self.journal_removals = []  # (journal file name, reason)
@@ -151,7 +157,9 @@ class GcPlanner:
         for files in scan.sorted_volumes():
             vid = files.vid
             key = str(vid)
-            if files.dirty is not None:
+            listed = self.qubes.volume(key) if self.qubes is not None else None
+            # A snapshot or volatile volume's dirty image is a running VM's, never a commit to make.
+            if files.dirty is not None and (listed is None or listed.kind not in QUBESD_OWNED_KINDS):
                 self.pending_commit.append({"vid": key, "file": "%s/%s" % (vid.vm_dir, files.dirty.name),
                                             "size": files.dirty.size})
             reasons = surroundings.in_use_reasons(files)
@@ -160,11 +168,13 @@ class GcPlanner:
                     self.skipped.append({"vid": key, "reason": "in use: " + "; ".join(reasons)})
                 continue
             journal = journals.get(journal_name(vid), (None, 0))
-            actions = self.plan_volume(files, surroundings, journal)
-            if keep_vids is not None and key not in keep_vids and files.all():
-                self.orphans.append({"vid": key, "size": files.size, "usage": sum(i.usage for i in files.all())})
+            actions = self.plan_volume(files, surroundings, journal, listed)
+            orphan = orphan_reason(self.qubes, vid, keep_vids) if files.all() else None
+            if orphan is not None:
+                self.orphans.append({"vid": key, "size": files.size, "usage": sum(i.usage for i in files.all()),
+                                     "reason": orphan})
                 if options["remove_orphans"]:
-                    actions = [self.removal(vid, info, "orphan: not in keep_vids")
+                    actions = [self.removal(vid, info, "orphan: " + orphan)
                                for info in files.all()]
             if actions:
                 self.per_volume[key] = (vid, actions)
@@ -174,7 +184,7 @@ class GcPlanner:
             if self.now - mtime >= self.options["min_age"]:
                 self.journal_removals.append((name, "stale tempfile of a journal"))
 
-    def plan_volume(self, files, surroundings, journal):
+    def plan_volume(self, files, surroundings, journal, listed=None):
         options = self.options
         vid = files.vid
         min_age = options["min_age"]
@@ -196,7 +206,10 @@ class GcPlanner:
         for info in files.junk_revisions:
             actions.append(self.removal(vid, info, "revision file whose id is not an integer"))
         keep = options["revisions_to_keep_per_volume"].get(str(vid), options["revisions_to_keep"])
-        excess = len(files.revisions) - max(keep, 0)
+        if keep is None and listed is not None:
+            keep = listed.revisions_to_keep   # the volume's own setting (qvm-volume config)
+        # No value from anywhere: no revision is pruned.
+        excess = 0 if keep is None else len(files.revisions) - max(keep, 0)
         for number, info in files.revisions[:max(excess, 0)]:
             actions.append(self.removal(vid, info, "revision %d is beyond revisions_to_keep=%d" % (number, keep)))
         if files.precache is not None and files.precache_state == "stale":
@@ -265,7 +278,7 @@ def parse_gc_options(params):
     options = {
         "min_age": parse_duration(params["min_age"], "min_age"),
         "import_max_age": parse_duration(params["import_max_age"], "import_max_age"),
-        "revisions_to_keep": check_revisions_to_keep(params["revisions_to_keep"]),
+        "revisions_to_keep": check_revisions_to_keep(params["revisions_to_keep"], optional=True),
         "revisions_to_keep_per_volume": {},
         "rebuild_precache": params["rebuild_precache"],
         "remove_orphans": params["remove_orphans"],
@@ -279,8 +292,6 @@ def parse_gc_options(params):
         options["revisions_to_keep_per_volume"][str(parse_vid(vid))] = check_revisions_to_keep(keep)
     if params.get("keep_vids") is not None:
         options["keep_vids"] = {str(parse_vid(vid)) for vid in params["keep_vids"]}
-    if options["remove_orphans"] and options["keep_vids"] is None:
-        raise InvalidArgument("remove_orphans needs keep_vids: the list of volumes that should exist")
     return options
 
 
@@ -289,6 +300,10 @@ def run_gc_task(params, check_mode):
     options = parse_gc_options(params)
     only = [parse_vid(vid) for vid in params["vids"]] if params.get("vids") else None
     path = params["pool"]
+    qubes = read_qubes_xml(params.get("qubes_xml"), path)
+    if options["remove_orphans"] and options["keep_vids"] is None and qubes is None:
+        raise InvalidArgument("remove_orphans needs keep_vids (the list of volumes that should exist), or a "
+                              "qubes.xml (qubes_xml) that lists this pool")
     now = time.time()
     removed, actions, skipped = [], [], []
     with Directory.open_pool(path) as pool_dir:
@@ -296,9 +311,9 @@ def run_gc_task(params, check_mode):
         with pool_lock(pool_dir, exclusive=True, timeout=params["lock_timeout"], purpose="reflink_gc",
                        create=not check_mode):
             scan = PoolScan.read(pool_dir, only)
-            planner = GcPlanner(pool_dir, options, now)
+            planner = GcPlanner(pool_dir, options, now, qubes)
             try:
-                planner.plan(scan, Surroundings.read(path), *_journals(pool_dir))
+                planner.plan(scan, Surroundings.read(path, qubes.name if qubes else None), *_journals(pool_dir))
             finally:
                 planner.close()
             skipped.extend(planner.skipped)

@@ -28,6 +28,7 @@ description:
     O(remove_orphans=true).
 extends_documentation_fragment:
   - dom0.reflink.attributes
+  - dom0.reflink.qubes_xml
 options:
   pool:
     description: The pool directory.
@@ -40,10 +41,17 @@ options:
   keep_vids:
     description:
       - The volumes that should exist. Volumes found and not listed are reported as orphans.
+      - Without it, when qubes.xml lists the pool (see O(qubes_xml)), the origin volumes qubes.xml lists are the
+        ones that should exist; files of any other vid are orphans, and so are the files of a snapshot or
+        volatile volume (an AppVM's V(root), any V(volatile)) without a dirty image, which a crash left
+        (qubesd removes them when the VM stops). While its dirty image exists such a volume is in use and
+        nothing of it is touched.
     type: list
     elements: str
   remove_orphans:
-    description: Remove every file of the orphans (requires O(keep_vids)). Orphans in use are skipped.
+    description:
+      - Remove every file of the orphans (requires O(keep_vids), or a qubes.xml that lists the pool).
+        Orphans in use are skipped.
     type: bool
     default: false
   min_age:
@@ -58,9 +66,12 @@ options:
     type: raw
     default: 1d
   revisions_to_keep:
-    description: Revisions to keep per volume; V(0) and V(-1) keep none.
+    description:
+      - Revisions to keep per volume; V(0) and V(-1) keep none.
+      - Without it (and without an entry in O(revisions_to_keep_per_volume)), each volume keeps what its own
+        C(revisions_to_keep) in qubes.xml says (see O(qubes_xml)); a volume with no value from anywhere has no
+        revision pruned, so a volume set to keep five with C(qvm-volume config) keeps its five.
     type: int
-    default: 1
   revisions_to_keep_per_volume:
     description: Overrides of O(revisions_to_keep), by vid.
     type: dict
@@ -112,6 +123,13 @@ EXAMPLES = r"""
       vm-templates/fedora-41/root: 3
     rebuild_precache: true
 
+- name: Nightly gc in dom0 (cron or a systemd timer), all it needs to know read from qubes.xml
+  dom0.reflink.reflink_gc:
+    pool: /var/lib/qubes
+    # no keep_vids: the volumes qubes.xml lists are the known ones, each pruned to its own
+    # revisions_to_keep; orphans are reported (add remove_orphans: true once the report looks right)
+  register: nightly_gc
+
 - name: Remove volumes that no longer belong to any VM
   dom0.reflink.reflink_gc:
     pool: /var/lib/vm-pool
@@ -154,7 +172,9 @@ reclaimed_exclusive_bytes:
   returned: always
   type: int
 orphans:
-  description: Volumes found but not in O(keep_vids) (empty without O(keep_vids)).
+  description:
+    - Volumes found but not in O(keep_vids), or, without O(keep_vids), not known to qubes.xml (empty when
+      neither says which volumes should exist).
   returned: always
   type: list
   elements: dict
@@ -168,6 +188,10 @@ orphans:
     usage:
       description: Allocated bytes of all its files.
       type: int
+    reason:
+      description: Why it counts as an orphan.
+      type: str
+      sample: not listed in qubes.xml for pool varlibqubes
 pending_commit:
   description: Dirty images (uncommitted data), which gc never removes.
   returned: always
@@ -185,7 +209,7 @@ skipped_volumes:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.dom0.reflink.plugins.module_utils._gc import run_gc_task
-from ansible_collections.dom0.reflink.plugins.module_utils._task import main_wrapper
+from ansible_collections.dom0.reflink.plugins.module_utils._task import QUBES_XML_ARGUMENT_SPEC, main_wrapper
 
 
 def main():
@@ -197,10 +221,11 @@ def main():
             "remove_orphans": {"type": "bool", "default": False},
             "min_age": {"type": "raw", "default": "1h"},
             "import_max_age": {"type": "raw", "default": "1d"},
-            "revisions_to_keep": {"type": "int", "default": 1},
+            "revisions_to_keep": {"type": "int"},
             "revisions_to_keep_per_volume": {"type": "dict", "default": {}},
             "rebuild_precache": {"type": "bool", "default": False},
             "lock_timeout": {"type": "int", "default": 60},
+            **QUBES_XML_ARGUMENT_SPEC,
         },
         supports_check_mode=True,
     )
