@@ -19,6 +19,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._errors import (
 )
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory, remove_tree
 from ansible_collections.dom0.reflink.plugins.module_utils._locks import METADATA_DIR, pool_lock
+from ansible_collections.dom0.reflink.plugins.module_utils._qubes_xml import missing_volumes, read_qubes_xml
 from ansible_collections.dom0.reflink.plugins.module_utils._task import execute
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import (
     Surroundings,
@@ -236,6 +237,8 @@ def _layout(path):
 def run_pool_task(params, check_mode, diff):
     """reflink_pool: plan, execute (or not, in check mode) and report."""
     path = params["path"]
+    # Nothing here depends on qubes.xml, but a qubes_xml that names a missing or bad file fails alike everywhere.
+    read_qubes_xml(params.get("qubes_xml"), path)
     pool_dir, exists = open_pool_or_parent(path)
     before = _layout(path)
     try:
@@ -303,6 +306,7 @@ def run_info_task(params):
     only = None
     if params.get("vids"):
         only = [names.parse_vid(vid) for vid in params["vids"]]
+    qubes = read_qubes_xml(params.get("qubes_xml"), path)
     with Directory.open_pool(path) as pool_dir:
         require_pool(pool_dir)
         try:
@@ -312,12 +316,21 @@ def run_info_task(params):
         with pool_lock(pool_dir, exclusive=False, timeout=params["lock_timeout"],
                        purpose="reflink_info", create=False):
             scan = PoolScan.read(pool_dir, only)
-    surroundings = Surroundings.read(path)
+    surroundings = Surroundings.read(path, qubes.name if qubes is not None else None)
     volumes = []
     for files in scan.sorted_volumes():
         report = volume_report(path, files, surroundings)
         report["artifacts"] = artifacts_of(files)
+        listed = qubes.volume(files.vid) if qubes is not None else None
+        report["qubes"] = listed.as_dict() if listed is not None else None
         volumes.append(report)
     pool = filesystem_report(path, reflink)
     pool["unsafe_entries"] = sorted(scan.unsafe)
-    return {"changed": False, "pool": pool, "volumes": volumes}
+    return {
+        "changed": False,
+        "pool": pool,
+        "volumes": volumes,
+        "qubes_pool": None if qubes is None else {
+            "name": qubes.name, "revisions_to_keep": qubes.revisions_to_keep, "qubes_xml": qubes.path},
+        "missing": missing_volumes(qubes, scan.volumes, None if only is None else {str(vid) for vid in only}),
+    }

@@ -14,10 +14,14 @@ description:
     volume found under V(appvms/) and V(vm-templates/) (or only O(vids)), with size, usage, revisions,
     state, whether it is in use and why, the state of its precache, and leftovers that
     M(dom0.reflink.reflink_gc) would look at.
+  - With qubes.xml (see O(qubes_xml)) it also says which VM each volume belongs to, and lists in RV(missing)
+    the volumes qubes.xml lists that have no image, whose VMs cannot start (what a half-failed
+    C(qvm-remove) or a partly restored backup leaves).
   - Copes with every state qubesd can leave behind (running volumes, a dirty image of a halted VM,
     leftovers of snapshot and volatile volumes, revision files with a non-numeric id).
 extends_documentation_fragment:
   - dom0.reflink.attributes.info_module
+  - dom0.reflink.qubes_xml
 options:
   pool:
     description: The pool directory.
@@ -49,6 +53,15 @@ EXAMPLES = r"""
 - name: Show the volumes that hold leftovers
   ansible.builtin.debug:
     msg: "{{ pool_info.volumes | selectattr('artifacts.tempfiles') | map(attribute='vid') }}"
+
+- name: In dom0, list the VMs whose volume images are gone
+  dom0.reflink.reflink_info:
+    pool: /var/lib/qubes
+  register: pool_info
+
+- name: Show them
+  ansible.builtin.debug:
+    msg: "{{ pool_info.missing | map(attribute='vm') | unique }}"
 
 - name: Report two volumes only
   dom0.reflink.reflink_info:
@@ -141,12 +154,68 @@ volumes:
         stale_precache:
           description: Name of the precache when it is stale.
           type: str
+    qubes:
+      description: What qubes.xml says of the volume; null when it does not list the vid (or was not read).
+      type: dict
+      contains:
+        vm:
+          description: The VM's name.
+          type: str
+          sample: work
+        volume:
+          description: The volume's name in the VM.
+          type: str
+          sample: private
+        kind:
+          description:
+            - V(origin) (keeps its data while the VM is stopped), V(snapshot) (a copy of its source made at
+              each start, such as an AppVM's V(root)), V(volatile) (empty at each start), or
+              V(origin_snapshot).
+          type: str
+          sample: origin
+        revisions_to_keep:
+          description: The volume's own value, else the pool's, else 1.
+          type: int
+          sample: 1
+qubes_pool:
+  description: The pool as qubes.xml names it; null when qubes.xml was not read or lists no pool at this path.
+  returned: always
+  type: dict
+  contains:
+    name:
+      description: The pool's Qubes name.
+      type: str
+      sample: varlibqubes
+    revisions_to_keep:
+      description: The pool's C(revisions_to_keep).
+      type: int
+    qubes_xml:
+      description: The file read.
+      type: str
+      sample: /var/lib/qubes/qubes.xml
+missing:
+  description:
+    - Volumes that qubes.xml lists for this pool as keeping their data (origin volumes) with neither a clean
+      nor a dirty image; their VMs cannot start. Empty without qubes.xml. With O(vids), only among those.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    vid:
+      description: The volume id.
+      type: str
+    vm:
+      description: The VM's name.
+      type: str
+    volume:
+      description: The volume's name in the VM.
+      type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.dom0.reflink.plugins.module_utils._pool import run_info_task
-from ansible_collections.dom0.reflink.plugins.module_utils._task import main_wrapper
+from ansible_collections.dom0.reflink.plugins.module_utils._task import QUBES_XML_ARGUMENT_SPEC, main_wrapper
 
 
 def main():
@@ -155,6 +224,7 @@ def main():
             "pool": {"type": "path", "required": True},
             "vids": {"type": "list", "elements": "str"},
             "lock_timeout": {"type": "int", "default": 60},
+            **QUBES_XML_ARGUMENT_SPEC,
         },
         supports_check_mode=True,
     )

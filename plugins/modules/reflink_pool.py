@@ -17,6 +17,7 @@ description:
   - Removes a pool that holds no image file.
 extends_documentation_fragment:
   - dom0.reflink.attributes
+  - dom0.reflink.qubes_xml
 options:
   path:
     description:
@@ -118,7 +119,7 @@ diff:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.dom0.reflink.plugins.module_utils._pool import run_pool_task
-from ansible_collections.dom0.reflink.plugins.module_utils._task import main_wrapper
+from ansible_collections.dom0.reflink.plugins.module_utils._task import QUBES_XML_ARGUMENT_SPEC, main_wrapper
 
 
 def main():
@@ -128,6 +129,7 @@ def main():
             "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
             "require_reflink": {"type": "bool", "default": True},
             "lock_timeout": {"type": "int", "default": 60},
+            **QUBES_XML_ARGUMENT_SPEC,
         },
         supports_check_mode=True,
     )
