@@ -50,9 +50,9 @@ def removed_files(result):
 def test_gc_removes_exactly_the_leftovers_and_check_mode_agrees(btrfs_dir, run_module):
     pool = build_messy_pool(btrfs_dir)
     before = pool_listing(pool)
-    checked = run_module("reflink_gc", check=True, pool=str(pool))
+    checked = run_module("reflink_gc", check=True, pool=str(pool), revisions_to_keep=1)
     assert pool_listing(pool) == before  # check mode touched nothing
-    result = run_module("reflink_gc", pool=str(pool))
+    result = run_module("reflink_gc", pool=str(pool), revisions_to_keep=1)
     assert not result.get("failed"), result.get("msg")
     assert result["changed"] is True
     expected = [
@@ -87,7 +87,7 @@ def test_gc_removes_exactly_the_leftovers_and_check_mode_agrees(btrfs_dir, run_m
     assert result["reclaimed_bytes"] == sum(entry["bytes"] for entry in result["removed"])
     assert result["reclaimed_bytes"] >= 2 * 8192
     # A second run has nothing left to do.
-    again = run_module("reflink_gc", pool=str(pool))
+    again = run_module("reflink_gc", pool=str(pool), revisions_to_keep=1)
     assert again["changed"] is False and again["removed"] == [] and again["actions"] == []
 
 
