@@ -214,8 +214,9 @@ class GcPlanner:
             actions.append(self.removal(vid, info, "revision %d is beyond revisions_to_keep=%d" % (number, keep)))
         if files.precache is not None and files.precache_state == "stale":
             actions.append(self.removal(vid, files.precache, "stale precache (mtime or size differs from clean)"))
+        qubesd_owned = listed is not None and listed.kind in QUBESD_OWNED_KINDS   # no precache of its own
         if options["rebuild_precache"] and keep != SNAPSHOTS_DISABLED and files.clean is not None \
-                and files.dirty is None and files.precache_state != "fresh":
+                and files.dirty is None and files.precache_state != "fresh" and not qubesd_owned:
             planner = VolumePlanner(files, surroundings, lambda name: "%s/%s" % (vid.vm_dir, name))
             actions.append(planner.new_precache())
         return actions

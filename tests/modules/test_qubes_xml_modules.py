@@ -57,10 +57,12 @@ def test_dom0_gc_without_keep_vids(btrfs_dir, run_module):
     dirty_before = (work / "root-dirty.img").read_bytes()
     before = pool_listing(pool)
 
-    checked = run_module("reflink_gc", check=True, pool=str(pool), qubes_xml=xml)
+    checked = run_module("reflink_gc", check=True, pool=str(pool), qubes_xml=xml, rebuild_precache=True)
     assert pool_listing(pool) == before
-    result = run_module("reflink_gc", pool=str(pool), qubes_xml=xml)
+    result = run_module("reflink_gc", pool=str(pool), qubes_xml=xml, rebuild_precache=True)
     assert not result.get("failed"), result.get("msg")
+    # A snapshot's leftover gets no precache of its own (qubesd's snapshots have none).
+    assert not (pool / "appvms/disp12/root-precache.img").exists()
     assert checked["removed"] == result["removed"] and checked["orphans"] == result["orphans"]
     # Pruned to each volume's own revisions_to_keep: the template's root to 3, its private to the pool's 1,
     # work's private kept at 5 (a fixed default of 1 would have pruned four of them).
