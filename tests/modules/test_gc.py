@@ -207,8 +207,8 @@ def test_exclusive_bytes_tell_what_a_removal_frees(fs, request, run_module):
         subprocess.run(["cp", "--reflink=always", str(vm_dir / "private.img"), str(shared)], check=True)
         os.utime(shared, (T0 - 300, T0 - 300))
         put_file(vm_dir / ("private.img.2@%s" % stamp(T0 - 200)), 4 * MIB, [(0, own_bytes)], seed=9, mtime=T0 - 200)
-    checked = run_module("reflink_gc", check=True, pool=str(pool))
-    result = run_module("reflink_gc", pool=str(pool))
+    checked = run_module("reflink_gc", check=True, pool=str(pool), revisions_to_keep=1)
+    result = run_module("reflink_gc", pool=str(pool), revisions_to_keep=1)
     assert not result.get("failed"), result.get("msg")
     assert checked["removed"] == result["removed"]
     by_file = {entry["file"]: entry for entry in result["removed"]}
