@@ -91,6 +91,11 @@ def execute(actions, workspace, guard=None):
                 guard(workspace)
             except VolumeBecameInUse as exc:
                 raise _withdrawn(exc, ran, done, workspace) from None
+            except (ReflinkError, OSError) as exc:
+                undone = _undo(list(reversed(ran)), workspace)
+                raise PlanFailed("could not check whether the volume became in use before step '%s' (%s); "
+                                 "completed steps are listed in actions%s; run the task again"
+                                 % (action.text, exc, undone), done) from None
         try:
             action.run(workspace)
         except (ReflinkError, OSError, OverflowError) as exc:
