@@ -25,9 +25,18 @@ LOOP_SET_CAPACITY = 0x4C07
 
 
 class Action:
-    """One step of a plan.  Subclasses set ``text`` and implement run/simulate."""
+    """One step of a plan.  Subclasses set ``text`` and implement run/simulate.
+
+    ``destructive``: the step replaces or removes an image, so the executor checks
+    right before it that the volume has not become in use (see _inuse_guard.py);
+    ``long``: the step may take long enough for a VM to start meanwhile, so the
+    executor checks after it; ``changes_disk``: whether its effect outlives it.
+    """
 
     text = ""
+    destructive = False
+    long = False
+    changes_disk = True
 
     def run(self, workspace):
         raise NotImplementedError
@@ -38,6 +47,10 @@ class Action:
     def undo(self, workspace):
         """After a later step failed: take back what is useless alone; return what was done, or None."""
         return None
+
+    def withdraw(self, workspace):
+        """The plan stopped because the volume became in use: take back what should not stay; like undo."""
+        return self.undo(workspace)
 
     @property
     def done(self):
@@ -84,7 +97,10 @@ class CreateSparse(Action):
 class Clone(Action):
     """A new inode ``dst`` with ``src``'s content (reflink, or sparse copy where the gate allows)."""
 
+    long = True
+
     def __init__(self, rel, src, dst, why, size=None, copy_mtime=False):
+        self.destructive = src == dst   # a new inode of clean replaces the old one (resize)
         self.src = src
         self.dst = dst
         self.size = size
@@ -111,7 +127,20 @@ class Clone(Action):
         return self.text + (" (%s)" % self.how if self.how else "")
 
 
+class KeepAsRevision(Clone):
+    """The clone of clean that a commit or revert keeps as the next revision."""
+
+    def withdraw(self, workspace):
+        # Left behind, it would be a duplicate of clean that qubesd's next commit adds to again,
+        # pushing a real revision out.
+        if self.how is not None and workspace.vm_dir is not None and workspace.vm_dir.unlink(self.dst, missing_ok=True):
+            return "removed the new revision %s" % self.dst
+        return None
+
+
 class Rename(Action):
+    destructive = True
+
     def __init__(self, rel, src, dst, why):
         self.src = src
         self.dst = dst
@@ -126,6 +155,8 @@ class Rename(Action):
 
 
 class Remove(Action):
+    destructive = True
+
     def __init__(self, rel, name, why):
         self.name = name
         self.text = "remove %s (%s)" % (rel(name), why)
@@ -150,8 +181,17 @@ class RemovePrecache(Remove):
         clone.clone_file(workspace.vm_dir, self.vid.clean, workspace.vm_dir, self.vid.precache, copy_mtime=True)
         return "made the precache %s anew" % self.vid.precache
 
+    def withdraw(self, workspace):
+        # A started VM has no precache (qubesd renamed it to its dirty image): do not make one under it.
+        if workspace.vm_dir is not None and workspace.vm_dir.lstat(self.vid.dirty) is not None:
+            return None
+        return self.undo(workspace)
+
 
 class Fsync(Action):
+    long = True
+    changes_disk = False
+
     def __init__(self, rel, name):
         self.name = name
         self.text = "flush %s to disk" % rel(name)
@@ -287,3 +327,14 @@ class MarkReverted(Action):
             # Without xattrs a rerun of the same revert is not recognised; the revert itself is unaffected.
         finally:
             os.close(fd)
+
+    def withdraw(self, workspace):
+        # The file stays a revision: it must not claim to be a restored one.
+        fd = workspace.vm_dir.open_file(self.name, os.O_RDONLY)
+        try:
+            os.removexattr(fd, REVERT_MARKER)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return "removed the revert mark from %s" % self.name

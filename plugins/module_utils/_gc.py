@@ -21,6 +21,8 @@ from ansible_collections.dom0.reflink.plugins.module_utils import _actions as ac
 from ansible_collections.dom0.reflink.plugins.module_utils._compare import exclusive_bytes
 from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._holders import set_aside_held_files
+from ansible_collections.dom0.reflink.plugins.module_utils._inuse_guard import InUseGuard
 from ansible_collections.dom0.reflink.plugins.module_utils._journal import (
     BEGUN,
     JOURNALS_DIR,
@@ -46,7 +48,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._qubes_xml import (
     orphan_reason,
     read_qubes_xml,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._task import PlanFailed, execute
+from ansible_collections.dom0.reflink.plugins.module_utils._task import PlanFailed, PlanWithdrawn, execute
 from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_duration
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import Surroundings
 
@@ -56,6 +58,7 @@ class Removal(act.Remove):
 
     def __init__(self, vid, info, reason, exclusive):
         super().__init__(lambda name: "%s/%s" % (vid.vm_dir, name), info.name, reason)
+        self.identity = (info.dev, info.ino)   # to match against the files processes hold open
         self.entry = {
             "file": "%s/%s" % (vid.vm_dir, info.name),
             "reason": reason,
@@ -107,6 +110,8 @@ class GcPlanner:
         self.orphans = []
         self.pending_commit = []
         self.skipped = []
+        self.skipped_files = []     # removals left out because a process holds the file open
+        self.planned_files = {}     # vid str -> VolumeFiles the volume's actions were planned from
         self._open_vm_dir = None    # (vm_dir, Directory or None), see _vm_dir
         self._prefix_dirs = {}      # prefix -> Directory or None
 
@@ -178,11 +183,17 @@ class GcPlanner:
                                for info in files.all()]
             if actions:
                 self.per_volume[key] = (vid, actions)
+                self.planned_files[key] = files
+        self.set_aside_held_files()
         self.plan_vm_dirs(scan)
         self.plan_journals(scan, journals)
         for name, mtime in sorted(journal_tempfiles.items()):
             if self.now - mtime >= self.options["min_age"]:
                 self.journal_removals.append((name, "stale tempfile of a journal"))
+
+    def set_aside_held_files(self):
+        """Drop the removals of files that a process holds open (one walk of /proc for the whole run)."""
+        self.skipped_files.extend(set_aside_held_files(self.per_volume))
 
     def plan_volume(self, files, surroundings, journal, listed=None):
         options = self.options
@@ -313,8 +324,9 @@ def run_gc_task(params, check_mode):
                        create=not check_mode):
             scan = PoolScan.read(pool_dir, only)
             planner = GcPlanner(pool_dir, options, now, qubes)
+            surroundings = Surroundings.read(path, qubes.name if qubes else None)
             try:
-                planner.plan(scan, Surroundings.read(path, qubes.name if qubes else None), *_journals(pool_dir))
+                planner.plan(scan, surroundings, *_journals(pool_dir))
             finally:
                 planner.close()
             skipped.extend(planner.skipped)
@@ -336,7 +348,8 @@ def run_gc_task(params, check_mode):
                         continue
                     try:
                         with act.Workspace(pool_dir, vid).open_vm_dir() as workspace:
-                            _execute_reporting(volume_actions, workspace, removed, actions)
+                            guard = InUseGuard(planner.planned_files[key], surroundings)
+                            _execute_reporting(volume_actions, workspace, removed, actions, skipped, guard)
                     finally:
                         if lock is not None:
                             lock.release()
@@ -359,13 +372,23 @@ def run_gc_task(params, check_mode):
         "orphans": planner.orphans,
         "pending_commit": planner.pending_commit,
         "skipped_volumes": skipped,
+        "skipped_files": planner.skipped_files,
     }
 
 
-def _execute_reporting(volume_actions, workspace, removed, actions):
-    """Execute one volume's actions, adding what was done to ``actions`` and ``removed``."""
+def _execute_reporting(volume_actions, workspace, removed, actions, skipped, guard):
+    """Execute one volume's actions, adding what was done to ``actions`` and ``removed``.
+
+    A volume whose VM qubesd started meanwhile is left as it is now and reported in ``skipped``.
+    """
     try:
-        done = execute(volume_actions, workspace)
+        done = execute(volume_actions, workspace, guard=guard)
+    except PlanWithdrawn as exc:
+        actions.extend(exc.done)
+        removed.extend(a.entry for a in volume_actions[:len(exc.done)] if isinstance(a, Removal))
+        skipped.append({"vid": str(workspace.vid), "reason": "became in use while gc ran: %s"
+                        % "; ".join(exc.reasons)})
+        return
     except PlanFailed as exc:
         actions.extend(exc.done)
         removed.extend(a.entry for a in volume_actions[:len(exc.done)] if isinstance(a, Removal))

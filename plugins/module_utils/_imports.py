@@ -144,6 +144,8 @@ def unchanged(vm_dir, files, source, size):
 class Stage(Action):
     """Write the import image: the source's data at the wanted size, or an all-zero sparse image."""
 
+    long = True
+
     def __init__(self, rel, name, source, size, allow_copy):
         self.name = name
         self.source = source
@@ -221,6 +223,9 @@ def verify_clean_checksum(vm_dir, vid, expected):
 
 class VerifyChecksum(Action):
     """Compare the staged image with the expected SHA-256; on mismatch remove it and fail."""
+
+    long = True
+    changes_disk = False
 
     def __init__(self, rel, name, expected):
         self.name = name

@@ -117,7 +117,7 @@ class VolumePlanner:
         if files.clean is None or self.newest_revision_is_clean(files):
             return [], 0
         name = self.vid.revision(files.next_revision(), format_timestamp(files.clean.mtime_ns // 10 ** 9))
-        return [act.Clone(self.rel, self.vid.clean, name, why)], 1
+        return [act.KeepAsRevision(self.rel, self.vid.clean, name, why)], 1
 
     def finish_precache(self, keep):
         """Make a missing or stale precache of a stopped volume: how an interrupted commit converges."""

@@ -16,6 +16,7 @@ import os
 from ansible_collections.dom0.reflink.plugins.module_utils._actions import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import AbsentDirectory, Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._inuse_guard import InUseGuard, VolumeBecameInUse
 from ansible_collections.dom0.reflink.plugins.module_utils._locks import volume_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._operations import VolumePlanner
@@ -63,22 +64,45 @@ def parse_revision(value):
 class PlanFailed(ReflinkError):
     """An action of a plan failed; ``done`` lists the actions that completed before it."""
 
-    def __init__(self, message, done):
+    def __init__(self, message, done, changed=None):
         super().__init__(message)
         self.done = done
+        self.changed = bool(done) if changed is None else changed
 
 
-def execute(actions, workspace):
+class PlanWithdrawn(PlanFailed):
+    """The volume became in use while the plan ran; what it had done is taken back where it should be."""
+
+    def __init__(self, message, done, changed, reasons):
+        super().__init__(message, done, changed)
+        self.reasons = reasons
+
+
+def execute(actions, workspace, guard=None):
     """Run ``actions`` in order; on failure undo what can be undone and raise PlanFailed.
 
     Undoing is best effort and only for steps whose effect would otherwise
     outlive a failed task for no use (a staged import image, a new empty VM
     directory, a removed precache); a crash cannot undo, and the next run of
     the task converges instead.
+
+    ``guard(workspace)``, if given, is called after each long step and right
+    before each destructive one (see _inuse_guard.py); when it raises
+    VolumeBecameInUse the plan is withdrawn and PlanWithdrawn is raised.
     """
     done = []
     ran = []
     for action in actions:
+        if guard is not None and (action.destructive or (ran and ran[-1].long)):
+            try:
+                guard(workspace)
+            except VolumeBecameInUse as exc:
+                raise _withdrawn(exc, ran, done, workspace) from None
+            except (ReflinkError, OSError) as exc:
+                undone = _undo(list(reversed(ran)), workspace)
+                raise PlanFailed("could not check whether the volume became in use before step '%s' (%s); "
+                                 "completed steps are listed in actions%s; run the task again"
+                                 % (action.text, exc, undone), done) from None
         try:
             action.run(workspace)
         except (ReflinkError, OSError, OverflowError) as exc:
@@ -90,6 +114,27 @@ def execute(actions, workspace):
         done.append(action.done)
         ran.append(action)
     return done
+
+
+def _withdrawn(exc, ran, done, workspace):
+    taken_back = []
+    kept = []
+    for action in reversed(ran):
+        try:
+            text = action.withdraw(workspace)
+        except (ReflinkError, OSError):
+            text = None   # the next run of the task, or reflink_gc, deals with it
+        if text:
+            taken_back.append(text)
+        elif action.changes_disk:
+            kept.append(action)
+    if any(action.destructive for action in kept):
+        outcome = "the steps listed in actions were done before it"
+    else:
+        outcome = "nothing of the volume was replaced or removed"
+    message = "%s; %s%s; run the task again once the VM has stopped, and it will do the job" % (
+        exc, outcome, "; undone: %s" % ", ".join(taken_back) if taken_back else "")
+    return PlanWithdrawn(message, done, bool(kept), exc.reasons)
 
 
 def _failure_text(action, exc):
@@ -154,7 +199,7 @@ def run_volume_task(params, check_mode, diff, purpose, plan, extra=None, changes
                 reported = [action.text for action in actions]
                 after = simulate(files, actions)
             else:
-                reported = execute(actions, workspace)
+                reported = execute(actions, workspace, guard=InUseGuard(files, surroundings))
                 after = read_volume(workspace.vm_dir, vid)
             result = {
                 "changed": bool(actions),
@@ -184,7 +229,7 @@ def main_wrapper(module, work):
     try:
         result = work()
     except PlanFailed as exc:
-        module.fail_json(msg=str(exc), actions=exc.done, changed=bool(exc.done))
+        module.fail_json(msg=str(exc), actions=exc.done, changed=exc.changed)
     except ReflinkError as exc:
         module.fail_json(msg=str(exc), actions=[], changed=False)
     except OSError as exc:

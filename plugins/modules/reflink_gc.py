@@ -26,6 +26,13 @@ description:
     V(vm-templates/) other than its own stale journals."
   - Volumes not listed in O(keep_vids) are reported in RV(orphans), and removed only with
     O(remove_orphans=true).
+  - A file that some process holds open (qubesd's Import writer keeps the import image open while a
+    slow restore streams in) is never removed. One walk of C(/proc/*/fd) per run finds them by
+    device and inode, and they are listed in RV(skipped_files) with the holders' pids and commands.
+  - qubesd does not take the collection's locks. Before each removal gc checks again that the volume
+    has not become in use since the pool was read (a dirty image, a loop device on one of its images,
+    qubesd's running-state file); a volume whose VM started meanwhile keeps the rest of its files and
+    is listed in RV(skipped_volumes).
 extends_documentation_fragment:
   - dom0.reflink.attributes
   - dom0.reflink.qubes_xml
@@ -199,11 +206,49 @@ pending_commit:
   elements: dict
 skipped_volumes:
   description:
-    - Volumes left alone, with the reason (in use, lock held). (Not called C(skipped), which Ansible
-      would read as "the task was skipped".)
+    - Volumes left alone, with the reason (in use, lock held, or became in use while gc ran; then
+      the removals done before are in RV(removed) and the others were not done). (Not called
+      C(skipped), which Ansible would read as "the task was skipped".)
   returned: always
   type: list
   elements: dict
+  contains:
+    vid:
+      description: The volume id.
+      type: str
+    reason:
+      description: Why it was left alone.
+      type: str
+      sample: "became in use while gc ran: the dirty image private-dirty.img appeared"
+skipped_files:
+  description:
+    - Files gc would have removed but did not, because a process holds them open (in check mode
+      too). The next run removes them once they are closed, if the reason still holds.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    file:
+      description: Path relative to the pool.
+      type: str
+      sample: appvms/work/private-import.img
+    reason:
+      description: Who holds it, and why it would have been removed.
+      type: str
+      sample: "held open by pid 4242 (qubesd); not removed (it would have been: import image that no
+        begun import claims)"
+    holders:
+      description: The processes that hold it open.
+      type: list
+      elements: dict
+      contains:
+        pid:
+          description: Process id.
+          type: int
+        command:
+          description: The process's command name (C(/proc/<pid>/comm)).
+          type: str
+          sample: qubesd
 """
 
 from ansible.module_utils.basic import AnsibleModule
