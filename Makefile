@@ -52,7 +52,8 @@ DEB_COMMANDS := \
 	rsync:rsync \
 	losetup:mount \
 	git:git \
-	shellcheck:shellcheck
+	shellcheck:shellcheck \
+	fusermount3:fuse3
 
 RSYNC_EXCLUDES := \
 	--exclude=/.git \
@@ -82,13 +83,14 @@ print(found.group(1))
 endef
 export ANSIBLE_TEST_PIP_VERSION_PY
 
-.PHONY: help deps venv collection test pytest test-reliability sanity lint docs package-test molecule compat demo clean
+.PHONY: help deps venv collection test pytest test-reliability test-powercut sanity lint docs package-test molecule compat demo clean
 
 help:
 	@echo 'Targets:'
 	@echo '  make test        deps + venv, pytest over tests/, then make sanity'
 	@echo '  make pytest      pytest only (PYTEST_ARGS="..." to pass options)'
 	@echo '  make test-reliability  crash matrix, faults, concurrency, bad input (tests/reliability)'
+	@echo '  make test-powercut  power cuts replayed from a block-level write log (tests/powercut), ~3 min'
 	@echo '  make sanity      ansible-test sanity (SANITY_ARGS="--test NAME" to narrow)'
 	@echo '  make lint        ruff, yamllint, ansible-lint (production), changelog and docs lint'
 	@echo '  make package-test  build the tarball, install it offline, run a module from it'
@@ -153,6 +155,7 @@ collection: deps
 test: deps venv
 	$(MAKE) --no-print-directory pytest
 	$(MAKE) --no-print-directory test-reliability
+	$(MAKE) --no-print-directory test-powercut
 	$(MAKE) --no-print-directory sanity
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory package-test
@@ -172,6 +175,12 @@ pytest: deps venv
 # (a few minutes; kill-point counts in tests/output/reliability/kill-points.json).
 test-reliability: deps venv
 	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/python" -m pytest tests/reliability $(PYTEST_ARGS)
+
+# tests/powercut is not in testpaths either: each operation is recorded on a FUSE disk
+# that logs writes and flushes (fusermount3 from Debian's fuse3, mfusepy from PyPI),
+# then replayed at its crash states (counts in tests/output/powercut/crash-states.json).
+test-powercut: deps venv
+	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/python" -m pytest tests/powercut $(PYTEST_ARGS)
 
 # ansible-test bootstraps pip in each of its virtual environments with a script
 # it downloads from a host that is unreachable here; tools/get_pip.py is put
