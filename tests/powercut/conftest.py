@@ -22,6 +22,7 @@ for _path in (_HERE, _HERE.parent / "reliability", _HERE.parent, _HERE.parent / 
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+import powercut_engine as pe  # noqa: E402
 import reliability_helpers as rh  # noqa: E402
 
 REPORT_PATH = _HERE.parent / "output" / "powercut" / "crash-states.json"
@@ -29,8 +30,13 @@ _REPORTS = []
 
 
 @pytest.fixture(scope="session")
-def powercut_tools(filesystems):
-    """Skip unless FUSE, fusermount3 (Debian fuse3) and mfusepy are there; closes the module runners at the end."""
+def powercut_tools(request):
+    """The session's loop filesystems, once FUSE, fusermount3 (Debian fuse3) and mfusepy are known to be there.
+
+    What an aborted earlier session left (mounts, loop devices, FUSE mounts) is
+    removed first, before the loop filesystems it may hold busy are cleaned up;
+    the module runners are closed at the end.
+    """
     missing = [name for name in ("fusermount3", "losetup", "mkfs.btrfs", "mkfs.xfs", "btrfs")
                if shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin") is None]
     if importlib.util.find_spec("mfusepy") is None:
@@ -39,6 +45,10 @@ def powercut_tools(filesystems):
         missing.append("/dev/fuse")
     if missing:
         pytest.skip("power-cut tests need %s (make deps, make venv)" % ", ".join(missing))
+    removed = pe.cleanup_stale_rigs()
+    if removed:
+        print("powercut: removed leftovers of an earlier session: %s" % ", ".join(removed), file=sys.stderr)
+    filesystems = request.getfixturevalue("filesystems")
     try:
         yield filesystems
     finally:

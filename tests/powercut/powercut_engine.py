@@ -46,6 +46,7 @@ import contextlib
 import dataclasses
 import fcntl
 import filecmp
+import json
 import os
 import pathlib
 import random
@@ -74,6 +75,9 @@ MKFS_COMMANDS = {
 # nodiscard: btrfs turns on discard=async by itself on devices that can discard.
 MOUNT_OPTIONS = {"btrfs": "nodiscard", "xfs": "nodiscard"}
 FICLONE = 0x40049409
+RIG_PARENT = "/var/tmp"
+RIG_PREFIX = "dom0-reflink-powercut-"
+OWNER_FILE = "owner.json"
 
 
 def _run(cmd, check=True):
@@ -82,6 +86,53 @@ def _run(cmd, check=True):
         raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd), result.returncode,
                                                    (result.stderr or result.stdout).strip()))
     return result
+
+
+def _start_time(pid):
+    """Field 22 of /proc/PID/stat (with the pid, it names one process for good), or None if it is gone."""
+    try:
+        text = pathlib.Path("/proc/%d/stat" % pid).read_text(errors="replace")
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()[19]
+
+
+def _loop_devices():
+    """{loop device: backing file} of every attached loop device."""
+    listing = _run(["losetup", "--list", "--noheadings", "--raw", "--output", "NAME,BACK-FILE"]).stdout
+    found = {}
+    for line in listing.splitlines():
+        device, _space, back = line.partition(" ")
+        found[device] = back.replace("\\x20", " ").removesuffix(" (deleted)")
+    return found
+
+
+def cleanup_stale_rigs():
+    """Remove what rigs of dead processes left: their mounts, their loop devices, the daemon's FUSE mount.
+
+    Rigs of live processes (another session) are left alone.  Returns the directories removed.
+    """
+    removed = []
+    for top in sorted(pathlib.Path(RIG_PARENT).glob(RIG_PREFIX + "*")):
+        try:
+            owner = json.loads((top / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            owner = {}
+        if owner.get("pid") and _start_time(owner["pid"]) == owner.get("start"):
+            continue
+        if os.path.ismount(top / "mnt"):
+            _run(["umount", "--lazy", str(top / "mnt")], check=False)
+        for device, back in _loop_devices().items():
+            if back.startswith(str(top) + "/") or (owner.get("images") and back.startswith(owner["images"] + "/")):
+                _run(["losetup", "--detach", device], check=False)
+        if os.path.ismount(top / "fuse"):
+            _run(["fusermount3", "-u", "-z", str(top / "fuse")], check=False)
+        if owner.get("images"):
+            shutil.rmtree(owner["images"], ignore_errors=True)
+        if not any(os.path.ismount(top / name) for name in ("mnt", "fuse")):
+            shutil.rmtree(top, ignore_errors=True)
+            removed.append(str(top))
+    return removed
 
 
 def reflink_copy(src, dst):
@@ -100,11 +151,14 @@ class Rig:
 
     def __init__(self, images_root):
         self.images = pathlib.Path(tempfile.mkdtemp(prefix="powercut-", dir=images_root))
-        self.top = pathlib.Path(tempfile.mkdtemp(prefix="dom0-reflink-powercut-", dir="/var/tmp"))
+        self.top = pathlib.Path(tempfile.mkdtemp(prefix=RIG_PREFIX, dir=RIG_PARENT))
         self.mnt = self.top / "mnt"
         self.fuse = self.top / "fuse"
         self.mnt.mkdir()
         self.fuse.mkdir()
+        # Who made it, so that a later session can remove it if this process dies (cleanup_stale_rigs).
+        (self.top / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "start": _start_time(os.getpid()),
+                                                       "images": str(self.images)}))
         self.devices = []
         self.daemon = None
         self.daemon_output = self.top / "daemon.out"
