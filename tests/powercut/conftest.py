@@ -69,8 +69,8 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_sep("-", "power cuts: crash states per operation")
     for report in _REPORTS:
         terminalreporter.write_line(
-            "%-24s %-6s %4d writes, %3d flushes, %4d states checked, %3d with problems, %5.1f s%s"
+            "%-24s %-6s %4d writes, %3d flushes, %4d states checked (%3d after the exit), %3d with problems, %5.1f s%s"
             % (report["operation"], report["fs"], report["writes"], report["flushes"], report["states"],
-               report["states_with_problems"], report["seconds"], "  (expected to fail)" if report.get("broken") else ""))
+               report["acknowledged_states"], report["states_with_problems"], report["seconds"], "  (expected to fail)" if report.get("broken") else ""))
     terminalreporter.write_line("sampling: %s" % _REPORTS[0]["sampling"])
     terminalreporter.write_line("details: %s" % REPORT_PATH)

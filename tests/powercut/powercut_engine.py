@@ -16,8 +16,8 @@ on one file system (btrfs, or XFS with reflink=1):
    two flushes, a seeded sample of what a volatile write cache may have kept of the
    writes since the last flush: prefixes, and random subsets (it may reorder); and
    the whole log.  The state *at the module's exit* is the log up to the last flush
-   before the module returned: acknowledged means durable, so that state must
-   already hold the operation's result.
+   before the module returned: acknowledged means durable, so that state, and every
+   later one, must already hold the operation's result.
 3. each state is replayed without copying the image: a running copy of the base
    (a reflink clone, so it costs only the blocks written) has the log applied up to
    the state's flush point, a reflink clone of it gets the state's extra writes.
@@ -27,8 +27,8 @@ on one file system (btrfs, or XFS with reflink=1):
      - the scenario's crash rules (clean image entirely the old or the new content,
        no revision lost that the task did not mean to prune, every image of the
        initial state that must survive is intact, no file under a final name with
-       content that is neither old nor new), or at the module's exit its final
-       result;
+       content that is neither old nor new); from the module's exit on, its
+       intended result instead;
      - the same task run again succeeds, ``reflink_gc min_age=0`` succeeds and leaves
        no tempfile, the result is the intended one, and the task run once more
        reports ``changed: false``.
@@ -302,12 +302,17 @@ def record(rig, scenario, kind, runner=run_module):
 
 @dataclasses.dataclass(frozen=True)
 class CrashState:
-    """The disk after a power cut: every event before ``durable`` plus the writes ``extra`` (indices) after it."""
+    """The disk after a power cut: every event before ``durable`` plus the writes ``extra`` (indices) after it.
+
+    ``acknowledged``: the cut came after the last flush before the module returned,
+    so the operation's result must be on the disk.
+    """
 
     durable: int
     extra: tuple = ()
     what: str = ""
     at_exit: bool = False
+    acknowledged: bool = False
 
 
 @dataclasses.dataclass
@@ -324,7 +329,12 @@ class Sampling:
 
 
 def crash_states(recording, sampling, name):
-    """Every flush point, the whole log, the module's exit, and a seeded sample between flushes."""
+    """Every flush point, the whole log, the module's exit, and a seeded sample between flushes.
+
+    Every state from the module's exit on is ``acknowledged``: what the disk holds
+    after the last flush before the module returned is its result, whatever
+    happened after it (more writes, the unmount's flushes).
+    """
     events = recording.events
     flushes = recording.flush_positions
     rng = random.Random(zlib.crc32(("%s/%s/%d" % (name, recording.kind, sampling.seed)).encode()))
@@ -352,21 +362,20 @@ def crash_states(recording, sampling, name):
                 seen.add(kept)
         states += [CrashState(durable, kept, "after flush %d: %d of %d writes, in any order"
                               % (number, len(kept), len(writes))) for kept in sorted(seen)]
+    states = [dataclasses.replace(state, acknowledged=state.durable >= exit_flush) for state in states]
     return sorted(states, key=lambda state: (state.durable, len(state.extra)))
 
 
-def state_problems(scenario, ctx, at_exit):
+def state_problems(scenario, ctx, acknowledged):
     """The checks of one mounted crash state (see the module docstring).
 
     Returns (plain-word problems, what the clean image held before the rerun).
     """
     state = rh.read_state(ctx.pool, ctx.vid)
     clean_found = ctx.labels.of(state.clean) or "absent"
-    if at_exit:
-        problems = ["at the module's exit (acknowledged, so durable): %s" % item
-                    for item in scenario.final_problems(ctx, state)]
-    else:
-        problems = scenario.crash_problems(ctx, state)
+    # From the module's exit on, its result must be there; before, any state its crash rules allow.
+    problems = (["acknowledged, so durable: %s" % item for item in scenario.final_problems(ctx, state)]
+                if acknowledged else scenario.crash_problems(ctx, state))
     rerun = rh.run_direct(scenario.module, **ctx.args)
     if rerun["failed"]:
         problems.append("the same task run again failed: %s" % rerun.get("msg"))
@@ -415,7 +424,7 @@ def replay(rig, recording, scenario, states):
                 if failed:
                     found[state] = ["the file system does not mount: %s" % failed.stderr.strip()]
                 else:
-                    found[state], clean_found = state_problems(scenario, recording.ctx, state.at_exit)
+                    found[state], clean_found = state_problems(scenario, recording.ctx, state.acknowledged)
                     clean_seen[clean_found] += 1
             os.unlink(image)
         for event in recording.events[applied:]:
@@ -441,7 +450,7 @@ def run_operation(images_root, name, scenario, kind, sampling, runner=run_module
         if "recording" in locals():
             recording.ctx.cleanup()
         rig.cleanup()
-    problems = ["%s: %s" % (state.what + (" (module's exit)" if state.at_exit else ""), item)
+    problems = ["%s: %s" % (state.what + (" (the module's exit)" if state.at_exit else ""), item)
                 for state in states for item in found[state]]
     if not log_complete:
         problems.insert(0, "the base image with the whole log applied differs from the recorded image: "
@@ -456,6 +465,7 @@ def run_operation(images_root, name, scenario, kind, sampling, runner=run_module
         "exit_events": recording.exit_events,
         "states": len(states),
         "states_with_problems": lost_states,
+        "acknowledged_states": sum(1 for state in states if state.acknowledged),
         # Whether the states span the operation: how many showed the old and the new clean image.
         "clean_image_seen": dict(sorted(clean_seen.items())),
         "problems": problems,

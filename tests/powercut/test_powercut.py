@@ -21,11 +21,16 @@ import pytest
 import powercut_engine as pe
 import reliability_helpers as rh
 import test_crash_matrix as cm
+import write_log as wl
 
 BROKEN_COMMIT = pathlib.Path(__file__).resolve().parent / "broken_commit.py"
 
-# Sample sizes: chosen so that the whole suite stays within about 5 minutes on 2 cores.
-SAMPLING = pe.Sampling(prefixes=2, subsets=2, seed=15)
+# Sample sizes between two flushes: chosen so that the whole suite stays within about
+# 5 minutes on 2 cores.  POWERCUT_PREFIXES, POWERCUT_SUBSETS and POWERCUT_SEED override
+# them for a deeper run (POWERCUT_SUBSETS=20 make test-powercut).
+SAMPLING = pe.Sampling(prefixes=int(os.environ.get("POWERCUT_PREFIXES", "2")),
+                       subsets=int(os.environ.get("POWERCUT_SUBSETS", "2")),
+                       seed=int(os.environ.get("POWERCUT_SEED", "15")))
 
 
 class ImportSparseCopy(cm.ImportOneShot):
@@ -105,7 +110,26 @@ def test_the_harness_finds_renames_without_their_directory_fsync(kind, powercut_
                               runner=run_broken_commit)
     report["broken"] = True
     powercut_reports.append(report)
-    at_exit = [problem for problem in report["problems"] if "module's exit" in problem]
+    at_exit = [problem for problem in report["problems"] if "(the module's exit): acknowledged" in problem]
     wanted = "clean image is old clean, intended dirty" if kind == "btrfs" else "the precache is missing"
     assert any(wanted in problem for problem in at_exit), (
         "the harness did not find what the broken run lost (%s):\n  %s" % (wanted, "\n  ".join(report["problems"])))
+
+
+def test_crash_states_take_every_flush_point_and_samples_between():
+    """The state list of a made-up log: each flush point, the exit's flush, and only writes of one gap added."""
+    write, flush = wl.Event(wl.WRITE, 0, 1, b"x"), wl.Event(wl.FLUSH)
+    events = [write, write, flush, write, write, write, write, flush, write, write]
+    recording = pe.Recording("btrfs", pathlib.Path("base.img"), events, exit_events=8, ctx=None, result={},
+                             recorded=pathlib.Path("recorded.img"))
+    states = pe.crash_states(recording, pe.Sampling(prefixes=2, subsets=3, seed=1), "made-up")
+    plain = sorted(state.durable for state in states if not state.extra)
+    assert plain == [0, 2, 7, 10], states
+    assert [state.durable for state in states if state.at_exit] == [7], states
+    assert all(state.acknowledged == (state.durable >= 7) for state in states), states
+    gaps = {0: {0, 1}, 2: {3, 4, 5, 6}, 7: {8, 9}}
+    for state in states:
+        if state.extra:
+            assert set(state.extra) < gaps[state.durable], state
+    assert len(states) == len(set(states)), states
+    assert pe.crash_states(recording, pe.Sampling(prefixes=2, subsets=3, seed=1), "made-up") == states
