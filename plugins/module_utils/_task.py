@@ -78,11 +78,16 @@ def execute(actions, workspace):
             # The failed step may have done part of its work (a rename whose directory fsync
             # failed): it is undone first, with the steps before it.
             undone = _undo([action, *reversed(ran)], workspace)
-            raise PlanFailed("%s; completed steps are listed in actions%s; run the task again to finish, "
-                             "or fix the cause first" % (_failure_text(action, exc), undone), done) from None
+            raise PlanFailed("%s; completed steps are listed in actions%s; %s"
+                             % (_failure_text(action, exc), undone, _way_out(exc)), done) from None
         done.append(action.done)
         ran.append(action)
     return done
+
+
+def _way_out(exc):
+    """What the user does next: the error's own advice where it has one (a rerun alone would fail the same way)."""
+    return getattr(exc, "way_out", None) or "run the task again to finish, or fix the cause first"
 
 
 def _failure_text(action, exc):
@@ -118,7 +123,8 @@ def run_volume_task(params, check_mode, diff, purpose, plan, extra=None):
     """Run one volume module's task and return its result dict.
 
     ``plan(planner, context)`` returns the list of actions; ``context`` is a
-    dict with ``workspace`` and ``vm_dir_names`` (the VM directory's entries).
+    dict with ``workspace``, ``vm_dir_names`` (the VM directory's entries) and
+    ``warnings`` (a list the plan may add to; each becomes a module warning).
     ``extra(after)``, if given, returns more result keys from the volume's
     files after the task (VolumeFiles).
     """
@@ -134,7 +140,7 @@ def run_volume_task(params, check_mode, diff, purpose, plan, extra=None):
             files = read_volume(workspace.vm_dir, vid)
             surroundings = Surroundings.read(pool)
             planner = VolumePlanner(files, surroundings, workspace.rel, workspace.vm_dir, workspace.prefix_dir)
-            actions = plan(planner, {"workspace": workspace, "vm_dir_names": vm_dir_names})
+            actions = plan(planner, {"workspace": workspace, "vm_dir_names": vm_dir_names, "warnings": warnings})
             if check_mode:
                 reported = [action.text for action in actions]
                 after = simulate(files, actions)

@@ -462,7 +462,7 @@ def test_two_phases_into_a_new_volume_with_size_and_checksum_at_commit(btrfs_dir
     before = snapshot(pool)
 
     grown = run_module("reflink_import", state="commit", **args)
-    assert_refused(grown, "begun with %d bytes" % (8 * MIB), "give size at commit")
+    assert_refused(grown, "begun with %d bytes" % (8 * MIB), "state=commit with size", "state=abort")
     assert snapshot(pool) == before
 
     wanted = staged.read_bytes() + bytes(3 * MIB - 4096)
@@ -508,9 +508,9 @@ def test_two_phase_refusals(btrfs_dir, run_module):
 
     assert_ok(run_module("reflink_import", state="begin", size="8M", **args), True)
     one_shot = run_module("reflink_import", size="8M", force=True, **args)
-    assert_refused(one_shot, "begun", "commit or abort")
+    assert_refused(one_shot, "begun", "state=commit", "state=abort")
     other_size = run_module("reflink_import", state="begin", size="16M", **args)
-    assert_refused(other_size, "begun", "commit or abort")
+    assert_refused(other_size, "begun", "state=commit", "state=abort")
     assert os.path.getsize(image(pool, kind="import")) == 8 * MIB
 
     # qubesd deletes an uncommitted import image when the VM starts.
