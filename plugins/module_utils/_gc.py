@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import re
 import os
+import stat
 import time
 
 from ansible_collections.dom0.reflink.plugins.module_utils import _actions as act
@@ -41,7 +42,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._operations import (
     check_revisions_to_keep,
 )
 from ansible_collections.dom0.reflink.plugins.module_utils._pool import PoolScan, require_pool
-from ansible_collections.dom0.reflink.plugins.module_utils._task import PlanFailed, execute
+from ansible_collections.dom0.reflink.plugins.module_utils._task import PlanFailed, execute, missing_pool_warning
 from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_duration
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import Surroundings
 
@@ -109,10 +110,13 @@ class GcPlanner:
             vm_dir = self._vm_dir(vid)
             if vm_dir is None:
                 return None
-            fd = vm_dir.open_file(info.name, os.O_RDONLY)
+            # O_NONBLOCK: a FIFO swapped in since the scan must not block gc (O_NOFOLLOW comes with open_file).
+            fd = vm_dir.open_file(info.name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         except (OSError, ReflinkError):   # gone or replaced meanwhile: no figure, not an error
             return None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None   # replaced by something that is not an image since the scan: no figure
             return exclusive_bytes(fd)
         except OSError:
             return None
@@ -195,8 +199,8 @@ class GcPlanner:
                 actions.append(self.removal(vid, files.import_, "import image that no begun import claims"))
         for info in files.junk_revisions:
             actions.append(self.removal(vid, info, "revision file whose id is not an integer"))
-        keep = options["revisions_to_keep_per_volume"].get(str(vid), options["revisions_to_keep"])
-        excess = len(files.revisions) - max(keep, 0)
+        keep = self.revisions_to_keep_of(vid)
+        excess = 0 if keep is None else len(files.revisions) - max(keep, 0)
         for number, info in files.revisions[:max(excess, 0)]:
             actions.append(self.removal(vid, info, "revision %d is beyond revisions_to_keep=%d" % (number, keep)))
         if files.precache is not None and files.precache_state == "stale":
@@ -206,6 +210,18 @@ class GcPlanner:
             planner = VolumePlanner(files, surroundings, lambda name: "%s/%s" % (vid.vm_dir, name))
             actions.append(planner.new_precache())
         return actions
+
+    def revisions_to_keep_of(self, vid):
+        """How many revisions of ``vid`` gc keeps, or None: prune none of them.
+
+        Nobody having said how many (no revisions_to_keep, no per-volume value)
+        means none is pruned: the volume's owner may keep more than gc would
+        guess (qubesd's revisions_to_keep is per volume).
+        """
+        per_volume = self.options["revisions_to_keep_per_volume"]
+        if str(vid) in per_volume:
+            return per_volume[str(vid)]
+        return self.options["revisions_to_keep"]
 
     def plan_vm_dirs(self, scan):
         """VM directories that are (or will be, after the removals) empty."""
@@ -265,7 +281,8 @@ def parse_gc_options(params):
     options = {
         "min_age": parse_duration(params["min_age"], "min_age"),
         "import_max_age": parse_duration(params["import_max_age"], "import_max_age"),
-        "revisions_to_keep": check_revisions_to_keep(params["revisions_to_keep"]),
+        "revisions_to_keep": None if params.get("revisions_to_keep") is None
+        else check_revisions_to_keep(params["revisions_to_keep"]),
         "revisions_to_keep_per_volume": {},
         "rebuild_precache": params["rebuild_precache"],
         "remove_orphans": params["remove_orphans"],
@@ -291,6 +308,9 @@ def run_gc_task(params, check_mode):
     path = params["pool"]
     now = time.time()
     removed, actions, skipped = [], [], []
+    if check_mode and not os.path.lexists(path):
+        # As the volume modules do: plan against the empty pool an earlier reflink_pool task would make.
+        return dict(_gc_result([], [], [], [], []), warnings=[missing_pool_warning(path)])
     with Directory.open_pool(path) as pool_dir:
         require_pool(pool_dir)
         with pool_lock(pool_dir, exclusive=True, timeout=params["lock_timeout"], purpose="reflink_gc",
@@ -334,14 +354,18 @@ def run_gc_task(params, check_mode):
             finally:
                 if locks is not None:
                     locks.close()
+    return _gc_result(actions, removed, planner.orphans, planner.pending_commit, skipped)
+
+
+def _gc_result(actions, removed, orphans, pending_commit, skipped):
     return {
         "changed": bool(actions),
         "actions": actions,
         "removed": removed,
         "reclaimed_bytes": sum(entry["bytes"] for entry in removed),
         "reclaimed_exclusive_bytes": sum(entry.get("exclusive_bytes", 0) for entry in removed),
-        "orphans": planner.orphans,
-        "pending_commit": planner.pending_commit,
+        "orphans": orphans,
+        "pending_commit": pending_commit,
         "skipped_volumes": skipped,
     }
 

@@ -19,7 +19,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._errors import (
 )
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory, remove_tree
 from ansible_collections.dom0.reflink.plugins.module_utils._locks import METADATA_DIR, pool_lock
-from ansible_collections.dom0.reflink.plugins.module_utils._task import execute
+from ansible_collections.dom0.reflink.plugins.module_utils._task import execute, missing_pool_warning
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import (
     Surroundings,
     VolumeFiles,
@@ -297,12 +297,21 @@ def artifacts_of(files):
     }
 
 
-def run_info_task(params):
+def run_info_task(params, check_mode=False):
     """reflink_info: report the pool and its volumes; never changes anything."""
     path = params["pool"]
     only = None
     if params.get("vids"):
         only = [names.parse_vid(vid) for vid in params["vids"]]
+    if check_mode and not os.path.lexists(path):
+        # An empty pool, as an earlier reflink_pool task of a check-mode run would leave it; the
+        # filesystem is the one it would be made on.
+        report_at = os.path.dirname(os.path.abspath(path))
+        while not os.path.isdir(report_at):
+            report_at = os.path.dirname(report_at)
+        pool = filesystem_report(report_at, None)
+        pool.update(path=path, unsafe_entries=[])
+        return {"changed": False, "pool": pool, "volumes": [], "warnings": [missing_pool_warning(path)]}
     with Directory.open_pool(path) as pool_dir:
         require_pool(pool_dir)
         try:

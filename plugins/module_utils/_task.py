@@ -161,11 +161,16 @@ def run_volume_task(params, check_mode, diff, purpose, plan, extra=None):
             return result
 
 
+def missing_pool_warning(path):
+    """The warning of a check-mode task on a pool that does not exist yet."""
+    return ("pool %s does not exist: check mode planned this task as if it were an empty pool "
+            "(as dom0.reflink.reflink_pool would leave it); a real run needs the pool first" % path)
+
+
 def _open_task_pool(path, check_mode, warnings):
     """The pool's Directory; in check mode a pool that does not exist yet is planned as an empty one."""
     if check_mode and not os.path.lexists(path):
-        warnings.append("pool %s does not exist: check mode planned this task as if it were an empty pool "
-                        "(as dom0.reflink.reflink_pool would leave it); a real run needs the pool first" % path)
+        warnings.append(missing_pool_warning(path))
         return AbsentDirectory(path)
     return Directory.open_pool(path)
 

@@ -15,8 +15,9 @@ description:
   - stale tempfiles (V(<image>~XXXXXXXX)) older than O(min_age);
   - import images older than O(min_age) that no begun two-phase import claims, and those whose import
     was begun longer ago than O(import_max_age);
-  - revisions beyond O(revisions_to_keep) (or the volume's entry in O(revisions_to_keep_per_volume)),
-    oldest first, and revision files whose id is not an integer (qubesd cannot read them);
+  - revisions beyond the volume's entry in O(revisions_to_keep_per_volume), or else O(revisions_to_keep),
+    oldest first (with neither, none), and revision files whose id is not an integer (qubesd cannot
+    read them);
   - stale precache images (mtime or size differs from the clean image);
   - empty VM directories, and journals of imports whose image is gone.
   - "It never removes: a dirty image (uncommitted data of a VM that is running or halted without a
@@ -58,11 +59,15 @@ options:
     type: raw
     default: 1d
   revisions_to_keep:
-    description: Revisions to keep per volume; V(0) and V(-1) keep none.
+    description:
+      - Revisions to keep per volume, for volumes without an entry in O(revisions_to_keep_per_volume);
+        V(0) and V(-1) keep none.
+      - There is no default. Without it, only volumes listed in O(revisions_to_keep_per_volume) have
+        revisions pruned, and no other revision is removed. qubesd keeps C(revisions_to_keep) per volume
+        (C(qvm-volume config <vm>:<volume> revisions_to_keep 5)); a pool-wide value would overrule it.
     type: int
-    default: 1
   revisions_to_keep_per_volume:
-    description: Overrides of O(revisions_to_keep), by vid.
+    description: The number of revisions to keep, by vid; it wins over O(revisions_to_keep).
     type: dict
     default: {}
   rebuild_precache:
@@ -75,7 +80,10 @@ options:
     default: 60
 attributes:
   check_mode:
-    description: Check mode lists exactly what a real run would remove, with the same keys and byte counts.
+    description:
+      - Check mode lists exactly what a real run would remove, with the same keys and byte counts.
+      - On a pool that does not exist yet it plans against an empty pool (nothing to remove), with a
+        warning; a real run fails.
   diff_mode:
     support: none
     description: The report in RV(removed) says what changed.
@@ -92,7 +100,7 @@ author:
 """
 
 EXAMPLES = r"""
-- name: Nightly clean-up of the Qubes pool
+- name: Nightly clean-up of the Qubes pool (every revision is kept)
   dom0.reflink.reflink_gc:
     pool: /var/lib/qubes
 
@@ -103,7 +111,7 @@ EXAMPLES = r"""
   check_mode: true
   register: gc_plan
 
-- name: Keep three revisions of templates' root volumes, one elsewhere, and rebuild missing precaches
+- name: Keep three revisions of templates' root volumes, one of every other volume, and rebuild missing precaches
   dom0.reflink.reflink_gc:
     pool: /var/lib/qubes
     revisions_to_keep: 1
@@ -197,7 +205,7 @@ def main():
             "remove_orphans": {"type": "bool", "default": False},
             "min_age": {"type": "raw", "default": "1h"},
             "import_max_age": {"type": "raw", "default": "1d"},
-            "revisions_to_keep": {"type": "int", "default": 1},
+            "revisions_to_keep": {"type": "int"},
             "revisions_to_keep_per_volume": {"type": "dict", "default": {}},
             "rebuild_precache": {"type": "bool", "default": False},
             "lock_timeout": {"type": "int", "default": 60},
