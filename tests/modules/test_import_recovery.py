@@ -208,6 +208,11 @@ def test_refusals_name_a_step_that_works(btrfs_dir, run_module):
     # Nothing begun: commit names begin; abort changes nothing.
     assert_refused(run_module("reflink_import", state="commit", **args), "no two-phase import", "state=begin")
     assert_ok(run_module("reflink_import", state="abort", **args), False)
+    put_file(staged, MIB, [(0, 4096)], seed=3)   # an import image no journal claims (qubesd's own?)
+    unclaimed = staged.read_bytes()
+    left = assert_ok(run_module("reflink_import", state="abort", **args), False)
+    assert any("left the import image" in warning and "min_age" in warning for warning in left["warnings"])
+    assert staged.read_bytes() == unclaimed
 
     # The writer grew the image: commit names size and abort; commit with size works.
     assert_ok(run_module("reflink_import", state="begin", size="4M", **args), True)
