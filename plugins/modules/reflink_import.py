@@ -41,7 +41,9 @@ options:
       - A commit run again changes nothing, however long afterwards: the commit is remembered in an
         extended attribute on the clean image it made (and in the journal's record until
         M(dom0.reflink.reflink_gc) removes that after its O(dom0.reflink.reflink_gc#module:import_max_age)).
-        The next commit of the volume (a VM's stop, an import, a revert) ends that.
+        The next commit of the volume (a VM's stop, an import, a revert) ends that. A rerun of the whole
+        flow (begin, write, commit) is a new import; a playbook that may run it again should guard it
+        (for example, only while M(dom0.reflink.reflink_info) reports the volume absent).
       - In check mode V(begin) records nothing; a V(commit) or V(abort) that follows it in the same
         check-mode run reports what it would do after a real begin, with a warning.
     type: str
