@@ -38,7 +38,7 @@ options:
       - qubesd deletes an uncommitted import image when the VM starts, or when the volume is created or
         removed; a commit then fails and says so, and V(begin) run again starts afresh (it replaces the
         stale journal). Every refusal names the step that gets out of it (V(commit), V(abort) or V(begin)).
-      - A commit run again changes nothing, however long afterwards: the commit is remembered in an
+      - A commit run again changes nothing, however long afterwards; the commit is remembered in an
         extended attribute on the clean image it made (and in the journal's record until
         M(dom0.reflink.reflink_gc) removes that after its O(dom0.reflink.reflink_gc#module:import_max_age)).
         The next commit of the volume (a VM's stop, an import, a revert) ends that. A rerun of the whole
