@@ -219,8 +219,7 @@ def _plan_commit(planner, workspace, options, journal, warnings, check_mode):
     try:
         planner.refuse_if_in_use("commit an import into")
     except VolumeInUse as exc:
-        raise VolumeInUse("%s; the begun import stays as it is: commit again once the volume is no longer in "
-                          "use, or state=abort to discard it" % exc) from None
+        raise VolumeInUse("%s (the begun import stays as it is; state=abort discards it)" % exc) from None
     size = options["size"]
     if size is None and files.import_.size != journal.get("size"):
         raise VolumeStateError(

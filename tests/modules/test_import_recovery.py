@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from module_helpers import MIB, make_pool, make_volume, put_file
+from module_helpers import MIB, make_pool, make_volume, put_file, start_volume
 from staging_helpers import (
     VID,
     assert_no_leftovers,
@@ -250,7 +250,7 @@ def test_refusals_name_a_step_that_works(btrfs_dir, run_module):
     wanted = staged.read_bytes()
     with read_only_loop(image(pool)):
         busy = run_module("reflink_import", state="commit", **args)
-    assert_refused(busy, "in use", "commit again", "state=abort")
+    assert_refused(busy, "in use", "run this again once the VM is stopped", "state=abort")
     assert_ok(run_module("reflink_import", state="commit", **args), True)
     assert image(pool).read_bytes() == wanted
     assert_no_leftovers(pool)
@@ -277,3 +277,31 @@ def test_check_mode_commit_and_abort_after_a_planned_begin(btrfs_dir, run_module
     # A real run without a begin still fails (and says how to begin).
     assert_refused(run_module("reflink_import", state="commit", **args), "state=begin")
     assert snapshot(pool) == before
+
+
+def test_a_vm_start_between_begin_and_commit(btrfs_dir, run_module):
+    """qubesd starts the VM after begin (deleting the import image) and stops it later: begin again works."""
+    pool = make_pool(btrfs_dir)
+    make_volume(pool, VID)
+    args = {"pool": str(pool), "vid": VID}
+    staged = image(pool, kind="import")
+    assert_ok(run_module("reflink_import", state="begin", size="8M", **args), True)
+    write_data(staged)
+    # qubesd's start: the uncommitted import image goes, the precache becomes the dirty image.
+    os.unlink(staged)
+    running_data = start_volume(pool, VID)
+
+    assert_refused(run_module("reflink_import", state="commit", **args), "is gone", "state=begin again")
+    busy = run_module("reflink_import", state="begin", size="8M", **args)
+    assert_refused(busy, "in use", "dirty image", "reflink_volume state=stopped", "run this again")
+    # The way out the message names (the VM halted without qubesd's commit): state=stopped, then begin.
+    assert_ok(run_module("reflink_volume", state="stopped", **args), True)
+    assert image(pool).read_bytes() == running_data
+    again = assert_ok(run_module("reflink_import", state="begin", size="8M", **args), True)
+    assert any(text.startswith("replace the stale import journal") for text in again["actions"])
+    write_data(staged, seed=b"second try ")
+    wanted, ino = staged.read_bytes(), os.stat(staged).st_ino
+    assert_ok(run_module("reflink_import", state="commit", **args), True)
+    assert image(pool).read_bytes() == wanted and os.stat(image(pool)).st_ino == ino
+    assert revisions(pool)[max(revisions(pool))].read_bytes() == running_data
+    assert_no_leftovers(pool)
