@@ -69,10 +69,12 @@ def verify_clean_checksum(vm_dir, vid, expected):
     finally:
         os.close(fd)
     if actual != expected:
+        # Raised while planning, outside execute(): the way out goes into the message itself.
+        way_out = "check the source and the checksum, then run the task again"
         raise ChecksumMismatch(
             "checksum mismatch: expected sha256:%s, but the data to import (the same as the current clean "
-            "image, so nothing was staged) has sha256:%s; the volume is unchanged" % (expected, actual),
-            "check the source and the checksum, then run the task again")
+            "image, so nothing was staged) has sha256:%s; the volume is unchanged; %s"
+            % (expected, actual, way_out), way_out)
 
 
 class VerifyChecksum(Action):
