@@ -356,6 +356,8 @@ def test_checksum_is_checked_even_when_the_data_is_already_there(btrfs_dir, run_
     result = run_module("reflink_import", pool=str(pool), vid=VID, src=str(src), checksum="sha256:" + wrong)
     assert snapshot(pool) == before
     assert result.get("failed") is True and "checksum mismatch" in result.get("msg", ""), result
+    assert wrong in result["msg"] and sha256_file(src) in result["msg"], result["msg"]
+    assert "check the source and the checksum" in result["msg"], result["msg"]
 
 
 def test_bad_checksum_syntax_is_refused(btrfs_dir, run_module):
