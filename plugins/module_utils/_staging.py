@@ -105,8 +105,9 @@ class AssumeImportImage(Action):
     def __init__(self, rel, name, size):
         self.name = name
         self.size = size
-        self.text = "take %s as a state=begin planned earlier in this check-mode run leaves it (%d bytes)" \
-            % (rel(name), size)
+        # Check mode cannot know the size that begin was given: the commit's size, else the volume's.
+        self.text = ("take %s as a state=begin planned earlier in this check-mode run leaves it, at %d bytes "
+                     "(the size given to commit, else the volume's current size)" % (rel(name), size))
 
     def run(self, workspace):
         raise ReflinkError("internal error: a check-mode assumption was executed")

@@ -305,3 +305,30 @@ def test_a_vm_start_between_begin_and_commit(btrfs_dir, run_module):
     assert image(pool).read_bytes() == wanted and os.stat(image(pool)).st_ino == ino
     assert revisions(pool)[max(revisions(pool))].read_bytes() == running_data
     assert_no_leftovers(pool)
+
+
+def test_check_mode_two_phases_into_a_volume_not_made_yet(reflink_dir, run_module):
+    """A whole begin/commit in check mode for a new vid predicts the real run's volume."""
+    pool = make_pool(reflink_dir)
+    vid = "appvms/fresh/private"
+    args = {"pool": str(pool), "vid": vid}
+    before = snapshot(pool)
+
+    assert_ok(run_module("reflink_import", check=True, state="begin", size="8M", **args), True)
+    planned = assert_ok(run_module("reflink_import", check=True, state="commit", **args), True)
+    assert snapshot(pool) == before and not (pool / "appvms" / "fresh").exists()
+    assert planned["actions"][1] == "create VM directory appvms/fresh", planned["actions"]
+    # Nothing tells check mode the begun size: the first action says which size it assumed.
+    assert planned["volume"]["size"] == 0 and "at 0 bytes (the size given to commit" in planned["actions"][0]
+    assert planned["warnings"]
+    sized = assert_ok(run_module("reflink_import", check=True, state="commit", size="8M", **args), True)
+    assert sized["volume"]["size"] == 8 * MIB
+
+    assert_ok(run_module("reflink_import", state="begin", size="8M", **args), True)
+    planned = assert_ok(run_module("reflink_import", check=True, state="commit", **args), True)
+    assert "warnings" not in planned
+    real = assert_ok(run_module("reflink_import", state="commit", **args), True)
+    assert [text.split(" (reflink)")[0] for text in real["actions"]] == planned["actions"]
+    assert real["volume"] == planned["volume"] | {"usage": real["volume"]["usage"]}
+    assert real["volume"]["size"] == 8 * MIB and real["volume"]["state"] == "stopped"
+    assert image(pool, vid).read_bytes() == bytes(8 * MIB)
