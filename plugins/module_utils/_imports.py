@@ -39,6 +39,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._task import run_volu
 from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_volume_size
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import VolumeFiles
 
+
 # -- sources ---------------------------------------------------------------
 
 class Source:
