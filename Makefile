@@ -90,7 +90,7 @@ help:
 	@echo '  make test        deps + venv, pytest over tests/, then make sanity'
 	@echo '  make pytest      pytest only (PYTEST_ARGS="..." to pass options)'
 	@echo '  make test-reliability  crash matrix, faults, concurrency, bad input (tests/reliability)'
-	@echo '  make test-powercut  power cuts replayed from a block-level write log (tests/powercut), ~3 min'
+	@echo '  make test-powercut  power cuts replayed from a block-level write log (tests/powercut), ~4 min'
 	@echo '  make sanity      ansible-test sanity (SANITY_ARGS="--test NAME" to narrow)'
 	@echo '  make lint        ruff, yamllint, ansible-lint (production), changelog and docs lint'
 	@echo '  make package-test  build the tarball, install it offline, run a module from it'
