@@ -58,8 +58,8 @@ import time
 import zlib
 
 import crash_engine as ce
-import write_log as wl
 import reliability_helpers as rh
+import write_log as wl
 
 HERE = pathlib.Path(__file__).resolve().parent
 DAEMON = HERE / "recording_disk.py"
@@ -440,6 +440,7 @@ def run_operation(images_root, name, scenario, kind, sampling, runner=run_module
     """Record ``scenario`` on ``kind`` and check its crash states; returns the report dict."""
     started = time.monotonic()
     rig = Rig(images_root)
+    recording = None
     try:
         recording = record(rig, scenario, kind, runner)
         if recording.result["failed"]:
@@ -447,7 +448,8 @@ def run_operation(images_root, name, scenario, kind, sampling, runner=run_module
         states = crash_states(recording, sampling, name)
         found, clean_seen, log_complete = replay(rig, recording, scenario, states)
     finally:
-        if "recording" in locals():
+        # The scenario's own cleanups (a source file outside the recorded pool) first, then the rig.
+        if recording is not None:
             recording.ctx.cleanup()
         rig.cleanup()
     problems = ["%s: %s" % (state.what + (" (the module's exit)" if state.at_exit else ""), item)

@@ -63,6 +63,8 @@ OPERATIONS = [
     ("import-reflink", "xfs", lambda outside: cm.ImportOneShot("xfs")),
     ("import-copy", "btrfs", lambda outside: ImportSparseCopy("btrfs", outside)),
     ("import-copy", "xfs", lambda outside: ImportSparseCopy("xfs", outside)),
+    ("import-new-volume", "btrfs", lambda outside: cm.ImportNewVolume()),
+    ("import-new-volume", "xfs", lambda outside: cm.ImportNewVolume()),
     ("import-commit", "btrfs", lambda outside: cm.ImportCommit()),
     ("import-commit", "xfs", lambda outside: cm.ImportCommit()),
     ("revert", "btrfs", lambda outside: cm.Revert()),
