@@ -67,6 +67,22 @@ class Removal(act.Remove):
         }
         if exclusive is not None:
             self.entry["exclusive_bytes"] = exclusive
+        self.replaced = False
+
+    def run(self, workspace):
+        # Remove the file the scan saw, not whatever has its name now (qubesd may have begun a new
+        # import of the volume since, and that file may be held open by its writer).
+        st = workspace.vm_dir.lstat(self.name)
+        if st is not None and (st.st_dev, st.st_ino) != self.identity:
+            self.replaced = True
+            return
+        super().run(workspace)
+
+    @property
+    def done(self):
+        if self.replaced:
+            return "left %s alone: it was replaced by another file since gc read the pool" % self.entry["file"]
+        return self.text
 
 
 def _age(now, info):
@@ -182,7 +198,11 @@ class GcPlanner:
             if orphan is not None:
                 self.orphans.append({"vid": key, "size": files.size, "usage": sum(i.usage for i in files.all()),
                                      "reason": orphan})
-                if options["remove_orphans"]:
+                young = [info for info in files.all() if _age(self.now, info) < options["min_age"]]
+                if options["remove_orphans"] and young:
+                    # qvm-create, qvm-clone and a restore make images before qubesd saves qubes.xml.
+                    self.orphans[-1]["kept"] = "%s is younger than min_age: a VM being created?" % young[0].name
+                elif options["remove_orphans"]:
                     actions = [self.removal(vid, info, "orphan: " + orphan)
                                for info in files.all()]
             if actions:
@@ -227,7 +247,9 @@ class GcPlanner:
         if files.precache is not None and files.precache_state == "stale":
             actions.append(self.removal(vid, files.precache, "stale precache (mtime or size differs from clean)"))
         qubesd_owned = listed is not None and listed.kind in QUBESD_OWNED_KINDS   # no precache of its own
-        if options["rebuild_precache"] and keep != SNAPSHOTS_DISABLED and files.clean is not None \
+        # Whether the volume has snapshots disabled is its own setting, whatever gc prunes to.
+        own_keep = listed.revisions_to_keep if listed is not None else keep
+        if options["rebuild_precache"] and own_keep != SNAPSHOTS_DISABLED and files.clean is not None \
                 and files.dirty is None and files.precache_state != "fresh" and not qubesd_owned:
             planner = VolumePlanner(files, surroundings, lambda name: "%s/%s" % (vid.vm_dir, name))
             actions.append(planner.new_precache())
@@ -374,7 +396,10 @@ def run_gc_task(params, check_mode):
                             lock.release()
                 steps = [_remove_vm_dir(pool_dir, prefix, vm) for prefix, vm in planner.vm_dir_removals
                          if not any(item["vid"].startswith("%s/%s/" % (prefix, vm)) for item in skipped)]
-                steps += [_remove_journal(pool_dir, name, reason) for name, reason in planner.journal_removals]
+                # A volume left alone keeps its journal too (its import image may still be there).
+                left_alone = {journal_name(parse_vid(item["vid"])) for item in skipped}
+                steps += [_remove_journal(pool_dir, name, reason) for name, reason in planner.journal_removals
+                          if name not in left_alone]
                 if check_mode:
                     actions.extend(step.text for step in steps)
                 else:
@@ -408,13 +433,18 @@ def _execute_reporting(volume_actions, workspace, removed, actions, skipped, gua
         done = execute(volume_actions, workspace, guard=guard)
     except PlanWithdrawn as exc:
         actions.extend(exc.done)
-        removed.extend(a.entry for a in volume_actions[:len(exc.done)] if isinstance(a, Removal))
+        removed.extend(_entries(volume_actions[:len(exc.done)]))
         skipped.append({"vid": str(workspace.vid), "reason": "became in use while gc ran: %s"
                         % "; ".join(exc.reasons)})
         return
     except PlanFailed as exc:
         actions.extend(exc.done)
-        removed.extend(a.entry for a in volume_actions[:len(exc.done)] if isinstance(a, Removal))
+        removed.extend(_entries(volume_actions[:len(exc.done)]))
         raise PlanFailed(str(exc), actions) from None
     actions.extend(done)
-    removed.extend(a.entry for a in volume_actions if isinstance(a, Removal))
+    removed.extend(_entries(volume_actions))
+
+
+def _entries(volume_actions):
+    """The report entries of the removals among ``volume_actions`` that did remove their file."""
+    return [action.entry for action in volume_actions if isinstance(action, Removal) and not action.replaced]
