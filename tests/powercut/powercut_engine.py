@@ -389,8 +389,8 @@ def state_problems(scenario, ctx, acknowledged):
     problems += ["after rerun and gc: %s" % item for item in scenario.final_problems(ctx, state)]
     again = rh.run_direct(scenario.module, **ctx.args)
     if again["failed"] or again.get("changed"):
-        problems.append("the task run once more %s: %s" % ("failed" if again["failed"] else "still changes something",
-                                                          again.get("msg") or again.get("actions")))
+        outcome = "failed" if again["failed"] else "still changes something"
+        problems.append("the task run once more %s: %s" % (outcome, again.get("msg") or again.get("actions")))
     return problems, clean_found
 
 

@@ -93,9 +93,8 @@ def test_power_cut(name, powercut_tools, powercut_reports):
         reports = list(executor.map(
             lambda run: pe.run_operation(powercut_tools["btrfs"].path, name, run[1], run[0], SAMPLING), runs))
     powercut_reports.extend(reports)
-    failures = ["%s on %s: %d of %d crash states lose or break something:\n  %s" % (
-                    name, report["fs"], report["states_with_problems"], report["states"],
-                    "\n  ".join(report["problems"]))
+    failures = ["%s on %s: %d of %d crash states lose or break something:\n  %s"
+                % (name, report["fs"], report["states_with_problems"], report["states"], "\n  ".join(report["problems"]))
                 for report in reports if report["problems"]]
     assert all(report["flushes"] > 0 for report in reports), reports
     assert not failures, "\n".join(failures)
