@@ -69,7 +69,7 @@ def gc_params(pool):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--processes", type=int, default=300)
     parser.add_argument("--files-each", type=int, default=4)
     parser.add_argument("--volumes", type=int, default=400)

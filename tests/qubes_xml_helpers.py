@@ -93,8 +93,8 @@ def qubes_xml(pools, domains):
     lines = ["<?xml version='1.0' encoding='UTF-8'?>", '<qubes version="3.0">', "  <labels>",
              '    <label color="0xcc0000" id="label-1">red</label>', "  </labels>", "  <pools>"]
     for pool in pools:
-        lines.append("    <pool %s/>" % " ".join("%s=%s" % (key, quoteattr(str(value)))
-                                                  for key, value in sorted(pool.items())))
+        attributes = " ".join("%s=%s" % (key, quoteattr(str(value))) for key, value in sorted(pool.items()))
+        lines.append("    <pool %s/>" % attributes)
     lines += ["  </pools>", "  <properties>", '    <property name="default_pool">varlibqubes</property>',
               "  </properties>", "  <domains>"]
     lines += [domain.xml() for domain in domains]

@@ -347,5 +347,3 @@ def _gc_result(actions, removed, orphans, pending_commit, skipped, skipped_files
         "skipped_volumes": skipped,
         "skipped_files": skipped_files,
     }
-
-

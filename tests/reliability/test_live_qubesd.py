@@ -444,6 +444,6 @@ def test_window_between_the_last_check_and_the_commit_rename(btrfs_dir, modrun, 
         listing = max(i for i in range(sys_block)
                       if "getdents64(" in stamps[i][1] and "/* 0 entries */" not in stamps[i][1])
         windows.append(stamps[commit][0] - stamps[listing][0])
+    figures = (min(windows) * 1e3, sorted(windows)[2] * 1e3, max(windows) * 1e3)
     print("\nwindow from the last in-use check's VM-directory listing to the commit rename (under strace): "
-          "min %.3f ms, median %.3f ms, max %.3f ms" % (min(windows) * 1e3, sorted(windows)[2] * 1e3,
-                                                       max(windows) * 1e3))
+          "min %.3f ms, median %.3f ms, max %.3f ms" % figures)
