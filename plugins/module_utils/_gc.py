@@ -109,6 +109,7 @@ class GcPlanner:
         self.journal_removals = []  # (journal file name, reason)
         self.orphans = []
         self.pending_commit = []
+        self.orphaned_pins = []     # pins whose volume has neither a clean nor a dirty image; never removed
         self.skipped = []
         self.skipped_files = []     # removals left out because a process holds the file open
         self.planned_files = {}     # vid str -> VolumeFiles the volume's actions were planned from
@@ -167,6 +168,9 @@ class GcPlanner:
             if files.dirty is not None and (listed is None or listed.kind not in QUBESD_OWNED_KINDS):
                 self.pending_commit.append({"vid": key, "file": "%s/%s" % (vid.vm_dir, files.dirty.name),
                                             "size": files.dirty.size})
+            if files.pins and files.clean is None and files.dirty is None:
+                self.orphaned_pins.extend({"vid": key, "name": name, "file": "%s/%s" % (vid.vm_dir, info.name),
+                                           "size": info.size} for name, info in sorted(files.pins.items()))
             reasons = surroundings.in_use_reasons(files)
             if reasons:
                 if files.all():
@@ -371,6 +375,7 @@ def run_gc_task(params, check_mode):
         "reclaimed_exclusive_bytes": sum(entry.get("exclusive_bytes", 0) for entry in removed),
         "orphans": planner.orphans,
         "pending_commit": planner.pending_commit,
+        "orphaned_pins": planner.orphaned_pins,
         "skipped_volumes": skipped,
         "skipped_files": planner.skipped_files,
     }
