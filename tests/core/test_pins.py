@@ -16,7 +16,7 @@ BAD_PIN_NAMES = ["", "../x", "A", "x@y", "x~y", "a" * 41, "good\n", "x/y", "-x",
 
 @pytest.mark.parametrize("value", BAD_PIN_NAMES, ids=repr)
 def test_bad_pin_names_are_refused_with_a_clear_message(value):
-    with pytest.raises(InvalidArgument, match="pin name .* is not valid: use 1 to 40 characters"):
+    with pytest.raises(InvalidArgument, match=r"pin name .* is not valid: use 1 to 40 characters"):
         check_pin_name(value)
 
 
