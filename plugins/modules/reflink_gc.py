@@ -204,9 +204,10 @@ orphans:
 orphaned_pins:
   description:
     - Pins (see M(dom0.reflink.reflink_pin)) of volumes that have neither a clean nor a dirty image, for
-      instance left by qubesd's removal of the VM or by M(dom0.reflink.reflink_volume) O(state=absent). gc
-      never removes a pin; remove it with M(dom0.reflink.reflink_pin) O(state=absent), or revert the volume
-      to it with M(dom0.reflink.reflink_revert).
+      instance left by qubesd's removal of the VM or by M(dom0.reflink.reflink_volume)
+      O(dom0.reflink.reflink_volume#module:state=absent). gc never removes a pin; remove it with
+      M(dom0.reflink.reflink_pin) O(dom0.reflink.reflink_pin#module:state=absent), or revert the volume to it
+      with M(dom0.reflink.reflink_revert).
   returned: always
   type: list
   elements: dict

@@ -20,7 +20,7 @@ description:
     pinned data (the clean image's modification time, or the time in the revision's name).
   - Running the task again with the same content reports no change. A pin of that name with
     other content is refused unless O(force=true).
-  - A running volume can be pinned: qubesd never writes its clean image or revisions while it runs.
+  - A running volume can be pinned, since qubesd never writes its clean image or revisions while it runs.
   - M(dom0.reflink.reflink_revert) with O(dom0.reflink.reflink_revert#module:pin) makes a pin's
     content the volume's clean image again.
 extends_documentation_fragment:
@@ -51,7 +51,7 @@ options:
     default: present
   force:
     description:
-      - Replace a pin of this name that holds other content (atomically: the old pin stays until
+      - Replace a pin of this name that holds other content, atomically (the old pin stays until
         the new one is complete). Without it, such a pin is refused.
     type: bool
     default: false

@@ -17,9 +17,9 @@ description:
     records the revert on the clean image (an extended attribute, which any later commit drops
     with the old inode), so running the same task again reports no change. This holds for
     O(revision=latest) too; to go further back, name a revision id.
-  - With O(pin), the content of a pin (see M(dom0.reflink.reflink_pin)) becomes the clean image: a new
-    image, cloned from the pin (or copied where the filesystem cannot reflink), renamed over the
-    clean image. The current clean image first becomes a revision, as in every revert, and the pin
+  - With O(pin), the content of a pin (see M(dom0.reflink.reflink_pin)) becomes the clean image, as a
+    new image cloned from the pin (or copied where the filesystem cannot reflink) and renamed over
+    the clean image. The current clean image first becomes a revision, as in every revert, and the pin
     stays. Running the same task again reports no change.
 extends_documentation_fragment:
   - dom0.reflink.volume
