@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from qubes_xml_helpers import dom0_layout
 
 from module_helpers import (
     MIB,
@@ -267,3 +268,24 @@ def test_sibling_volumes_never_see_each_others_pins(btrfs_dir, run_module):
     assert gone["kept_pins"] == []
     assert sorted(os.listdir(vm_dir_of(pool, data))) == [
         "data2-precache.img", "data2.img", "data2.img.pin-a", "data2.img.pin-b"]
+
+
+def test_a_snapshot_volume_is_not_pinned_and_a_pool_holding_pins_is_not_removed(btrfs_dir, run_module):
+    pool = make_pool(btrfs_dir)
+    make_volume(pool, "vm-templates/fedora-42/root")
+    (pool / "appvms/work").mkdir()
+    os.link(pool / "vm-templates/fedora-42/root.img", pool / "appvms/work/root.img")
+    xml = btrfs_dir / "qubes.xml"
+    xml.write_text(dom0_layout(pool), encoding="utf-8")
+    before = snapshot(pool)
+    assert_refused(run_module("reflink_pin", pool=str(pool), vid="appvms/work/root", name=PIN, qubes_xml=str(xml)),
+                   "cannot pin volume appvms/work/root", "snapshot volume")
+    assert snapshot(pool) == before
+
+    assert_ok(run_module("reflink_pin", pool=str(pool), vid="vm-templates/fedora-42/root", name=PIN), True)
+    assert_ok(run_module("reflink_volume", pool=str(pool), vid="vm-templates/fedora-42/root", state="absent"), True)
+    os.unlink(pool / "appvms/work/root.img")
+    os.rmdir(pool / "appvms/work")
+    refused = run_module("reflink_pool", path=str(pool), state="absent")
+    assert refused.get("failed") and "vm-templates/fedora-42/root.img.pin-%s" % PIN in refused["msg"], refused
+    assert pin_path(pool, vid="vm-templates/fedora-42/root").exists()
