@@ -289,3 +289,16 @@ def test_a_snapshot_volume_is_not_pinned_and_a_pool_holding_pins_is_not_removed(
     refused = run_module("reflink_pool", path=str(pool), state="absent")
     assert refused.get("failed") and "vm-templates/fedora-42/root.img.pin-%s" % PIN in refused["msg"], refused
     assert pin_path(pool, vid="vm-templates/fedora-42/root").exists()
+
+
+def test_a_symlink_named_as_a_pin_is_refused_and_never_followed(btrfs_dir, run_module):
+    pool = make_pool(btrfs_dir)
+    make_volume(pool, VID)
+    victim = btrfs_dir / "victim"
+    victim.write_text("not a volume\n")
+    pin_path(pool).symlink_to(victim)
+    before = snapshot(pool)
+    for module, args in (("reflink_pin", {"name": PIN, "force": True}), ("reflink_pin", {"name": PIN, "state": "absent"}),
+                         ("reflink_revert", {"pin": PIN})):
+        assert_refused(run_module(module, pool=str(pool), vid=VID, **args), "symlink")
+    assert snapshot(pool) == before and victim.read_text() == "not a volume\n"
