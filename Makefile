@@ -212,9 +212,11 @@ package-test: venv collection
 
 # Molecule runs from the repository root (the collection root: it finds the
 # scenarios under extensions/molecule and their base config there), with the
-# collection taken from build/collections (extensions/molecule/config.yml).
+# collection taken from build/collections, through ANSIBLE_COLLECTIONS_PATH
+# (extensions/molecule/config.yml adds it after the checkout's own location).
 molecule: deps venv collection
-	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/molecule" test $(MOLECULE_ARGS)
+	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" \
+		"$(VENV_BIN)/molecule" test $(MOLECULE_ARGS)
 
 # A second virtual environment with ansible-core 2.16, made once and kept
 # (re-done when its requirements change), like .venv.
@@ -233,8 +235,9 @@ $(COMPAT_STAMP): $(COMPAT_REQUIREMENTS)
 # The Python 3.13 run looks for an interpreter that really is 3.13 (a pyenv
 # shim of an inactive version is not): $(PYTHON313), pyenv's versions, PATH.
 compat: deps venv collection $(COMPAT_STAMP)
-	cd "$(ROOT)" && extensions/molecule/compat.sh "ansible-core 2.16" "$(COMPAT_VENV)/bin"
-	@cd "$(ROOT)" && py313=''; \
+	cd "$(ROOT)" && ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" \
+		extensions/molecule/compat.sh "ansible-core 2.16" "$(COMPAT_VENV)/bin"
+	@cd "$(ROOT)" && export ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)"; py313=''; \
 	for candidate in $(PYTHON313) "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/3.13*/bin/python3.13 \
 			"$$(command -v python3.13 || true)" /usr/bin/python3.13 /usr/local/bin/python3.13; do \
 		if [ -n "$$candidate" ] && [ -x "$$candidate" ] && \

@@ -35,6 +35,14 @@ class VolumeStateError(ReflinkError):
     """The volume is not in a state that allows the operation."""
 
 
+class ChecksumMismatch(ReflinkError):
+    """Data to import does not have the digest the user gave; ``way_out`` says what to do next."""
+
+    def __init__(self, message, way_out):
+        super().__init__(message)
+        self.way_out = way_out
+
+
 class LockTimeout(ReflinkError):
     """A pool or volume lock was not obtained within the timeout."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import re
 import os
+import stat
 import time
 
 from ansible_collections.dom0.reflink.plugins.module_utils import _actions as act
@@ -48,7 +49,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._qubes_xml import (
     orphan_reason,
     read_qubes_xml,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._task import PlanFailed, PlanWithdrawn, execute
+from ansible_collections.dom0.reflink.plugins.module_utils._task import PlanFailed, PlanWithdrawn, execute, missing_pool_warning
 from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_duration
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import Surroundings
 
@@ -121,10 +122,13 @@ class GcPlanner:
             vm_dir = self._vm_dir(vid)
             if vm_dir is None:
                 return None
-            fd = vm_dir.open_file(info.name, os.O_RDONLY)
+            # O_NONBLOCK: a FIFO swapped in since the scan must not block gc (O_NOFOLLOW comes with open_file).
+            fd = vm_dir.open_file(info.name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         except (OSError, ReflinkError):   # gone or replaced meanwhile: no figure, not an error
             return None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None   # replaced by something that is not an image since the scan: no figure
             return exclusive_bytes(fd)
         except OSError:
             return None
@@ -220,10 +224,7 @@ class GcPlanner:
                 actions.append(self.removal(vid, files.import_, "import image that no begun import claims"))
         for info in files.junk_revisions:
             actions.append(self.removal(vid, info, "revision file whose id is not an integer"))
-        keep = options["revisions_to_keep_per_volume"].get(str(vid), options["revisions_to_keep"])
-        if keep is None and listed is not None:
-            keep = listed.revisions_to_keep   # the volume's own setting (qvm-volume config)
-        # No value from anywhere: no revision is pruned.
+        keep = self.revisions_to_keep_of(vid, listed)
         excess = 0 if keep is None else len(files.revisions) - max(keep, 0)
         for number, info in files.revisions[:max(excess, 0)]:
             actions.append(self.removal(vid, info, "revision %d is beyond revisions_to_keep=%d" % (number, keep)))
@@ -235,6 +236,21 @@ class GcPlanner:
             planner = VolumePlanner(files, surroundings, lambda name: "%s/%s" % (vid.vm_dir, name))
             actions.append(planner.new_precache())
         return actions
+
+    def revisions_to_keep_of(self, vid, listed=None):
+        """How many revisions of ``vid`` gc keeps, or None: prune none of them.
+
+        The per-volume value, else the option, else the volume's own setting in
+        qubes.xml (``listed``; what ``qvm-volume config`` set).  Nobody having
+        said how many means none is pruned: the volume's owner may keep more
+        than gc would guess.
+        """
+        per_volume = self.options["revisions_to_keep_per_volume"]
+        if str(vid) in per_volume:
+            return per_volume[str(vid)]
+        if self.options["revisions_to_keep"] is not None:
+            return self.options["revisions_to_keep"]
+        return listed.revisions_to_keep if listed is not None else None
 
     def plan_vm_dirs(self, scan):
         """VM directories that are (or will be, after the removals) empty."""
@@ -322,6 +338,9 @@ def run_gc_task(params, check_mode):
                               "qubes.xml (qubes_xml) that lists this pool")
     now = time.time()
     removed, actions, skipped = [], [], []
+    if check_mode and not os.path.lexists(path):
+        # As the volume modules do: plan against the empty pool an earlier reflink_pool task would make.
+        return dict(_gc_result([], [], [], [], [], []), warnings=[missing_pool_warning(path)])
     with Directory.open_pool(path) as pool_dir:
         require_pool(pool_dir)
         with pool_lock(pool_dir, exclusive=True, timeout=params["lock_timeout"], purpose="reflink_gc",
@@ -367,17 +386,22 @@ def run_gc_task(params, check_mode):
             finally:
                 if locks is not None:
                     locks.close()
+    return _gc_result(actions, removed, planner.orphans, planner.pending_commit, skipped, planner.skipped_files,
+                      planner.orphaned_pins)
+
+
+def _gc_result(actions, removed, orphans, pending_commit, skipped, skipped_files, orphaned_pins=()):
     return {
         "changed": bool(actions),
         "actions": actions,
         "removed": removed,
         "reclaimed_bytes": sum(entry["bytes"] for entry in removed),
         "reclaimed_exclusive_bytes": sum(entry.get("exclusive_bytes", 0) for entry in removed),
-        "orphans": planner.orphans,
-        "pending_commit": planner.pending_commit,
-        "orphaned_pins": planner.orphaned_pins,
+        "orphans": orphans,
+        "pending_commit": pending_commit,
+        "orphaned_pins": list(orphaned_pins),
         "skipped_volumes": skipped,
-        "skipped_files": planner.skipped_files,
+        "skipped_files": skipped_files,
     }
 
 

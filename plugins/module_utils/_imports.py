@@ -1,63 +1,43 @@
 # -*- coding: utf-8 -*-
 # Copyright: dom0.reflink contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Imports: where the data comes from, the staging actions, and the import plans.
+"""Imports: where the data comes from, the one-shot import plan, and the task of reflink_import.
 
 Data is always staged in ``<volume>-import.img`` (never attached by qubesd)
 and committed like a VM's stop commits its dirty image.  A two-phase import
 (begin, another program writes, commit or abort) is recorded in a journal
-(``_journal.py``).
+(``_journal.py``); staging and the two-phase plans are in ``_staging.py``,
+checksums in ``_checksum.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import re
 import stat
 
 from ansible_collections.dom0.reflink.plugins.module_utils import _clone as clone
 from ansible_collections.dom0.reflink.plugins.module_utils import _compare as compare
-from ansible_collections.dom0.reflink.plugins.module_utils._actions import (
-    Action,
-    Fsync,
-    MakeVmDir,
-    Remove,
-    ResizeInPlace,
+from ansible_collections.dom0.reflink.plugins.module_utils._checksum import (
+    VerifyChecksum,
+    parse_checksum,
+    verify_clean_checksum,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import (
-    InvalidArgument,
-    ReflinkError,
-    VolumeStateError,
-)
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._journal import (
-    BEGUN,
-    COMMITTED,
-    RemoveJournal,
-    WriteJournal,
-    read_journal,
-)
+from ansible_collections.dom0.reflink.plugins.module_utils._journal import read_journal
 from ansible_collections.dom0.reflink.plugins.module_utils._locks import volume_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._operations import check_revisions_to_keep
+from ansible_collections.dom0.reflink.plugins.module_utils._staging import (
+    Stage,
+    new_volume_actions,
+    one_shot_journal_actions,
+    plan_two_phase,
+)
 from ansible_collections.dom0.reflink.plugins.module_utils._task import run_volume_task
 from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_volume_size
-from ansible_collections.dom0.reflink.plugins.module_utils._volume import FileInfo, VolumeFiles
-
-_CHECKSUM_RE = re.compile(r"sha256:([0-9a-fA-F]{64})\Z")
-_HASH_CHUNK = 4 * 1024 * 1024
-
-
-def parse_checksum(value):
-    """The lower-case hex digest of ``sha256:<hex>``, or None for no checksum."""
-    if value is None:
-        return None
-    match = _CHECKSUM_RE.match(value.strip()) if isinstance(value, str) else None
-    if match is None:
-        raise InvalidArgument("checksum must be 'sha256:' followed by 64 hex digits (got %r)" % (value,))
-    return match.group(1).lower()
+from ansible_collections.dom0.reflink.plugins.module_utils._volume import VolumeFiles
 
 
 # -- sources ---------------------------------------------------------------
@@ -141,110 +121,6 @@ def unchanged(vm_dir, files, source, size):
 
 # -- actions ---------------------------------------------------------------
 
-class Stage(Action):
-    """Write the import image: the source's data at the wanted size, or an all-zero sparse image."""
-
-    long = True
-
-    def __init__(self, rel, name, source, size, allow_copy):
-        self.name = name
-        self.source = source
-        self.size = size
-        self.allow_copy = allow_copy
-        self.how = None
-        if source is None:
-            self.text = "stage an empty (all-zero) sparse image %s of %d bytes" % (rel(name), size)
-        else:
-            self.text = "stage %s in %s, size %d bytes" % (source.description, rel(name), size)
-
-    def run(self, workspace):
-        destination = workspace.vm_dir.join(self.name)
-
-        def fill(fd):
-            if self.source is None:
-                os.ftruncate(fd, self.size)
-                return clone.EMPTY
-            return clone.fill_from(fd, self.source.fd, dst_size=self.size, allow_copy=self.allow_copy,
-                                   describe=(self.source.description, destination))
-
-        self.how = workspace.vm_dir.write_new_file(self.name, fill)
-
-    def undo(self, workspace):
-        # Until the commit renames it, the staged image is of no use alone.
-        if workspace.vm_dir is not None and workspace.vm_dir.unlink(self.name, missing_ok=True):
-            return "removed the staged image %s" % self.name
-        return None
-
-    def simulate(self, files):
-        usage = 0 if self.source is None else min(self.source.usage, self.size)
-        files[self.name] = FileInfo(self.name, self.size, usage)
-
-    @property
-    def done(self):
-        if self.how == clone.COPY:
-            return self.text + " (sparse copy: reflink not possible here)"
-        if self.how == clone.REFLINK:
-            return self.text + " (reflink)"
-        return self.text
-
-
-def sha256_of(fd):
-    """SHA-256 of the whole file; holes are hashed as zeros without being read."""
-    digest = hashlib.sha256()
-    size = clone.file_size(fd)
-    zeros = bytes(_HASH_CHUNK)
-    position = 0
-    for start, end in list(clone.data_segments(fd, size)) + [(size, size)]:
-        while position < start:  # a hole
-            step = min(_HASH_CHUNK, start - position)
-            digest.update(zeros[:step])
-            position += step
-        while position < end:
-            chunk = os.pread(fd, min(_HASH_CHUNK, end - position), position)
-            if not chunk:
-                raise ReflinkError("the file shrank while its checksum was computed")
-            digest.update(chunk)
-            position += len(chunk)
-    return digest.hexdigest()
-
-
-def verify_clean_checksum(vm_dir, vid, expected):
-    """For an import that changes nothing: the data is the clean image's, so check that."""
-    fd = vm_dir.open_file(vid.clean, os.O_RDONLY)
-    try:
-        actual = sha256_of(fd)
-    finally:
-        os.close(fd)
-    if actual != expected:
-        raise ReflinkError(
-            "checksum mismatch: expected sha256:%s, but the data to import (the same as the current clean "
-            "image, so nothing was staged) has sha256:%s; the volume is unchanged" % (expected, actual))
-
-
-class VerifyChecksum(Action):
-    """Compare the staged image with the expected SHA-256; on mismatch remove it and fail."""
-
-    long = True
-    changes_disk = False
-
-    def __init__(self, rel, name, expected):
-        self.name = name
-        self.expected = expected
-        self.text = "verify that %s has sha256 %s" % (rel(name), expected)
-
-    def run(self, workspace):
-        fd = workspace.vm_dir.open_file(self.name, os.O_RDONLY)
-        try:
-            actual = sha256_of(fd)
-        finally:
-            os.close(fd)
-        if actual != self.expected:
-            workspace.vm_dir.unlink(self.name, missing_ok=True)
-            raise ReflinkError(
-                "checksum mismatch: expected sha256:%s, the staged data has sha256:%s; the staged image "
-                "was removed and the volume is unchanged" % (self.expected, actual))
-
-
 # -- plans -----------------------------------------------------------------
 
 def _own_image(files, source):
@@ -254,102 +130,22 @@ def _own_image(files, source):
     return None
 
 
-def _new_volume_actions(planner, workspace, keep_import=False):
-    """For a volume that does not exist yet: clear leftovers of an earlier one, make its VM directory."""
-    actions = []
-    for action in planner.remove_everything("leftover of an earlier volume with this vid"):
-        if not (keep_import and action.name == planner.vid.import_):
-            actions.append(action)
-    if workspace.vm_dir is None:
-        actions.append(MakeVmDir(planner.vid))
-    return actions
+def plan_import(planner, workspace, options, source, journal, warnings=None, check_mode=False):
+    """Plan the task of reflink_import; ``options`` holds the parsed module options.
 
-
-def plan_import(planner, workspace, options, source, journal):
-    """Plan the task of reflink_import; ``options`` holds the parsed module options."""
+    ``warnings`` collects what the user should know although the task succeeds.
+    """
     state = options["state"]
     files = planner.files
     vid = planner.vid
     rel = planner.rel
-    pool_dir = workspace.pool_dir
     size = options["size"]
-    begun = journal is not None and journal.get("state") == BEGUN
-
-    if state == "abort":
-        # Only an import this collection began is aborted: an import image no journal claims may be
-        # qubesd's own import in progress (reflink_gc removes a stale one).  A committed import's
-        # record stays: it is what makes a rerun of commit a no-op.
-        if not begun:
-            return []
-        actions = []
-        if files.import_ is not None:
-            actions.append(Remove(rel, vid.import_, "import aborted"))
-        actions.append(RemoveJournal(pool_dir, vid))
-        return actions
-
     keep = options["revisions_to_keep"]
-    if state == "commit":
-        if journal is not None and journal.get("state") == COMMITTED and not begun:
-            return planner.finish_precache(keep)
-        if not begun:
-            raise VolumeStateError("no two-phase import of %s was begun: run state=begin first" % vid)
-        if files.import_ is None and files.clean is not None and files.clean.ino == journal.get("import_ino"):
-            # The commit's rename happened and the task died before it recorded it: finish.
-            return planner.finish_precache(keep) + [
-                WriteJournal(pool_dir, vid, {"vid": str(vid), "state": COMMITTED},
-                             "record the import of %s as committed" % vid)]
-        if files.import_ is None:
-            raise VolumeStateError(
-                "the import image %s begun at %s is gone (qubesd deletes an uncommitted import image when "
-                "the VM starts or the volume is created or removed); abort and begin again"
-                % (rel(vid.import_), journal.get("written", "?")))
-        begun_ino = journal.get("import_ino")
-        if begun_ino is not None and begun_ino != files.import_.ino:
-            raise VolumeStateError(
-                "the import image %s is not the file that state=begin created (it was replaced: inode %d, "
-                "begun as inode %d), so it may be another program's import; write into the begun file in "
-                "place instead of replacing it, or abort and begin again" % (rel(vid.import_), files.import_.ino, begun_ino))
-        planner.refuse_if_in_use("commit an import into")
-        actions = []
-        if size is None and files.import_.size != journal.get("size"):
-            raise VolumeStateError(
-                "the import image %s is %d bytes, but the import was begun with %s bytes; give size "
-                "at commit to accept the new size" % (rel(vid.import_), files.import_.size, journal.get("size")))
-        if size is not None and size != files.import_.size:
-            planner.check_size(size)
-            actions.append(ResizeInPlace(rel, vid.import_, size))
-        if options["checksum"]:
-            actions.append(VerifyChecksum(rel, vid.import_, options["checksum"]))
-        actions.append(Fsync(rel, vid.import_))
-        if not files.exists:
-            actions[:0] = _new_volume_actions(planner, workspace, keep_import=True)
-            actions.extend(planner.commit(vid.import_, options["revisions_to_keep"], files=VolumeFiles(vid)))
-        else:
-            actions.extend(planner.commit(vid.import_, options["revisions_to_keep"]))
-        actions.append(WriteJournal(pool_dir, vid, {"vid": str(vid), "state": COMMITTED},
-                                    "record the import of %s as committed" % vid))
-        return actions
-
-    if state == "begin":
-        if size is None:
-            raise InvalidArgument("state=begin needs size: the size of the image the other program will write")
-        if begun:
-            if journal.get("size") == size and files.import_ is not None:
-                return []
-            raise VolumeStateError("an import of %s (%s bytes) was begun at %s; commit or abort it first"
-                                   % (vid, journal.get("size"), journal.get("written", "?")))
-        planner.refuse_if_in_use("import into")
-        planner.check_size(size)
-        actions = [] if workspace.vm_dir is not None else [MakeVmDir(vid)]
-        actions.append(Stage(rel, vid.import_, None, size, allow_copy=True))
-        actions.append(WriteJournal(pool_dir, vid, {"vid": str(vid), "state": BEGUN, "size": size},
-                                    "record the begun import of %s in the pool's journal" % vid))
-        return actions
-
+    if state != "present":
+        return plan_two_phase(planner, workspace, options, journal, [] if warnings is None else warnings,
+                              check_mode)
     # One shot.
-    if begun:
-        raise VolumeStateError("a two-phase import of %s was begun at %s; commit or abort it first"
-                               % (vid, journal.get("written", "?")))
+    stale_journal = one_shot_journal_actions(planner, workspace, journal)
     if source is None and size is None:
         raise InvalidArgument("give src or src_vid (the data to import), or size alone to import an empty image")
     own = _own_image(files, source)
@@ -361,16 +157,16 @@ def plan_import(planner, workspace, options, source, journal):
     if not options["force"] and unchanged(workspace.vm_dir, files, source, result_size):
         if options["checksum"]:
             verify_clean_checksum(workspace.vm_dir, vid, options["checksum"])
-        return planner.finish_precache(keep)
+        return planner.finish_precache(keep) + stale_journal
     actions = []
     if not files.exists:
-        actions.extend(_new_volume_actions(planner, workspace))
+        actions.extend(new_volume_actions(planner, workspace))
     actions.append(Stage(rel, vid.import_, source, result_size, options["fallback"] != "never"))
     if options["checksum"]:
         actions.append(VerifyChecksum(rel, vid.import_, options["checksum"]))
     actions.extend(planner.commit(vid.import_, options["revisions_to_keep"],
                                   files=None if files.exists else VolumeFiles(vid)))
-    return actions
+    return actions + stale_journal
 
 
 def run_import_task(params, check_mode, diff):
@@ -405,7 +201,8 @@ def run_import_task(params, check_mode, diff):
         def plan(planner, context):
             workspace = context["workspace"]
             options["revisions_to_keep"] = planner.revisions_to_keep(given_keep)
-            return plan_import(planner, workspace, options, source, read_journal(workspace.pool_dir, vid))
+            return plan_import(planner, workspace, options, source, read_journal(workspace.pool_dir, vid),
+                               context["warnings"], check_mode)
 
         def import_image(after):
             present = after.import_ is not None

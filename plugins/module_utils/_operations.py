@@ -72,7 +72,13 @@ class VolumePlanner:
     def refuse_if_in_use(self, what):
         reasons = self.surroundings.in_use_reasons(self.files)
         if reasons:
-            raise VolumeInUse("cannot %s volume %s: it is in use (%s)" % (what, self.vid, "; ".join(reasons)))
+            if self.surroundings.running_reasons(self.files):
+                way_out = "run this again once the VM is stopped and nothing else uses its images"
+            else:   # only a dirty image: a halted VM whose stop did not commit
+                way_out = ("if the VM is halted, commit its pending dirty image first with "
+                           "dom0.reflink.reflink_volume state=stopped; then run this again")
+            raise VolumeInUse("cannot %s volume %s: it is in use (%s); %s"
+                              % (what, self.vid, "; ".join(reasons), way_out))
 
     def new_precache(self):
         return act.Clone(self.rel, self.vid.clean, self.vid.precache, "refresh precache",

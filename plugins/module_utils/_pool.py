@@ -20,7 +20,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._errors import (
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory, remove_tree
 from ansible_collections.dom0.reflink.plugins.module_utils._locks import METADATA_DIR, pool_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._qubes_xml import missing_volumes, read_qubes_xml
-from ansible_collections.dom0.reflink.plugins.module_utils._task import execute
+from ansible_collections.dom0.reflink.plugins.module_utils._task import execute, missing_pool_warning
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import (
     Surroundings,
     VolumeFiles,
@@ -300,13 +300,23 @@ def artifacts_of(files):
     }
 
 
-def run_info_task(params):
+def run_info_task(params, check_mode=False):
     """reflink_info: report the pool and its volumes; never changes anything."""
     path = params["pool"]
     only = None
     if params.get("vids"):
         only = [names.parse_vid(vid) for vid in params["vids"]]
     qubes = read_qubes_xml(params.get("qubes_xml"), path)
+    wanted = None if only is None else {str(vid) for vid in only}
+    if check_mode and not os.path.lexists(path):
+        # An empty pool, as an earlier reflink_pool task of a check-mode run would leave it; the
+        # filesystem is the one it would be made on.
+        report_at = os.path.dirname(os.path.abspath(path))
+        while not os.path.isdir(report_at):
+            report_at = os.path.dirname(report_at)
+        pool = filesystem_report(report_at, None)
+        pool.update(path=path, unsafe_entries=[])
+        return dict(_info_result(pool, [], qubes, {}, wanted), warnings=[missing_pool_warning(path)])
     with Directory.open_pool(path) as pool_dir:
         require_pool(pool_dir)
         try:
@@ -326,11 +336,16 @@ def run_info_task(params):
         volumes.append(report)
     pool = filesystem_report(path, reflink)
     pool["unsafe_entries"] = sorted(scan.unsafe)
+    return _info_result(pool, volumes, qubes, scan.volumes, wanted)
+
+
+def _info_result(pool, volumes, qubes, found, wanted):
+    """reflink_info's result; ``found`` maps vid strings to the VolumeFiles the scan saw."""
     return {
         "changed": False,
         "pool": pool,
         "volumes": volumes,
         "qubes_pool": None if qubes is None else {
             "name": qubes.name, "revisions_to_keep": qubes.revisions_to_keep, "qubes_xml": qubes.path},
-        "missing": missing_volumes(qubes, scan.volumes, None if only is None else {str(vid) for vid in only}),
+        "missing": missing_volumes(qubes, found, wanted),
     }

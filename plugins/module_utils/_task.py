@@ -109,8 +109,8 @@ def execute(actions, workspace, guard=None):
             # The failed step may have done part of its work (a rename whose directory fsync
             # failed): it is undone first, with the steps before it.
             undone = _undo([action, *reversed(ran)], workspace)
-            raise PlanFailed("%s; completed steps are listed in actions%s; run the task again to finish, "
-                             "or fix the cause first" % (_failure_text(action, exc), undone), done) from None
+            raise PlanFailed("%s; completed steps are listed in actions%s; %s"
+                             % (_failure_text(action, exc), undone, _way_out(exc)), done) from None
         done.append(action.done)
         ran.append(action)
     return done
@@ -135,6 +135,11 @@ def _withdrawn(exc, ran, done, workspace):
     message = "%s; %s%s; run the task again once the VM has stopped, and it will do the job" % (
         exc, outcome, "; undone: %s" % ", ".join(taken_back) if taken_back else "")
     return PlanWithdrawn(message, done, bool(kept), exc.reasons)
+
+
+def _way_out(exc):
+    """What the user does next: the error's own advice where it has one (a rerun alone would fail the same way)."""
+    return getattr(exc, "way_out", None) or "run the task again to finish, or fix the cause first"
 
 
 def _failure_text(action, exc):
@@ -170,7 +175,8 @@ def run_volume_task(params, check_mode, diff, purpose, plan, extra=None, changes
     """Run one volume module's task and return its result dict.
 
     ``plan(planner, context)`` returns the list of actions; ``context`` is a
-    dict with ``workspace`` and ``vm_dir_names`` (the VM directory's entries).
+    dict with ``workspace``, ``vm_dir_names`` (the VM directory's entries) and
+    ``warnings`` (a list the plan may add to; each becomes a module warning).
     ``extra(after)``, if given, returns more result keys from the volume's
     files after the task (VolumeFiles).  ``changes`` says what the task does
     to the volume's data ("import into"), for the refusal of a volume that
@@ -194,7 +200,7 @@ def run_volume_task(params, check_mode, diff, purpose, plan, extra=None, changes
             surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
             planner = VolumePlanner(files, surroundings, workspace.rel, workspace.vm_dir, workspace.prefix_dir,
                                     qubes=qubes.volume(vid) if qubes is not None else None)
-            actions = plan(planner, {"workspace": workspace, "vm_dir_names": vm_dir_names})
+            actions = plan(planner, {"workspace": workspace, "vm_dir_names": vm_dir_names, "warnings": warnings})
             if check_mode:
                 reported = [action.text for action in actions]
                 after = simulate(files, actions)
@@ -215,11 +221,16 @@ def run_volume_task(params, check_mode, diff, purpose, plan, extra=None, changes
             return result
 
 
+def missing_pool_warning(path):
+    """The warning of a check-mode task on a pool that does not exist yet."""
+    return ("pool %s does not exist: check mode planned this task as if it were an empty pool "
+            "(as dom0.reflink.reflink_pool would leave it); a real run needs the pool first" % path)
+
+
 def _open_task_pool(path, check_mode, warnings):
     """The pool's Directory; in check mode a pool that does not exist yet is planned as an empty one."""
     if check_mode and not os.path.lexists(path):
-        warnings.append("pool %s does not exist: check mode planned this task as if it were an empty pool "
-                        "(as dom0.reflink.reflink_pool would leave it); a real run needs the pool first" % path)
+        warnings.append(missing_pool_warning(path))
         return AbsentDirectory(path)
     return Directory.open_pool(path)
 

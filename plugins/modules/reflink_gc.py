@@ -15,8 +15,9 @@ description:
   - stale tempfiles (V(<image>~XXXXXXXX)) older than O(min_age);
   - import images older than O(min_age) that no begun two-phase import claims, and those whose import
     was begun longer ago than O(import_max_age);
-  - revisions beyond O(revisions_to_keep) (or the volume's entry in O(revisions_to_keep_per_volume)),
-    oldest first, and revision files whose id is not an integer (qubesd cannot read them);
+  - revisions beyond the volume's entry in O(revisions_to_keep_per_volume), or else O(revisions_to_keep),
+    oldest first (with neither, none), and revision files whose id is not an integer (qubesd cannot
+    read them);
   - stale precache images (mtime or size differs from the clean image);
   - empty VM directories, and journals of imports whose image is gone.
   - "It never removes: a dirty image (uncommitted data of a VM that is running or halted without a
@@ -76,13 +77,15 @@ options:
     default: 1d
   revisions_to_keep:
     description:
-      - Revisions to keep per volume; V(0) and V(-1) keep none.
-      - Without it (and without an entry in O(revisions_to_keep_per_volume)), each volume keeps what its own
-        C(revisions_to_keep) in qubes.xml says (see O(qubes_xml)); a volume with no value from anywhere has no
-        revision pruned, so a volume set to keep five with C(qvm-volume config) keeps its five.
+      - Revisions to keep per volume, for volumes without an entry in O(revisions_to_keep_per_volume);
+        V(0) and V(-1) keep none.
+      - There is no default. Without it (and without an entry in O(revisions_to_keep_per_volume)), each
+        volume keeps what its own C(revisions_to_keep) in qubes.xml says (see O(qubes_xml)); a volume with no
+        value from anywhere has no revision pruned, so a volume set to keep five with
+        C(qvm-volume config <vm>:<volume> revisions_to_keep 5) keeps its five.
     type: int
   revisions_to_keep_per_volume:
-    description: Overrides of O(revisions_to_keep), by vid.
+    description: The number of revisions to keep, by vid; it wins over O(revisions_to_keep).
     type: dict
     default: {}
   rebuild_precache:
@@ -95,7 +98,10 @@ options:
     default: 60
 attributes:
   check_mode:
-    description: Check mode lists exactly what a real run would remove, with the same keys and byte counts.
+    description:
+      - Check mode lists exactly what a real run would remove, with the same keys and byte counts.
+      - On a pool that does not exist yet it plans against an empty pool (nothing to remove), with a
+        warning; a real run fails.
   diff_mode:
     support: none
     description: The report in RV(removed) says what changed.
@@ -112,7 +118,7 @@ author:
 """
 
 EXAMPLES = r"""
-- name: Nightly clean-up of the Qubes pool
+- name: Nightly clean-up of the Qubes pool (every revision is kept)
   dom0.reflink.reflink_gc:
     pool: /var/lib/qubes
 
@@ -123,7 +129,7 @@ EXAMPLES = r"""
   check_mode: true
   register: gc_plan
 
-- name: Keep three revisions of templates' root volumes, one elsewhere, and rebuild missing precaches
+- name: Keep three revisions of templates' root volumes, one of every other volume, and rebuild missing precaches
   dom0.reflink.reflink_gc:
     pool: /var/lib/qubes
     revisions_to_keep: 1

@@ -37,13 +37,16 @@ options:
         one begun unless O(size) is given) and commits it; V(abort) removes the image and the journal.
         Each of them run again changes nothing.
       - qubesd deletes an uncommitted import image when the VM starts, or when the volume is created or
-        removed; a commit then fails and tells you to begin again.
-      - A commit run again is recognised through the journal's record of the commit, which
-        M(dom0.reflink.reflink_gc) removes after its O(dom0.reflink.reflink_gc#module:import_max_age).
-        A playbook that may run the two phases again later should guard them (for example, only while
-        M(dom0.reflink.reflink_info) reports the volume absent).
-      - In check mode V(begin) records nothing, so a V(commit) that follows it in the same check-mode
-        run fails with "no two-phase import was begun".
+        removed; a commit then fails and says so, and V(begin) run again starts afresh (it replaces the
+        stale journal). Every refusal names the step that gets out of it (V(commit), V(abort) or V(begin)).
+      - A commit run again changes nothing, however long afterwards; the commit is remembered in an
+        extended attribute on the clean image it made (and in the journal's record until
+        M(dom0.reflink.reflink_gc) removes that after its O(dom0.reflink.reflink_gc#module:import_max_age)).
+        The next commit of the volume (a VM's stop, an import, a revert) ends that. A rerun of the whole
+        flow (begin, write, commit) is a new import; a playbook that may run it again should guard it
+        (for example, only while M(dom0.reflink.reflink_info) reports the volume absent).
+      - In check mode V(begin) records nothing; a V(commit) or V(abort) that follows it in the same
+        check-mode run reports what it would do after a real begin, with a warning.
     type: str
     choices: [present, begin, commit, abort]
     default: present
@@ -69,8 +72,10 @@ options:
   checksum:
     description:
       - V(sha256:<hex>) of the data to commit (of the whole image at its final size, holes read as zeros).
-        It is checked on the staged image before the commit; on a mismatch the staged image is removed,
-        the task fails and the volume keeps its content.
+        It is checked on the staged image before the commit (and before a resize by O(size)); on a
+        mismatch the task fails with both digests and the volume keeps its content. A one-shot import
+        removes its staged image then; a two-phase V(commit) leaves the import image and its journal as
+        they were, so that the data can be fixed and committed again, or aborted.
       - Computing it reads all data of the image (holes are not read).
     type: str
   force:

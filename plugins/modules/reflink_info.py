@@ -19,6 +19,9 @@ description:
     C(qvm-remove) or a partly restored backup leaves).
   - Copes with every state qubesd can leave behind (running volumes, a dirty image of a halted VM,
     leftovers of snapshot and volatile volumes, revision files with a non-numeric id).
+  - In check mode, a pool that does not exist yet is reported as the empty pool an earlier
+    M(dom0.reflink.reflink_pool) task would make (no volumes; the filesystem of its parent directory;
+    RV(pool.reflink) null), with a warning. Outside check mode a missing pool is an error.
 extends_documentation_fragment:
   - dom0.reflink.attributes.info_module
   - dom0.reflink.qubes_xml
@@ -236,7 +239,7 @@ def main():
         },
         supports_check_mode=True,
     )
-    main_wrapper(module, lambda: run_info_task(module.params))
+    main_wrapper(module, lambda: run_info_task(module.params, module.check_mode))
 
 
 if __name__ == "__main__":

@@ -220,3 +220,53 @@ def test_exclusive_bytes_tell_what_a_removal_frees(fs, request, run_module):
         assert entry["bytes"] >= max(own_data, 64 * 1024), entry
     assert result["reclaimed_exclusive_bytes"] == 3 * MIB
     assert checked["reclaimed_exclusive_bytes"] == 3 * MIB
+
+
+@pytest.mark.parametrize("fs", ["btrfs", "xfs"])
+def test_without_revisions_to_keep_no_revision_is_pruned(fs, request, run_module):
+    """No default: a volume whose owner keeps 5 revisions (qvm-volume config) keeps them all."""
+    pool = make_pool(request.getfixturevalue(fs + "_dir"))
+    five = [(number, T0 - 600 + 100 * number) for number in range(1, 6)]
+    make_volume(pool, "appvms/work/private", revisions=five)
+    make_volume(pool, "appvms/mail/private", seed=4, revisions=five[:3])
+    before = pool_listing(pool)
+
+    plain = run_module("reflink_gc", pool=str(pool))
+    assert not plain.get("failed"), plain.get("msg")
+    assert plain["changed"] is False and plain["removed"] == [] and plain["actions"] == []
+    assert pool_listing(pool) == before
+
+    # A per-volume value prunes that volume only, oldest first.
+    one = run_module("reflink_gc", pool=str(pool), revisions_to_keep_per_volume={"appvms/mail/private": 1})
+    assert removed_files(one) == ["appvms/mail/private.img.%d@%s" % (n, stamp(t)) for n, t in five[:2]]
+    assert all("revisions_to_keep=1" in entry["reason"] for entry in one["removed"])
+    for number, mtime in five:
+        assert (pool / "appvms/work" / ("private.img.%d@%s" % (number, stamp(mtime)))).exists()
+    assert (pool / "appvms/mail" / ("private.img.3@%s" % stamp(five[2][1]))).exists()
+
+
+def test_check_mode_on_a_pool_not_made_yet(btrfs_dir, run_module):
+    """gc and info plan against the empty pool reflink_pool would make, with a warning; a real run fails."""
+    pool = btrfs_dir / "not-yet"
+    before = pool_listing(btrfs_dir)
+    gc = run_module("reflink_gc", check=True, pool=str(pool), revisions_to_keep=1)
+    info = run_module("reflink_info", check=True, pool=str(pool))
+    assert pool_listing(btrfs_dir) == before and not pool.exists()
+    for result in (gc, info):
+        assert not result.get("failed"), result.get("msg")
+        assert result["changed"] is False
+        assert any("does not exist" in warning and "check mode" in warning for warning in result["warnings"])
+    assert gc["removed"] == [] and gc["actions"] == [] and gc["reclaimed_bytes"] == 0
+    assert info["volumes"] == []
+    assert info["pool"]["path"] == str(pool) and info["pool"]["fstype"] == "btrfs"
+    for module, args in (("reflink_gc", {}), ("reflink_info", {})):
+        real = run_module(module, pool=str(pool), **args)
+        assert real.get("failed") is True and str(pool) in real["msg"], real
+    # Once the pool exists, the real runs have the keys check mode returned.
+    assert run_module("reflink_pool", path=str(pool))["changed"] is True
+    real_gc = run_module("reflink_gc", pool=str(pool), revisions_to_keep=1)
+    real_info = run_module("reflink_info", pool=str(pool))
+    assert set(real_gc) - {"warnings"} == set(gc) - {"warnings"}
+    assert set(real_info) - {"warnings"} == set(info) - {"warnings"}
+    assert set(real_info["pool"]) == set(info["pool"])
+    assert real_gc["removed"] == gc["removed"] and real_info["volumes"] == info["volumes"]

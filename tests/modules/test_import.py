@@ -356,6 +356,8 @@ def test_checksum_is_checked_even_when_the_data_is_already_there(btrfs_dir, run_
     result = run_module("reflink_import", pool=str(pool), vid=VID, src=str(src), checksum="sha256:" + wrong)
     assert snapshot(pool) == before
     assert result.get("failed") is True and "checksum mismatch" in result.get("msg", ""), result
+    assert wrong in result["msg"] and sha256_file(src) in result["msg"], result["msg"]
+    assert "check the source and the checksum" in result["msg"], result["msg"]
 
 
 def test_bad_checksum_syntax_is_refused(btrfs_dir, run_module):
@@ -462,7 +464,7 @@ def test_two_phases_into_a_new_volume_with_size_and_checksum_at_commit(btrfs_dir
     before = snapshot(pool)
 
     grown = run_module("reflink_import", state="commit", **args)
-    assert_refused(grown, "begun with %d bytes" % (8 * MIB), "give size at commit")
+    assert_refused(grown, "begun with %d bytes" % (8 * MIB), "state=commit with size", "state=abort")
     assert snapshot(pool) == before
 
     wanted = staged.read_bytes() + bytes(3 * MIB - 4096)
@@ -508,9 +510,9 @@ def test_two_phase_refusals(btrfs_dir, run_module):
 
     assert_ok(run_module("reflink_import", state="begin", size="8M", **args), True)
     one_shot = run_module("reflink_import", size="8M", force=True, **args)
-    assert_refused(one_shot, "begun", "commit or abort")
+    assert_refused(one_shot, "begun", "state=commit", "state=abort")
     other_size = run_module("reflink_import", state="begin", size="16M", **args)
-    assert_refused(other_size, "begun", "commit or abort")
+    assert_refused(other_size, "begun", "state=commit", "state=abort")
     assert os.path.getsize(image(pool, kind="import")) == 8 * MIB
 
     # qubesd deletes an uncommitted import image when the VM starts.
