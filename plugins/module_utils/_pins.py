@@ -86,10 +86,10 @@ class RemovePin(act.Remove):
 class RestorePin(act.Clone):
     """Clean made anew from a pin: a clone of it, marked as this revert's result, renamed over clean."""
 
-    destructive = True   # it replaces the clean image
-
     def __init__(self, rel, pin_file, clean, name):
         super().__init__(rel, pin_file, clean, "revert to pin %s" % name, copy_mtime=True)
+        # It replaces the clean image (Clone only knows that for a clone onto its own source).
+        self.destructive = True
         self.marker = pin_marker(name)
 
     def run(self, workspace):

@@ -8,7 +8,13 @@ import pytest
 
 from ansible_collections.dom0.reflink.plugins.module_utils import _names as names
 from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
-from ansible_collections.dom0.reflink.plugins.module_utils._pins import check_pin_name, parse_pin_source
+from ansible_collections.dom0.reflink.plugins.module_utils._pins import (
+    MakePin,
+    RemovePin,
+    RestorePin,
+    check_pin_name,
+    parse_pin_source,
+)
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import FileInfo, VolumeFiles
 
 BAD_PIN_NAMES = ["", "../x", "A", "x@y", "x~y", "a" * 41, "good\n", "x/y", "-x", "_x", "x.y", "x y", None, 7]
@@ -83,3 +89,11 @@ def test_pins_are_reported_by_name_with_the_data_time():
         {"name": "a", "size": 7, "timestamp": "1970-01-01T00:00:02Z"},
         {"name": "z", "size": 5, "timestamp": "1970-01-01T00:00:01Z"},
     ]
+
+
+def test_the_in_use_guard_checks_before_a_pin_replaces_clean_and_not_before_pin_files():
+    rel = "appvms/work/%s".__mod__
+    restore = RestorePin(rel, "private.img.pin-a", "private.img", "a")
+    assert restore.destructive and restore.long
+    assert not MakePin(rel, "private.img", "private.img.pin-a", 0, "pin a").destructive
+    assert not RemovePin(rel, "private.img.pin-a", "pin removed").destructive
