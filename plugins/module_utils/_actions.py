@@ -30,13 +30,18 @@ class Action:
     ``destructive``: the step replaces or removes an image, so the executor checks
     right before it that the volume has not become in use (see _inuse_guard.py);
     ``long``: the step may take long enough for a VM to start meanwhile, so the
-    executor checks after it; ``changes_disk``: whether its effect outlives it.
+    executor checks after it; ``changes_disk``: whether its effect outlives it;
+    ``completes``: once it ran, the new clean image is in place and the plan's
+    job is done, so the executor checks no more (what follows, a new precache or
+    a record of the commit, only finishes; withdrawing it would take back the
+    revision that now holds the old data).
     """
 
     text = ""
     destructive = False
     long = False
     changes_disk = True
+    completes = False
 
     def run(self, workspace):
         raise NotImplementedError
@@ -100,7 +105,7 @@ class Clone(Action):
     long = True
 
     def __init__(self, rel, src, dst, why, size=None, copy_mtime=False):
-        self.destructive = src == dst   # a new inode of clean replaces the old one (resize)
+        self.destructive = self.completes = src == dst   # a new inode of clean replaces the old one (resize)
         self.src = src
         self.dst = dst
         self.size = size
@@ -130,6 +135,9 @@ class Clone(Action):
 class KeepAsRevision(Clone):
     """The clone of clean that a commit or revert keeps as the next revision."""
 
+    # Once a later step pruned an older revision, this one counts in its place: it stays.
+    kept_after_pruning = True
+
     def withdraw(self, workspace):
         # Left behind, it would be a duplicate of clean that qubesd's next commit adds to again,
         # pushing a real revision out.
@@ -140,6 +148,7 @@ class KeepAsRevision(Clone):
 
 class Rename(Action):
     destructive = True
+    completes = True   # every Rename of a plan puts the new clean image in place (commit, revert)
 
     def __init__(self, rel, src, dst, why):
         self.src = src
@@ -166,6 +175,12 @@ class Remove(Action):
 
     def simulate(self, files):
         files.pop(self.name, None)
+
+
+class Prune(Remove):
+    """Remove a revision beyond revisions_to_keep (a commit makes room for the one it adds)."""
+
+    prunes = True
 
 
 class RemovePrecache(Remove):

@@ -12,8 +12,6 @@ whose lock is held, files that match no image pattern, and anything outside
 
 from __future__ import annotations
 
-import errno
-import re
 import os
 import stat
 import time
@@ -22,14 +20,18 @@ from ansible_collections.dom0.reflink.plugins.module_utils import _actions as ac
 from ansible_collections.dom0.reflink.plugins.module_utils._compare import exclusive_bytes
 from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._gc_steps import (
+    Removal,
+    execute_reporting,
+    read_journals,
+    remove_journal_step,
+    remove_vm_dir_step,
+)
 from ansible_collections.dom0.reflink.plugins.module_utils._holders import set_aside_held_files
 from ansible_collections.dom0.reflink.plugins.module_utils._inuse_guard import InUseGuard
 from ansible_collections.dom0.reflink.plugins.module_utils._journal import (
     BEGUN,
-    JOURNALS_DIR,
     journal_name,
-    journals_dir,
-    load_record,
 )
 from ansible_collections.dom0.reflink.plugins.module_utils._locks import (
     LOCKS_DIR,
@@ -49,52 +51,13 @@ from ansible_collections.dom0.reflink.plugins.module_utils._qubes_xml import (
     orphan_reason,
     read_qubes_xml,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._task import PlanFailed, PlanWithdrawn, execute, missing_pool_warning
+from ansible_collections.dom0.reflink.plugins.module_utils._task import execute, missing_pool_warning
 from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_duration
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import Surroundings
 
 
-class Removal(act.Remove):
-    """A gc removal: the Remove action plus what the report says about it."""
-
-    def __init__(self, vid, info, reason, exclusive):
-        super().__init__(lambda name: "%s/%s" % (vid.vm_dir, name), info.name, reason)
-        self.identity = (info.dev, info.ino)   # to match against the files processes hold open
-        self.entry = {
-            "file": "%s/%s" % (vid.vm_dir, info.name),
-            "reason": reason,
-            "bytes": info.usage,
-        }
-        if exclusive is not None:
-            self.entry["exclusive_bytes"] = exclusive
-
-
 def _age(now, info):
     return now - info.mtime_ns / 1e9
-
-
-_JOURNAL_TEMPFILE_RE = re.compile(r".+\.json~[a-z0-9_]{8}\Z")
-
-
-def _journals(pool_dir):
-    """The journals of ``.reflink/imports/``: ({name: (record or None if unreadable, mtime)}, {tempfile: mtime})."""
-    found = {}
-    tempfiles = {}
-    with journals_dir(pool_dir) as journals:
-        if journals is None:
-            return found, tempfiles
-        for name in journals.names():
-            st = journals.lstat(name)
-            if st is not None and _JOURNAL_TEMPFILE_RE.match(name):
-                tempfiles[name] = st.st_mtime  # a journal write killed between its link and rename
-            if st is None or not name.endswith(".json"):
-                continue
-            try:
-                record = load_record(journals, name)
-            except (OSError, ValueError):
-                record = None
-            found[name] = (record, st.st_mtime)
-    return found, tempfiles
 
 
 class GcPlanner:
@@ -186,7 +149,11 @@ class GcPlanner:
             if orphan is not None:
                 self.orphans.append({"vid": key, "size": files.size, "usage": sum(i.usage for i in files.all()),
                                      "reason": orphan})
-                if options["remove_orphans"]:
+                young = [info for info in files.all() if _age(self.now, info) < options["min_age"]]
+                if options["remove_orphans"] and young:
+                    # qvm-create, qvm-clone and a restore make images before qubesd saves qubes.xml.
+                    self.orphans[-1]["kept"] = "%s is younger than min_age: a VM being created?" % young[0].name
+                elif options["remove_orphans"]:
                     actions = [self.removal(vid, info, "orphan: " + orphan)
                                for info in files.all()]
             if actions:
@@ -231,7 +198,9 @@ class GcPlanner:
         if files.precache is not None and files.precache_state == "stale":
             actions.append(self.removal(vid, files.precache, "stale precache (mtime or size differs from clean)"))
         qubesd_owned = listed is not None and listed.kind in QUBESD_OWNED_KINDS   # no precache of its own
-        if options["rebuild_precache"] and keep != SNAPSHOTS_DISABLED and files.clean is not None \
+        # Whether the volume has snapshots disabled is its own setting, whatever gc prunes to.
+        own_keep = listed.revisions_to_keep if listed is not None else keep
+        if options["rebuild_precache"] and own_keep != SNAPSHOTS_DISABLED and files.clean is not None \
                 and files.dirty is None and files.precache_state != "fresh" and not qubesd_owned:
             planner = VolumePlanner(files, surroundings, lambda name: "%s/%s" % (vid.vm_dir, name))
             actions.append(planner.new_precache())
@@ -284,28 +253,6 @@ class GcPlanner:
                 self.journal_removals.append((name, "record of a committed import, older than import_max_age"))
 
 
-def _remove_vm_dir(pool_dir, prefix, vm):
-    def remove():
-        prefix_dir = pool_dir.open_dir(prefix)   # never through a symlink planted since the scan
-        if prefix_dir is None:
-            return
-        with prefix_dir:
-            try:
-                prefix_dir.rmdir(vm)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):  # something appeared: keep it
-                    raise
-    return act.Step("remove empty VM directory %s/%s" % (prefix, vm), remove)
-
-
-def _remove_journal(pool_dir, name, reason):
-    def remove():
-        with journals_dir(pool_dir) as journals:
-            if journals is not None:
-                journals.unlink(name, missing_ok=True)
-    return act.Step("remove journal .reflink/%s/%s (%s)" % (JOURNALS_DIR, name, reason), remove)
-
-
 def parse_gc_options(params):
     options = {
         "min_age": parse_duration(params["min_age"], "min_age"),
@@ -349,7 +296,7 @@ def run_gc_task(params, check_mode):
             planner = GcPlanner(pool_dir, options, now, qubes)
             surroundings = Surroundings.read(path, qubes.name if qubes else None)
             try:
-                planner.plan(scan, surroundings, *_journals(pool_dir))
+                planner.plan(scan, surroundings, *read_journals(pool_dir))
             finally:
                 planner.close()
             skipped.extend(planner.skipped)
@@ -372,13 +319,16 @@ def run_gc_task(params, check_mode):
                     try:
                         with act.Workspace(pool_dir, vid).open_vm_dir() as workspace:
                             guard = InUseGuard(planner.planned_files[key], surroundings)
-                            _execute_reporting(volume_actions, workspace, removed, actions, skipped, guard)
+                            execute_reporting(volume_actions, workspace, removed, actions, skipped, guard)
                     finally:
                         if lock is not None:
                             lock.release()
-                steps = [_remove_vm_dir(pool_dir, prefix, vm) for prefix, vm in planner.vm_dir_removals
+                steps = [remove_vm_dir_step(pool_dir, prefix, vm) for prefix, vm in planner.vm_dir_removals
                          if not any(item["vid"].startswith("%s/%s/" % (prefix, vm)) for item in skipped)]
-                steps += [_remove_journal(pool_dir, name, reason) for name, reason in planner.journal_removals]
+                # A volume left alone keeps its journal too (its import image may still be there).
+                left_alone = {journal_name(parse_vid(item["vid"])) for item in skipped}
+                steps += [remove_journal_step(pool_dir, name, reason) for name, reason in planner.journal_removals
+                          if name not in left_alone]
                 if check_mode:
                     actions.extend(step.text for step in steps)
                 else:
@@ -405,22 +355,3 @@ def _gc_result(actions, removed, orphans, pending_commit, skipped, skipped_files
     }
 
 
-def _execute_reporting(volume_actions, workspace, removed, actions, skipped, guard):
-    """Execute one volume's actions, adding what was done to ``actions`` and ``removed``.
-
-    A volume whose VM qubesd started meanwhile is left as it is now and reported in ``skipped``.
-    """
-    try:
-        done = execute(volume_actions, workspace, guard=guard)
-    except PlanWithdrawn as exc:
-        actions.extend(exc.done)
-        removed.extend(a.entry for a in volume_actions[:len(exc.done)] if isinstance(a, Removal))
-        skipped.append({"vid": str(workspace.vid), "reason": "became in use while gc ran: %s"
-                        % "; ".join(exc.reasons)})
-        return
-    except PlanFailed as exc:
-        actions.extend(exc.done)
-        removed.extend(a.entry for a in volume_actions[:len(exc.done)] if isinstance(a, Removal))
-        raise PlanFailed(str(exc), actions) from None
-    actions.extend(done)
-    removed.extend(a.entry for a in volume_actions if isinstance(a, Removal))

@@ -151,3 +151,5 @@ class MarkImported(Action):
                 pass
             finally:
                 os.close(fd)
+            return "removed the commit mark from %s" % self.name
+        return None

@@ -155,8 +155,8 @@ class VolumePlanner:
             actions.extend(kept)
         excess = len(files.revisions) + added - max(keep, 0)
         for number, info in files.revisions[:max(excess, 0)]:
-            actions.append(act.Remove(self.rel, info.name,
-                                      "revision %d is beyond revisions_to_keep=%d" % (number, keep)))
+            actions.append(act.Prune(self.rel, info.name,
+                                     "revision %d is beyond revisions_to_keep=%d" % (number, keep)))
         if files.precache is not None:
             actions.append(act.RemovePrecache(self.rel, vid))
         actions.append(act.Rename(self.rel, staged, vid.clean, "commit"))

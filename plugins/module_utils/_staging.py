@@ -72,7 +72,10 @@ class Stage(Action):
         self.how = workspace.vm_dir.write_new_file(self.name, fill)
 
     def undo(self, workspace):
-        # Until the commit renames it, the staged image is of no use alone.
+        # Until the commit renames it, the staged image is of no use alone.  A Stage that failed
+        # itself renamed nothing: the import image there now is not ours (it may be qubesd's).
+        if self.how is None:
+            return None
         if workspace.vm_dir is not None and workspace.vm_dir.unlink(self.name, missing_ok=True):
             return "removed the staged image %s" % self.name
         return None

@@ -113,6 +113,8 @@ def execute(actions, workspace, guard=None):
                              % (_failure_text(action, exc), undone, _way_out(exc)), done) from None
         done.append(action.done)
         ran.append(action)
+        if action.completes:
+            guard = None
     return done
 
 
@@ -120,6 +122,9 @@ def _withdrawn(exc, ran, done, workspace):
     taken_back = []
     kept = []
     for action in reversed(ran):
+        if getattr(action, "kept_after_pruning", False) and any(getattr(step, "prunes", False) for step in kept):
+            kept.append(action)   # a revision was pruned to make room for this one: it stays
+            continue
         try:
             text = action.withdraw(workspace)
         except (ReflinkError, OSError):

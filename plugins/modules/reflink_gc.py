@@ -16,7 +16,8 @@ description:
   - import images older than O(min_age) that no begun two-phase import claims, and those whose import
     was begun longer ago than O(import_max_age);
   - revisions beyond the volume's entry in O(revisions_to_keep_per_volume), or else O(revisions_to_keep),
-    oldest first (with neither, none), and revision files whose id is not an integer (qubesd cannot
+    oldest first (with neither, the volume's own C(revisions_to_keep) from qubes.xml; with none of these,
+    none), and revision files whose id is not an integer (qubesd cannot
     read them);
   - stale precache images (mtime or size differs from the clean image);
   - empty VM directories, and journals of imports whose image is gone.
@@ -25,8 +26,9 @@ description:
     task holds (listed in RV(skipped_volumes)), a file that matches no image name of a volume (qubesd keeps
     C(firewall.xml) and others in VM directories), or anything outside V(appvms/) and
     V(vm-templates/) other than its own stale journals."
-  - Volumes not listed in O(keep_vids) are reported in RV(orphans), and removed only with
-    O(remove_orphans=true).
+  - Volumes not listed in O(keep_vids) (or, without it, not in qubes.xml) are reported in RV(orphans), and
+    removed only with O(remove_orphans=true) and only once all their files are older than O(min_age)
+    (qubesd makes a new VM's images before it saves qubes.xml).
   - Pins are never removed; those of a volume without clean or dirty image are listed in RV(orphaned_pins),
     and a VM directory that holds pins is not empty.
   - A file that some process holds open (qubesd's Import writer keeps the import image open while a
@@ -118,7 +120,7 @@ author:
 """
 
 EXAMPLES = r"""
-- name: Nightly clean-up of the Qubes pool (every revision is kept)
+- name: Nightly clean-up of the Qubes pool (each volume keeps the revisions its qubes.xml entry says)
   dom0.reflink.reflink_gc:
     pool: /var/lib/qubes
 
@@ -207,6 +209,10 @@ orphans:
       description: Why it counts as an orphan.
       type: str
       sample: not listed in qubes.xml for pool varlibqubes
+    kept:
+      description: With O(remove_orphans=true), why this orphan was not removed (a file younger than O(min_age)).
+      type: str
+      returned: when an orphan was kept
 orphaned_pins:
   description:
     - Pins (see M(dom0.reflink.reflink_pin)) of volumes that have neither a clean nor a dirty image, for

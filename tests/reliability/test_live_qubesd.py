@@ -205,6 +205,56 @@ def test_import_vm_started_just_before_the_commit_rename(btrfs_dir, modrun):
     assert after.precache is None
 
 
+def test_two_phase_commit_vm_started_right_after_the_commit_rename_keeps_the_commit(btrfs_dir, modrun):
+    """Once clean is replaced the job is done: a VM start then withdraws nothing (the new revision holds the old data)."""
+    pool = make_pool(btrfs_dir)
+    old = make_volume(pool, VID, revisions=[REVISION_1])
+    begun = rh.run_direct("reflink_import", pool=str(pool), vid=VID, state="begin", size=SIZE)
+    assert not begun["failed"], begun
+    image = pathlib.Path(begun["import_image"])
+    with open(image, "r+b") as handle:
+        handle.write(b"written by another program" * 100)
+    data = image.read_bytes()
+    args = {"pool": str(pool), "vid": VID, "state": "commit", "revisions_to_keep": 5}
+    # renameat #1 names the revision of the old clean, #2 is the commit rename; the precache and
+    # the journal's record follow.
+    with held_after("reflink_import", args, "renameat", 2) as held:
+        assert (pool / "appvms/work/private.img").read_bytes() == data
+        dirty = start_vm_from_clean(pool)
+        result = held.resume()
+    assert not result["failed"] and result["changed"] is True, result
+    after = rh.read_state(pool, VID)
+    assert after.clean.digest == rh.digest_bytes(data)
+    assert sorted(after.revisions) == [1, 2]
+    assert after.revisions[2][1].digest == rh.digest_bytes(old)
+    assert after.dirty is not None and after.dirty.digest == rh.digest_bytes(dirty)
+    assert after.import_ is None
+    # The commit is recorded: its rerun changes nothing.
+    again = rh.run_direct("reflink_import", **args)
+    assert not again["failed"] and again["changed"] is False, again
+
+
+def test_import_vm_started_after_pruning_keeps_the_new_revision(btrfs_dir, modrun):
+    """Withdrawn after a revision was pruned: the new revision, now the only copy of that history step, stays."""
+    pool = make_pool(btrfs_dir)
+    old = make_volume(pool, VID, revisions=[REVISION_1])
+    source, _data = source_file(btrfs_dir)
+    args = {"pool": str(pool), "vid": VID, "src": str(source), "revisions_to_keep": 1}
+    # unlinkat #1 prunes revision 1 (revision 2, the old clean, is made just before it).
+    with held_after("reflink_import", args, "unlinkat", 1) as held:
+        assert not (pool / ("appvms/work/private.img.1@" + stamp(REVISION_1[1]))).exists()
+        dirty = start_volume(pool, VID)
+        result = held.resume()
+    assert_withdrawn(result, "the dirty image private-dirty.img appeared",
+                     "the steps listed in actions were done before it", changed=True)
+    after = rh.read_state(pool, VID)
+    assert after.clean.digest == rh.digest_bytes(old)
+    assert sorted(after.revisions) == [2]
+    assert after.revisions[2][1].digest == rh.digest_bytes(old)
+    assert after.dirty is not None and after.dirty.digest == rh.digest_bytes(dirty)
+    assert after.import_ is None
+
+
 def test_two_phase_commit_loop_device_attached_before_the_commit(btrfs_dir, modrun):
     """A loop device on clean appears after the begun import's checksum: the commit is withdrawn, the import stays."""
     pool = make_pool(btrfs_dir)
