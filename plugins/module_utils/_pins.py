@@ -88,8 +88,9 @@ class RestorePin(act.Clone):
 
     def __init__(self, rel, pin_file, clean, name):
         super().__init__(rel, pin_file, clean, "revert to pin %s" % name, copy_mtime=True)
-        # It replaces the clean image (Clone only knows that for a clone onto its own source).
-        self.destructive = True
+        # It replaces the clean image (Clone only knows that for a clone onto its own source), and with
+        # it in place the revert is done: the precache that follows only finishes it.
+        self.destructive = self.completes = True
         self.marker = pin_marker(name)
 
     def run(self, workspace):

@@ -94,6 +94,6 @@ def test_pins_are_reported_by_name_with_the_data_time():
 def test_the_in_use_guard_checks_before_a_pin_replaces_clean_and_not_before_pin_files():
     rel = "appvms/work/%s".__mod__
     restore = RestorePin(rel, "private.img.pin-a", "private.img", "a")
-    assert restore.destructive and restore.long
+    assert restore.destructive and restore.completes and restore.long
     assert not MakePin(rel, "private.img", "private.img.pin-a", 0, "pin a").destructive
     assert not RemovePin(rel, "private.img.pin-a", "pin removed").destructive
