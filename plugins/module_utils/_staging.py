@@ -54,6 +54,7 @@ class Stage(Action):
         self.size = size
         self.allow_copy = allow_copy
         self.how = None
+        self.found_before = None   # (st_dev, st_ino) of an import image there before this step
         if source is None:
             self.text = "stage an empty (all-zero) sparse image %s of %d bytes" % (rel(name), size)
         else:
@@ -69,14 +70,20 @@ class Stage(Action):
             return clone.fill_from(fd, self.source.fd, dst_size=self.size, allow_copy=self.allow_copy,
                                    describe=(self.source.description, destination))
 
+        found = workspace.vm_dir.lstat(self.name)
+        self.found_before = (found.st_dev, found.st_ino) if found is not None else None
         self.how = workspace.vm_dir.write_new_file(self.name, fill)
 
     def undo(self, workspace):
         # Until the commit renames it, the staged image is of no use alone.  A Stage that failed
-        # itself renamed nothing: the import image there now is not ours (it may be qubesd's).
-        if self.how is None:
+        # before its rename leaves the import image that was there before it (it may be qubesd's).
+        if workspace.vm_dir is None:
             return None
-        if workspace.vm_dir is not None and workspace.vm_dir.unlink(self.name, missing_ok=True):
+        if self.how is None:
+            found = workspace.vm_dir.lstat(self.name)
+            if found is None or (found.st_dev, found.st_ino) == self.found_before:
+                return None
+        if workspace.vm_dir.unlink(self.name, missing_ok=True):
             return "removed the staged image %s" % self.name
         return None
 
