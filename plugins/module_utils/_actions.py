@@ -312,15 +312,33 @@ class Step(Action):
 REVERT_MARKER = "user.dom0-reflink.reverted-to"
 
 
+PIN_MARKER_PREFIX = "pin-"
+
+
 def read_revert_marker(directory, name):
-    """The revision id recorded on ``directory/name`` by a revert, or None."""
+    """What a revert recorded on ``directory/name``: a revision id, ``"pin-<name>"``, or None."""
     fd = directory.open_file(name, os.O_RDONLY)
     try:
-        return int(os.getxattr(fd, REVERT_MARKER))
-    except (OSError, ValueError):
+        value = os.getxattr(fd, REVERT_MARKER).decode("ascii")
+    except (OSError, UnicodeDecodeError):
         return None
     finally:
         os.close(fd)
+    if value.isdigit():
+        return int(value)
+    return value if value.startswith(PIN_MARKER_PREFIX) else None
+
+
+def write_revert_marker(fd, value):
+    """Record ``value`` (a revision id or ``"pin-<name>"``) on the open file ``fd``; False without xattrs."""
+    try:
+        os.setxattr(fd, REVERT_MARKER, str(value).encode("ascii"))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # Without xattrs a rerun of the same revert is not recognised; the revert itself is unaffected.
+        return False
+    return True
 
 
 class MarkReverted(Action):
@@ -334,12 +352,8 @@ class MarkReverted(Action):
     def run(self, workspace):
         fd = workspace.vm_dir.open_file(self.name, os.O_RDONLY)
         try:
-            os.setxattr(fd, REVERT_MARKER, b"%d" % self.revision)
-            os.fsync(fd)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
-            # Without xattrs a rerun of the same revert is not recognised; the revert itself is unaffected.
+            if write_revert_marker(fd, self.revision):
+                os.fsync(fd)
         finally:
             os.close(fd)
 

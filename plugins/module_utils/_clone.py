@@ -193,11 +193,14 @@ def copy_times(src_fd, dst_fd):
     os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def clone_file(src_dir, src_name, dst_dir, dst_name, *, dst_size=None, copy_mtime=False, allow_copy=True):
+def clone_file(src_dir, src_name, dst_dir, dst_name, *, dst_size=None, copy_mtime=False, allow_copy=True,
+               finish=None):
     """Make ``dst_dir/dst_name`` a new inode with the content of ``src_dir/src_name``.
 
     The destination is written by :meth:`Directory.write_new_file` (atomic,
-    durable, 0600).  Returns REFLINK, COPY or EMPTY.
+    durable, 0600).  ``finish(dst_fd)``, if given, runs once the data is in,
+    before the flush and the rename (a fixed mtime, an extended attribute).
+    Returns REFLINK, COPY or EMPTY.
     """
     src_fd = src_dir.open_file(src_name, os.O_RDONLY)
     try:
@@ -206,6 +209,8 @@ def clone_file(src_dir, src_name, dst_dir, dst_name, *, dst_size=None, copy_mtim
                             describe=(src_dir.join(src_name), dst_dir.join(dst_name)))
             if copy_mtime:
                 copy_times(src_fd, dst_fd)
+            if finish is not None:
+                finish(dst_fd)
             return how
         return dst_dir.write_new_file(dst_name, fill)
     finally:

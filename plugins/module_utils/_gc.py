@@ -73,6 +73,7 @@ class GcPlanner:
         self.journal_removals = []  # (journal file name, reason)
         self.orphans = []
         self.pending_commit = []
+        self.orphaned_pins = []     # pins whose volume has neither a clean nor a dirty image; never removed
         self.skipped = []
         self.skipped_files = []     # removals left out because a process holds the file open
         self.planned_files = {}     # vid str -> VolumeFiles the volume's actions were planned from
@@ -134,6 +135,9 @@ class GcPlanner:
             if files.dirty is not None and (listed is None or listed.kind not in QUBESD_OWNED_KINDS):
                 self.pending_commit.append({"vid": key, "file": "%s/%s" % (vid.vm_dir, files.dirty.name),
                                             "size": files.dirty.size})
+            if files.pins and files.clean is None and files.dirty is None:
+                self.orphaned_pins.extend({"vid": key, "name": name, "file": "%s/%s" % (vid.vm_dir, info.name),
+                                           "size": info.size} for name, info in sorted(files.pins.items()))
             reasons = surroundings.in_use_reasons(files)
             if reasons:
                 if files.all():
@@ -332,10 +336,11 @@ def run_gc_task(params, check_mode):
             finally:
                 if locks is not None:
                     locks.close()
-    return _gc_result(actions, removed, planner.orphans, planner.pending_commit, skipped, planner.skipped_files)
+    return _gc_result(actions, removed, planner.orphans, planner.pending_commit, skipped, planner.skipped_files,
+                      planner.orphaned_pins)
 
 
-def _gc_result(actions, removed, orphans, pending_commit, skipped, skipped_files):
+def _gc_result(actions, removed, orphans, pending_commit, skipped, skipped_files, orphaned_pins=()):
     return {
         "changed": bool(actions),
         "actions": actions,
@@ -344,6 +349,7 @@ def _gc_result(actions, removed, orphans, pending_commit, skipped, skipped_files
         "reclaimed_exclusive_bytes": sum(entry.get("exclusive_bytes", 0) for entry in removed),
         "orphans": orphans,
         "pending_commit": pending_commit,
+        "orphaned_pins": list(orphaned_pins),
         "skipped_volumes": skipped,
         "skipped_files": skipped_files,
     }

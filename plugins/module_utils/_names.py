@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: dom0.reflink contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Names in a file-reflink pool: volume ids, image file names, revisions, tempfiles.
+"""Names in a file-reflink pool: volume ids, image file names, revisions, pins, tempfiles.
 
 This is the one place that knows how Qubes' ``file-reflink`` driver names its
 files (see docs/layout in the collection for the table).  Everything else asks
@@ -35,6 +35,10 @@ TEMPFILE_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
+# A pin's name (contract §7).  No '.', '@' or '~': a pin's file name can then never read as
+# a revision or a tempfile, to us or to qubesd's globs.
+PIN_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,39}"
+
 # One pass over a VM directory classifies every entry.  The volume part is the
 # shortest prefix that leaves a known image suffix; the reserved suffixes above
 # make that choice the only one possible for names this collection accepts.
@@ -42,8 +46,9 @@ _IMAGE_RE = re.compile(
     r"(?P<volume>[^/~]+?)"
     r"(?:(?P<clean>\.img)|(?P<dirty>-dirty\.img)|(?P<precache>-precache\.img)"
     r"|(?P<import>-import\.img)"
-    r"|\.img\.(?P<rev_id>[^/]+?)@(?P<rev_ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ))"
-    r"(?:~(?P<tmp>[a-z0-9_]{%d}))?\Z" % TEMPFILE_SUFFIX_LEN
+    r"|\.img\.(?P<rev_id>[^/]+?)@(?P<rev_ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"
+    r"|\.img\.pin-(?P<pin>%s))"
+    r"(?:~(?P<tmp>[a-z0-9_]{%d}))?\Z" % (PIN_NAME_PATTERN, TEMPFILE_SUFFIX_LEN)
 )
 
 # Kinds of image file, as ``classify`` reports them.
@@ -52,6 +57,7 @@ DIRTY = "dirty"
 PRECACHE = "precache"
 IMPORT = "import"
 REVISION = "revision"
+PIN = "pin"
 
 
 def _check_component(value, what):
@@ -107,6 +113,10 @@ class Vid:
     def revision(self, number, timestamp):
         """File name of revision ``number``; ``timestamp`` as made by format_timestamp."""
         return "%s.img.%d@%s" % (self.volume, number, timestamp)
+
+    def pin(self, name):
+        """File name of the pin ``name`` (a name checked by _pins.check_pin_name)."""
+        return "%s.img.pin-%s" % (self.volume, name)
 
     @property
     def lock_name(self):
@@ -172,11 +182,12 @@ class ImageName:
     """What a file name in a VM directory is, as far as the layout tells."""
 
     volume: str
-    kind: str               # CLEAN, DIRTY, PRECACHE, IMPORT or REVISION
+    kind: str               # CLEAN, DIRTY, PRECACHE, IMPORT, REVISION or PIN
     revision: int | None    # the revision number, None if not a revision or not an integer
     revision_text: str | None  # the number as written (may be junk such as 'x')
     timestamp: str | None   # the revision timestamp as written, with its Z
     tempfile: bool          # a ``<final>~XXXXXXXX`` name
+    pin: str | None = None  # the pin's name, for a PIN
 
     @property
     def final_name(self):
@@ -185,6 +196,8 @@ class ImageName:
             return self.volume + ".img"
         if self.kind == REVISION:
             return "%s.img.%s@%s" % (self.volume, self.revision_text, self.timestamp)
+        if self.kind == PIN:
+            return "%s.img.pin-%s" % (self.volume, self.pin)
         return "%s-%s.img" % (self.volume, self.kind)
 
     @property
@@ -210,6 +223,8 @@ def classify(filename):
         kind = PRECACHE
     elif groups["import"]:
         kind = IMPORT
+    elif groups["pin"]:
+        kind = PIN
     else:
         kind = REVISION
         if revision_text.isdigit() and revision_text.isascii():
@@ -221,4 +236,5 @@ def classify(filename):
         revision_text=revision_text,
         timestamp=groups["rev_ts"],
         tempfile=groups["tmp"] is not None,
+        pin=groups["pin"],
     )

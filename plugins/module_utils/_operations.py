@@ -233,15 +233,38 @@ class VolumePlanner:
                               % (self.vid, "; ".join(running)))
         return self.commit(self.vid.dirty, keep)
 
-    def absent(self, vm_dir_names):
+    def absent(self, vm_dir_names, remove_pins=False):
+        """Remove the volume; its pins stay (and so its VM directory) unless ``remove_pins``."""
         everything = self.files.all()
+        if remove_pins:
+            everything.extend(self.files.pins[name] for name in sorted(self.files.pins))
         if not everything:
             return []
         self.refuse_if_in_use("remove")
         actions = self.remove_everything("volume removed")
+        if remove_pins:
+            actions.extend(act.Remove(self.rel, self.files.pins[name].name, "pin removed with its volume (remove_pins)")
+                           for name in sorted(self.files.pins))
         if set(vm_dir_names) <= {info.name for info in everything}:
             actions.append(act.RemoveVmDirIfEmpty(self.vid))
         return actions
+
+    def refuse_revert_while_running(self):
+        running = self.surroundings.running_reasons(self.files)
+        if running:
+            raise VolumeInUse("cannot revert volume %s: it is running (%s)" % (self.vid, "; ".join(running)))
+
+    def drop_dirty_for_revert(self, discard_dirty):
+        """The removal of a halted volume's dirty image if the task allows it; refused otherwise."""
+        dirty = self.files.dirty
+        if dirty is None:
+            return []
+        if not discard_dirty:
+            raise VolumeInUse(
+                "volume %s has a dirty image %s with uncommitted data (its VM halted without a commit); "
+                "commit it with reflink_volume state=stopped, or set discard_dirty: true to drop it"
+                % (self.vid, dirty.name))
+        return [act.Remove(self.rel, self.vid.dirty, "discard_dirty: dropping uncommitted data")]
 
     def revert(self, revision, discard_dirty, marker):
         """Make revision ``revision`` (an id, or "latest") the clean image again.
@@ -251,9 +274,7 @@ class VolumePlanner:
         "latest" right after any revert, find the clean image already reverted.
         """
         files = self.files
-        running = self.surroundings.running_reasons(files)
-        if running:
-            raise VolumeInUse("cannot revert volume %s: it is running (%s)" % (self.vid, "; ".join(running)))
+        self.refuse_revert_while_running()
         already = marker is not None and revision in ("latest", marker)
         if not already:
             number = files.revisions[-1][0] if revision == "latest" and files.revisions else revision
@@ -262,14 +283,7 @@ class VolumePlanner:
                 known = ", ".join(str(item) for item, _info in files.revisions) or "none"
                 raise InvalidArgument("volume %s has no revision %s to revert to (revisions: %s)"
                                       % (self.vid, number, known))
-        actions = []
-        if files.dirty is not None:
-            if not discard_dirty:
-                raise VolumeInUse(
-                    "volume %s has a dirty image %s with uncommitted data (its VM halted without a commit); "
-                    "commit it with reflink_volume state=stopped, or set discard_dirty: true to drop it"
-                    % (self.vid, files.dirty.name))
-            actions.append(act.Remove(self.rel, self.vid.dirty, "discard_dirty: dropping uncommitted data"))
+        actions = self.drop_dirty_for_revert(discard_dirty)
         if already:
             return actions or self.finish_precache(0)
         kept, _added = self.keep_clean_as_revision(files, "keep the current image as a revision")

@@ -170,7 +170,7 @@ def _undo(actions, workspace):
 
 def simulate(files, actions):
     """The VolumeFiles that ``actions`` would leave, computed without touching the disk."""
-    listing = {info.name: info for info in files.all()}
+    listing = {info.name: info for info in files.all_with_pins()}
     for action in actions:
         action.simulate(listing)
     return VolumeFiles.from_infos(files.vid, listing.values())

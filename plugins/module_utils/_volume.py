@@ -65,6 +65,7 @@ class VolumeFiles:
     revisions: list = field(default_factory=list)        # [(id, FileInfo)], sorted by id
     junk_revisions: list = field(default_factory=list)   # [FileInfo]
     tempfiles: list = field(default_factory=list)        # [FileInfo]
+    pins: dict = field(default_factory=dict)             # pin name -> FileInfo
 
     @classmethod
     def from_infos(cls, vid, infos):
@@ -94,14 +95,30 @@ class VolumeFiles:
             self.precache = info
         elif image.kind == names.IMPORT:
             self.import_ = info
+        elif image.kind == names.PIN:
+            self.pins[image.pin] = info
 
     def all(self):
-        """Every file of the volume, as FileInfo."""
+        """Every file of the volume but its pins, as FileInfo.
+
+        Pins are left out on purpose: whatever works on "the volume's files"
+        (removal, gc's orphans, the in-use check's loop devices) must not see them.
+        """
         found = [info for info in (self.clean, self.dirty, self.precache, self.import_) if info]
         found.extend(info for _number, info in self.revisions)
         found.extend(self.junk_revisions)
         found.extend(self.tempfiles)
         return found
+
+    def all_with_pins(self):
+        """Every file of the volume, pins included."""
+        return self.all() + [self.pins[name] for name in sorted(self.pins)]
+
+    def pin_report(self):
+        """The ``pins`` list of the volume dict: name, size and the pinned data's time, by name."""
+        return [{"name": name, "size": self.pins[name].size,
+                 "timestamp": names.format_timestamp(self.pins[name].mtime_ns // 10 ** 9)}
+                for name in sorted(self.pins)]
 
     @property
     def exists(self):
@@ -142,7 +159,7 @@ class VolumeFiles:
             "vid": str(self.vid),
             "size": self.size,
             "revisions": [number for number, _info in self.revisions],
-            "files": [info.as_dict() for info in sorted(self.all(), key=lambda item: item.name)],
+            "files": [info.as_dict() for info in sorted(self.all_with_pins(), key=lambda item: item.name)],
         }
 
 
@@ -300,4 +317,5 @@ def volume_report(pool_path, files, surroundings):
         "in_use": bool(reasons),
         "in_use_reasons": reasons,
         "precache": files.precache_state,
+        "pins": files.pin_report(),
     }

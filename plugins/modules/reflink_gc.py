@@ -29,6 +29,8 @@ description:
   - Volumes not listed in O(keep_vids) (or, without it, not in qubes.xml) are reported in RV(orphans), and
     removed only with O(remove_orphans=true) and only once all their files are older than O(min_age)
     (qubesd makes a new VM's images before it saves qubes.xml).
+  - Pins are never removed; those of a volume without clean or dirty image are listed in RV(orphaned_pins),
+    and a VM directory that holds pins is not empty.
   - A file that some process holds open (qubesd's Import writer keeps the import image open while a
     slow restore streams in) is never removed. One walk of C(/proc/*/fd) per run finds them by
     device and inode, and they are listed in RV(skipped_files) with the holders' pids and commands.
@@ -211,6 +213,33 @@ orphans:
       description: With O(remove_orphans=true), why this orphan was not removed (a file younger than O(min_age)).
       type: str
       returned: when an orphan was kept
+orphaned_pins:
+  description:
+    - Pins (see M(dom0.reflink.reflink_pin)) of volumes that have neither a clean nor a dirty image, for
+      instance left by qubesd's removal of the VM or by M(dom0.reflink.reflink_volume)
+      O(dom0.reflink.reflink_volume#module:state=absent). gc never removes a pin; remove it with
+      M(dom0.reflink.reflink_pin) O(dom0.reflink.reflink_pin#module:state=absent), or revert the volume to it
+      with M(dom0.reflink.reflink_revert).
+  returned: always
+  type: list
+  elements: dict
+  version_added: 0.2.0
+  contains:
+    vid:
+      description: The volume id.
+      type: str
+      sample: appvms/old/private
+    name:
+      description: The pin's name.
+      type: str
+      sample: before-upgrade
+    file:
+      description: Path relative to the pool.
+      type: str
+      sample: appvms/old/private.img.pin-before-upgrade
+    size:
+      description: Size in bytes.
+      type: int
 pending_commit:
   description: Dirty images (uncommitted data), which gc never removes.
   returned: always

@@ -139,6 +139,14 @@ volumes:
     precache:
       description: V(fresh), V(stale) or V(missing).
       type: str
+    pins:
+      description:
+        - The volume's pins (see M(dom0.reflink.reflink_pin)), sorted by name, each with V(name), V(size)
+          and V(timestamp) (the time of the pinned data, UTC). A volume that has only pins is listed too,
+          with state V(absent).
+      type: list
+      elements: dict
+      version_added: 0.2.0
     artifacts:
       description: Leftovers seen.
       type: dict

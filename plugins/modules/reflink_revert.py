@@ -7,7 +7,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: reflink_revert
-short_description: Revert a volume to one of its revisions
+short_description: Revert a volume to one of its revisions or pins
 version_added: 0.1.0
 description:
   - Makes an older image of a volume (a revision, kept by commits) its clean image again, as
@@ -17,6 +17,10 @@ description:
     records the revert on the clean image (an extended attribute, which any later commit drops
     with the old inode), so running the same task again reports no change. This holds for
     O(revision=latest) too; to go further back, name a revision id.
+  - With O(pin), the content of a pin (see M(dom0.reflink.reflink_pin)) becomes the clean image, as a
+    new image cloned from the pin (or copied where the filesystem cannot reflink) and renamed over
+    the clean image. The current clean image first becomes a revision, as in every revert, and the pin
+    stays. Running the same task again reports no change.
 extends_documentation_fragment:
   - dom0.reflink.volume
   - dom0.reflink.qubes_xml
@@ -25,8 +29,15 @@ options:
   revision:
     description:
       - The revision id (an integer, as M(dom0.reflink.reflink_info) lists them) or V(latest) for the newest revision.
+      - Without it and without O(pin), V(latest).
+      - Mutually exclusive with O(pin).
     type: raw
-    default: latest
+  pin:
+    description:
+      - The name of a pin of the volume whose content becomes the clean image.
+      - Mutually exclusive with O(revision).
+    type: str
+    version_added: 0.2.0
   discard_dirty:
     description:
       - A halted volume with a dirty image holds uncommitted data and is refused. With V(true) the
@@ -59,6 +70,12 @@ EXAMPLES = r"""
     vid: appvms/work/private
     revision: "{{ work_info.volumes[0].revisions[0].id }}"
     discard_dirty: true
+
+- name: Back to the state pinned before an experiment (the pin stays)
+  dom0.reflink.reflink_revert:
+    pool: /var/lib/qubes
+    vid: appvms/work/private
+    pin: before-upgrade
 """
 
 RETURN = r"""
@@ -86,6 +103,7 @@ diff:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.dom0.reflink.plugins.module_utils._actions import read_revert_marker
+from ansible_collections.dom0.reflink.plugins.module_utils._pins import PinPlanner, check_pin_name
 from ansible_collections.dom0.reflink.plugins.module_utils._task import (
     main_wrapper,
     parse_revision,
@@ -97,25 +115,31 @@ from ansible_collections.dom0.reflink.plugins.module_utils._task import (
 def main():
     module = AnsibleModule(
         argument_spec=volume_argument_spec(
-            revision={"type": "raw", "default": "latest"},
+            revision={"type": "raw"},
+            pin={"type": "str"},
             discard_dirty={"type": "bool", "default": False},
         ),
+        mutually_exclusive=[("revision", "pin")],
         supports_check_mode=True,
     )
     params = module.params
 
     def work():
-        revision = parse_revision(params["revision"])
+        pin = None if params["pin"] is None else check_pin_name(params["pin"])
+        revision = parse_revision("latest" if params["revision"] is None else params["revision"])
+        target = "pin %s" % pin if pin is not None else revision
 
         def plan(planner, context):
             workspace = context["workspace"]
             marker = None
             if planner.files.clean is not None:
                 marker = read_revert_marker(workspace.vm_dir, planner.vid.clean)
+            if pin is not None:
+                return PinPlanner(planner).revert(pin, params["discard_dirty"], marker)
             return planner.revert(revision, params["discard_dirty"], marker)
 
         return run_volume_task(params, module.check_mode, module._diff,
-                               "reflink_revert %s to %s" % (params["vid"], revision), plan, changes="revert")
+                               "reflink_revert %s to %s" % (params["vid"], target), plan, changes="revert")
 
     main_wrapper(module, work)
 

@@ -26,11 +26,13 @@ options:
   state:
     description:
       - V(present) creates the volume if it does not exist (a sparse image of O(size) and its
-        precache), after removing every leftover file of an earlier volume with the same O(vid).
+        precache), after removing every leftover file of an earlier volume with the same O(vid)
+        (its pins excepted).
         On an existing volume a different O(size) resizes it, and a missing or stale precache
         is made anew.
       - V(absent) removes every file of the volume, then its VM directory if that is left empty.
-        Refused while the volume is in use.
+        Refused while the volume is in use. The volume's pins (see M(dom0.reflink.reflink_pin)) and
+        so its VM directory stay unless O(remove_pins=true); RV(kept_pins) lists them.
       - V(stopped) commits a pending dirty image as qubesd does when a VM stops (the old clean
         image becomes a revision, old revisions beyond O(revisions_to_keep) are removed, the
         dirty image becomes the clean image, a new precache is made). Use it to repair a volume
@@ -49,6 +51,13 @@ options:
         backed by it is told its new size.
       - A smaller size is refused unless O(allow_shrink=true).
     type: raw
+  remove_pins:
+    description:
+      - With O(state=absent), remove the volume's pins too. Without it they stay, and a volume
+        created later with the same O(vid) can be reverted to them.
+    type: bool
+    default: false
+    version_added: 0.2.0
   allow_shrink:
     description:
       - Allow O(size) to be smaller than the volume. Data beyond the new end is lost, so
@@ -167,6 +176,32 @@ volume:
       description: V(fresh), V(stale) or V(missing).
       type: str
       sample: fresh
+    pins:
+      description: The volume's pins (see M(dom0.reflink.reflink_pin)), sorted by name.
+      type: list
+      elements: dict
+      version_added: 0.2.0
+      contains:
+        name:
+          description: The pin's name.
+          type: str
+          sample: before-upgrade
+        size:
+          description: Size of the pinned image in bytes.
+          type: int
+          sample: 2147483648
+        timestamp:
+          description: The time of the pinned data (UTC), the pin file's modification time.
+          type: str
+          sample: "2026-11-26T03:40:59Z"
+kept_pins:
+  description:
+    - With O(state=absent), the names of the pins that stayed (all of them without O(remove_pins)).
+  returned: when O(state=absent)
+  type: list
+  elements: str
+  sample: [before-upgrade]
+  version_added: 0.2.0
 diff:
   description: With C(--diff), the volume's files and revision ids before and after.
   returned: when diff mode is on
@@ -190,6 +225,7 @@ def main():
             state={"type": "str", "default": "present", "choices": ["present", "absent", "stopped"]},
             size={"type": "raw"},
             allow_shrink={"type": "bool", "default": False},
+            remove_pins={"type": "bool", "default": False},
             revisions_to_keep={"type": "int"},
         ),
         supports_check_mode=True,
@@ -204,14 +240,17 @@ def main():
         def plan(planner, context):
             keep = planner.revisions_to_keep(given_keep)
             if state == "absent":
-                return planner.absent(context["vm_dir_names"])
+                return planner.absent(context["vm_dir_names"], remove_pins=params["remove_pins"])
             if state == "stopped":
                 return planner.stopped(keep)
             return planner.present(size, params["allow_shrink"], keep,
                                    vm_dir_exists=context["workspace"].vm_dir is not None)
 
+        def kept_pins(after):
+            return {"kept_pins": sorted(after.pins)} if state == "absent" else {}
+
         return run_volume_task(params, module.check_mode, module._diff,
-                               "reflink_volume state=%s %s" % (state, params["vid"]), plan,
+                               "reflink_volume state=%s %s" % (state, params["vid"]), plan, extra=kept_pins,
                                changes={"present": "create or resize", "stopped": "commit"}.get(state))
 
     main_wrapper(module, work)

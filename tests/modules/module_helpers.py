@@ -25,7 +25,8 @@ from disk_helpers import MIB, allocated, listing, same_bytes, write_image  # noq
 T0 = 1767323045
 T0_STAMP = "2026-01-02T03:04:05Z"
 
-VOLUME_KEYS = {"vid", "image", "size", "usage", "revisions", "state", "in_use", "in_use_reasons", "precache"}
+VOLUME_KEYS = {"vid", "image", "size", "usage", "revisions", "state", "in_use", "in_use_reasons", "precache",
+               "pins"}
 POOL_KEYS = {"path", "fstype", "reflink", "size", "usage"}
 
 _HOW_SUFFIX = re.compile(r" \((?:reflink|sparse copy[^)]*)\)\Z")

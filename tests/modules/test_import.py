@@ -113,7 +113,7 @@ def test_import_file_on_each_filesystem(any_fs_dir, run_module, request):
     assert result["volume"] == {
         "vid": VID, "image": str(clean), "size": SOURCE_SIZE, "usage": allocated(clean),
         "revisions": [{"id": 1, "timestamp": T0_STAMP}], "state": "stopped", "in_use": False,
-        "in_use_reasons": [], "precache": "fresh",
+        "in_use_reasons": [], "precache": "fresh", "pins": [],
     }
     # The source is read, never changed.
     assert listing(any_fs_dir)["source.img"] == src_facts and src.read_bytes() == src_data

@@ -93,7 +93,7 @@ def test_revert_to_an_id(any_fs_dir, run_module, request):
     assert result["volume"] == {
         "vid": VID, "image": str(clean), "size": 4 * MIB, "usage": result["volume"]["usage"],
         "revisions": [{"id": 2, "timestamp": stamp(T2)}, {"id": 3, "timestamp": T0_STAMP}],
-        "state": "stopped", "in_use": False, "in_use_reasons": [], "precache": "fresh",
+        "state": "stopped", "in_use": False, "in_use_reasons": [], "precache": "fresh", "pins": [],
     }
 
     # The same task again: already done, nothing moves.

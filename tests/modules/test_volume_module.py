@@ -67,7 +67,7 @@ def test_create_check_real_diff_and_rerun(any_fs_dir, run_module, request):
     assert real["volume"] == check["volume"]
     assert real["volume"] == {
         "vid": VID, "image": str(clean), "size": 20 * MIB, "usage": 0, "revisions": [],
-        "state": "stopped", "in_use": False, "in_use_reasons": [], "precache": "fresh",
+        "state": "stopped", "in_use": False, "in_use_reasons": [], "precache": "fresh", "pins": [],
     }
 
     # On disk: exactly clean and precache, 0600, sparse, same size and mtime, two inodes.

@@ -97,13 +97,13 @@ def check_rules(ctx, state, rules):
     for what, allowed in (("clean", rules.clean), ("dirty", rules.dirty), ("import", rules.import_)):
         found = ctx.labels.of(getattr(state, what if what != "import" else "import_"))
         if found not in allowed:
-            problems.append("%s image is %s; allowed: %s" % (what, found or "absent", _allowed(allowed)))
+            problems.append("%s image is %s; allowed: %s" % (what, found or "absent", allowed_text(allowed)))
     for number, (_stamp, facts) in sorted(state.revisions.items()):
         allowed = rules.revisions.get(number)
         if allowed is None:
             problems.append("revision %d (%s) should not exist" % (number, ctx.labels.of(facts)))
         elif ctx.labels.of(facts) not in allowed:
-            problems.append("revision %d is %s; allowed: %s" % (number, ctx.labels.of(facts), _allowed(allowed)))
+            problems.append("revision %d is %s; allowed: %s" % (number, ctx.labels.of(facts), allowed_text(allowed)))
     present = [ctx.labels.of(facts) for facts in state.images()]
     for label in rules.precious:
         if label not in present:
@@ -129,7 +129,8 @@ def check_final(ctx, state, clean, revisions, dirty=None, precache=True, import_
     return problems
 
 
-def _allowed(labels):
+def allowed_text(labels):
+    """A set of labels in words (None: absent), for messages."""
     return ", ".join(sorted("absent" if label is None else label for label in labels))
 
 

@@ -31,7 +31,7 @@ import signal
 import sys
 import traceback
 
-MODULES = ("reflink_volume", "reflink_import", "reflink_revert", "reflink_gc", "reflink_info", "reflink_pool")
+MODULES = ("reflink_volume", "reflink_import", "reflink_revert", "reflink_gc", "reflink_info", "reflink_pool", "reflink_pin")
 PACKAGE = "ansible_collections.dom0.reflink.plugins.modules."
 
 

@@ -340,6 +340,7 @@ class VolumeState:
     import_: FileFacts | None = None
     revisions: dict = dataclasses.field(default_factory=dict)   # id -> (timestamp, FileFacts)
     junk: list = dataclasses.field(default_factory=list)        # other names of this volume
+    pins: dict = dataclasses.field(default_factory=dict)        # pin name -> FileFacts
     tempfiles: list = dataclasses.field(default_factory=list)   # pool-wide, relative paths
 
     @property
@@ -350,6 +351,7 @@ class VolumeState:
     def images(self):
         found = [facts for facts in (self.clean, self.dirty, self.precache, self.import_) if facts]
         found.extend(facts for _stamp, facts in self.revisions.values())
+        found.extend(self.pins[name] for name in sorted(self.pins))
         return found
 
 
@@ -376,11 +378,13 @@ def read_state(pool, vid):
     if not state.vm_dir_exists:
         return state
     revision_re = re.compile(re.escape(volume) + r"\.img\.(\d+)@(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)\Z")
+    pin_re = re.compile(re.escape(volume) + r"\.img\.pin-([a-z0-9][a-z0-9_-]{0,39})\Z")
     for name in sorted(os.listdir(vm_dir)):
         if TEMPFILE_RE.search(name) or not name.startswith(volume):
             continue
         facts = facts_of(vm_dir / name)
         match = revision_re.match(name)
+        pin = pin_re.match(name)
         if name == volume + ".img":
             state.clean = facts
         elif name == volume + "-dirty.img":
@@ -391,6 +395,8 @@ def read_state(pool, vid):
             state.import_ = facts
         elif match:
             state.revisions[int(match.group(1))] = (match.group(2), facts)
+        elif pin:
+            state.pins[pin.group(1)] = facts
         elif name.startswith(volume + ".img") or name.startswith(volume + "-"):
             state.junk.append(name)
     return state

@@ -150,6 +150,7 @@ def test_malformed_vids_in_every_module(table_pool, btrfs_dir, modrun):
             ("reflink_import", {"pool": pool, "vid": vid, "size": "1M"}, r"vid|name"),
             ("reflink_import", {"pool": pool, "vid": VID, "src_vid": vid}, r"vid|name"),
             ("reflink_revert", {"pool": pool, "vid": vid}, r"vid|name"),
+            ("reflink_pin", {"pool": pool, "vid": vid, "name": "keep"}, r"vid|name"),
             ("reflink_info", {"pool": pool, "vids": [VID, vid]}, r"vid|name"),
             ("reflink_gc", {"pool": pool, "vids": [vid], "min_age": 0}, r"vid|name"),
             ("reflink_gc", {"pool": pool, "keep_vids": [VID, vid], "remove_orphans": True}, r"vid|name"),
@@ -331,7 +332,8 @@ def _plant(pool, outside, level):
         (pool / ".reflink" / "imports").symlink_to(outside / "imports")
     else:  # an image name: clean, precache, dirty, import, revision, tempfile
         name = {"precache": "private-precache.img", "import": "private-import.img", "dirty": "private-dirty.img",
-                "revision": "private.img.9@2026-01-01T00:00:00Z", "tempfile": "private.img~abcd1234"}[level]
+                "revision": "private.img.9@2026-01-01T00:00:00Z", "tempfile": "private.img~abcd1234",
+                "pin": "private.img.pin-keep"}[level]
         target = outside / ("victim-" + level)
         target.write_text("not a volume\n")
         path = pool / "appvms" / "work" / name
@@ -341,7 +343,7 @@ def _plant(pool, outside, level):
 
 
 SYMLINK_LEVELS = ["prefix", ".reflink", ".reflink/locks", "lock file", ".reflink/imports",
-                  "precache", "import", "dirty", "revision", "tempfile"]
+                  "precache", "import", "dirty", "revision", "tempfile", "pin"]
 _VOLUME_ROWS = [
     ("reflink_volume", {"size": "8M"}),
     ("reflink_volume", {"state": "absent"}),
@@ -359,7 +361,7 @@ _POOL_ROWS = [
 _MUST_REFUSE = {
     "prefix": "volume", ".reflink": "volume", ".reflink/locks": "volume", "lock file": "volume",
     ".reflink/imports": "import", "precache": "volume", "import": "volume", "dirty": "volume",
-    "revision": "volume", "tempfile": "volume",
+    "revision": "volume", "tempfile": "volume", "pin": "volume",
 }
 
 

@@ -272,6 +272,79 @@ class Revert(ce.Scenario):
         return ce.check_final(ctx, state, clean="revision 1", revisions=["revision 2", "old clean"])
 
 
+def _pin_file(ctx, name, vid=VID):
+    return _vm_dir(ctx, vid) / ("%s.img.pin-%s" % (os.path.basename(vid), name))
+
+
+def _pin_problems(ctx, state, name, allowed, final=None, mtime=None):
+    """A pin is always whole (one of ``allowed``, None: absent); at the end ``final``, with the data's time."""
+    facts = state.pins.get(name)
+    found = ctx.labels.of(facts)
+    problems = []
+    if final is None and found not in allowed:
+        problems.append("pin %s is %s; allowed: %s" % (name, found or "absent", ce.allowed_text(allowed)))
+    if final is not None and found != final:
+        problems.append("pin %s is %s, intended %s" % (name, found or "absent", final))
+    if final is not None and facts is not None:
+        if mtime is not None and facts.mtime_ns != mtime * 10 ** 9:
+            problems.append("pin %s has mtime %d, not the pinned data's time %d" % (name, facts.mtime_ns, mtime))
+        if state.clean is not None and facts.ino == state.clean.ino:
+            problems.append("pin %s shares its inode with the clean image" % name)
+    return problems
+
+
+class PinReplace(ce.Scenario):
+    """reflink_pin force=true: the pin "keep" held revision 1's data; it is replaced by revision 2's."""
+
+    name = "pin-replace"
+    module = "reflink_pin"
+
+    def setup(self, base):
+        ctx = _blank_context(base, {"name": "keep", "revision": 2, "force": True})
+        _stopped_volume(ctx, [(1, "revision 1", T0 - 2 * DAY), (2, "revision 2", T0 - DAY)])
+        copy_file(_vm_dir(ctx) / ("private.img.1@%s" % rh.stamp(T0 - 2 * DAY)), _pin_file(ctx, "keep"))
+        # qubesd's revisions carry their copy time as mtime; the pin takes the time in the name.
+        os.utime(_vm_dir(ctx) / ("private.img.2@%s" % rh.stamp(T0 - DAY)), (T0 + 60, T0 + 60))
+        return ctx
+
+    def crash_rules(self, ctx):
+        return ce.Rules(clean={"old clean"}, revisions={1: {"revision 1"}, 2: {"revision 2"}},
+                        precious=("revision 1", "revision 2", "old clean"))
+
+    def crash_problems(self, ctx, state):
+        return super().crash_problems(ctx, state) + _pin_problems(ctx, state, "keep", {"revision 1", "revision 2"})
+
+    def final_problems(self, ctx, state):
+        return ce.check_final(ctx, state, clean="old clean", revisions=["revision 1", "revision 2"]) + \
+            _pin_problems(ctx, state, "keep", (), final="revision 2", mtime=T0 - DAY)
+
+
+class RevertToPin(ce.Scenario):
+    """reflink_revert pin=good: the pin's data becomes the clean image, the old clean revision 2; the pin stays."""
+
+    name = "revert-to-pin"
+    module = "reflink_revert"
+
+    def setup(self, base):
+        ctx = _blank_context(base, {"pin": "good"})
+        _stopped_volume(ctx, [(1, "revision 1", T0 - DAY)])
+        ctx.labels.add("pinned", put_file(_pin_file(ctx, "good"), SIZE, [(8192, 300000)], seed=55, mtime=T0 - 3 * DAY))
+        return ctx
+
+    def crash_rules(self, ctx):
+        return ce.Rules(clean={"old clean", "pinned"}, revisions={1: {"revision 1"}, 2: {"old clean"}},
+                        precious=("revision 1", "old clean", "pinned"))
+
+    def crash_problems(self, ctx, state):
+        return super().crash_problems(ctx, state) + _pin_problems(ctx, state, "good", {"pinned"})
+
+    def final_problems(self, ctx, state):
+        problems = ce.check_final(ctx, state, clean="pinned", revisions=["revision 1", "old clean"])
+        if state.clean is not None and state.clean.mtime_ns != (T0 - 3 * DAY) * 10 ** 9:
+            problems.append("the clean image does not carry the pin's time")
+        return problems + _pin_problems(ctx, state, "good", (), final="pinned")
+
+
 class StoppedCommit(ce.Scenario):
     """reflink_volume state=stopped: commit the dirty image a halted VM left (keeping 2 revisions)."""
 
@@ -400,6 +473,8 @@ SCENARIOS = [
     ("import-new-volume", ImportNewVolume()),
     ("import-commit", ImportCommit()),
     ("revert", Revert()),
+    ("pin-replace", PinReplace()),
+    ("revert-to-pin", RevertToPin()),
     ("stopped-commit", StoppedCommit()),
     ("remove", Remove()),
     ("gc", Gc()),

@@ -122,6 +122,79 @@ class ImportCase:
 
 # ------------------------------------------------------------------- FICLONE
 
+class PinCase:
+    """A stopped volume and, for a revert, a pin "good" with its own data; remade on demand."""
+
+    def __init__(self, base, **args):
+        self.base = base
+        self.args = args
+        self.count = 0
+
+    def make(self):
+        self.count += 1
+        work = self.base / ("pin%d" % self.count)
+        work.mkdir()
+        self.pool = make_pool(work)
+        self.old = make_volume(self.pool)
+        self.pinned = put_file(self.vm_dir / "private.img.pin-good", SIZE, SOURCE_SEGMENTS, seed=55, mtime=T0 - 7200)
+        self.before = self.files()
+        return dict({"pool": str(self.pool), "vid": VID}, **self.args)
+
+    def reset(self):
+        pass
+
+    @property
+    def vm_dir(self):
+        return self.pool / "appvms" / "work"
+
+    def files(self):
+        """The pool's listing but the pool directory's own facts (the first run makes .reflink/ in it)."""
+        return {name: facts for name, facts in snapshot(self.pool).items() if name != "."}
+
+
+def test_ficlone_eio_while_pinning_fails_and_leaves_nothing(reflink_dir, modrun):
+    case = PinCase(reflink_dir, name="trial")
+    run, args = run_with_fault("reflink_pin", {"make": case.make, "reset": case.reset}, "ioctl", "EIO", 1, _ficlone)
+    result = run.result
+    assert result["failed"] and not result["changed"], result
+    assert "EIO" in result["msg"] and "no copy was attempted" in result["msg"], result["msg"]
+    assert case.files() == case.before   # no pin, no tempfile, the volume as it was
+    again = rh.run_direct("reflink_pin", **args)
+    assert not again["failed"] and again["changed"], again
+    assert (case.vm_dir / "private.img.pin-trial").read_bytes() == case.old
+
+
+def test_gated_ficlone_errno_while_pinning_gives_a_sparse_copy(reflink_dir, modrun):
+    case = PinCase(reflink_dir, name="trial")
+    run, _args = run_with_fault("reflink_pin", {"make": case.make, "reset": case.reset}, "ioctl", "EOPNOTSUPP", 1,
+                                _ficlone, onwards=True)
+    assert not run.result["failed"] and "sparse copy" in run.result["actions"][0], run.result
+    pin = case.vm_dir / "private.img.pin-trial"
+    assert pin.read_bytes() == case.old and os.stat(pin).st_mtime == T0
+    assert os.stat(pin).st_ino != os.stat(case.vm_dir / "private.img").st_ino
+
+
+def test_ficlone_eio_of_the_revert_to_a_pin_keeps_the_clean_image(reflink_dir, modrun):
+    """The second clone of a revert to a pin (the pin's clone that would become clean) fails."""
+    case = PinCase(reflink_dir, pin="good")
+    run, args = run_with_fault("reflink_revert", {"make": case.make, "reset": case.reset}, "ioctl", "EIO", 2,
+                               _ficlone)
+    assert run.result["failed"], run.result
+    assert "EIO" in run.result["msg"], run.result
+    assert (case.vm_dir / "private.img").read_bytes() == case.old
+    assert (case.vm_dir / "private.img.pin-good").read_bytes() == case.pinned
+    assert rh.pool_tempfiles(case.pool) == []
+    state = rh.read_state(case.pool, VID)
+    assert state.precache is None or state.precache_fresh
+    again = rh.run_direct("reflink_revert", **args)
+    assert not again["failed"] and again["changed"], again
+    assert (case.vm_dir / "private.img").read_bytes() == case.pinned
+    state = rh.read_state(case.pool, VID)
+    # The revision the failed run kept is not kept twice.
+    assert [facts.digest for _n, (_s, facts) in sorted(state.revisions.items())][-1] == rh.digest_bytes(case.old)
+    assert len(state.revisions) == 2 and state.precache_fresh
+
+
 @pytest.mark.parametrize("errno_name", GATED)
 def test_gated_ficlone_errno_falls_back_to_a_correct_copy(reflink_dir, modrun, errno_name):
     """Every FICLONE of an import fails with a gated errno: every clone becomes a sparse copy, the result is right.

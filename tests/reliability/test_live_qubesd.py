@@ -297,6 +297,21 @@ def test_revert_vm_started_after_the_revision_clone(btrfs_dir, modrun):
     assert "user.dom0-reflink.reverted-to" not in os.listxattr(revision)
 
 
+def test_revert_to_a_pin_vm_started_after_the_revision_clone(btrfs_dir, modrun):
+    pool = make_pool(btrfs_dir)
+    make_volume(pool, VID, revisions=[REVISION_1])
+    pin = pool / "appvms/work/private.img.pin-good"
+    put_file(pin, SIZE, [(0, 8192)], seed=60)
+    pin_before = rh.facts_of(pin)
+    before = rh.read_state(pool, VID)
+    with held_after("reflink_revert", {"pool": str(pool), "vid": VID, "pin": "good"}, "renameat", 1) as held:
+        dirty = start_volume(pool, VID)
+        result = held.resume()
+    assert_withdrawn(result, "the dirty image private-dirty.img appeared")
+    assert_untouched(pool, before, dirty)
+    assert rh.facts_of(pin) == pin_before
+
+
 def test_stopped_commit_loop_device_attached_mid_plan(btrfs_dir, modrun):
     """state=stopped commits a dirty image it saw (no false alarm), but not one a loop device took meanwhile."""
     pool = make_pool(btrfs_dir)

@@ -1,0 +1,187 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Pins: copies of a volume's image that only their own removal takes away (contract §7).
+
+A pin ``V.img.pin-<name>`` is a new inode with the content of the clean image
+or of a revision, and the time of that data as its mtime.  qubesd knows
+nothing of pins and none of its globs matches one, so its commits, pruning
+and reverts leave them alone; this file plans making, replacing and removing
+a pin, and a revert that makes a pin's content the clean image again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ansible_collections.dom0.reflink.plugins.module_utils import _actions as act
+from ansible_collections.dom0.reflink.plugins.module_utils import _clone as clone
+from ansible_collections.dom0.reflink.plugins.module_utils._compare import same_content
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, VolumeStateError
+from ansible_collections.dom0.reflink.plugins.module_utils._names import PIN_NAME_PATTERN, parse_timestamp
+from ansible_collections.dom0.reflink.plugins.module_utils._volume import FileInfo
+
+_PIN_NAME_RE = re.compile(PIN_NAME_PATTERN)
+
+CLEAN_SOURCE = "clean"
+
+
+def check_pin_name(value):
+    """``value`` if it is a valid pin name; InvalidArgument (nothing done yet) otherwise."""
+    # fullmatch, not match with '$': '$' would accept a name ending in a newline.
+    if not isinstance(value, str) or _PIN_NAME_RE.fullmatch(value) is None:
+        raise InvalidArgument(
+            "pin name %r is not valid: use 1 to 40 characters of a-z, 0-9, '_' and '-', starting with a "
+            "letter or digit (no '.', '/', '@', '~', capitals or spaces)" % (value,))
+    return value
+
+
+def parse_pin_source(value):
+    """What to pin, as users give it: "clean" (also None), "latest", or a revision id."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == CLEAN_SOURCE):
+        return CLEAN_SOURCE
+    if isinstance(value, str) and value.strip().lower() == "latest":
+        return "latest"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise InvalidArgument("revision must be 'clean', 'latest' or a revision id, a positive integer (got %r)"
+                          % (value,))
+
+
+def pin_marker(name):
+    """What a revert to pin ``name`` records on the clean image it makes."""
+    return act.PIN_MARKER_PREFIX + name
+
+
+def _set_mtime(mtime_ns):
+    def finish(fd):
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+    return finish
+
+
+class MakePin(act.Clone):
+    """A new pin (or, with force, the replacement of one): a clone whose mtime is the data's time."""
+
+    def __init__(self, rel, src, dst, mtime_ns, why):
+        super().__init__(rel, src, dst, why)
+        self.mtime_ns = mtime_ns
+
+    def run(self, workspace):
+        self.how = clone.clone_file(workspace.vm_dir, self.src, workspace.vm_dir, self.dst,
+                                    finish=_set_mtime(self.mtime_ns))
+
+    def simulate(self, files):
+        source = files[self.src]
+        files[self.dst] = FileInfo(self.dst, source.size, source.usage, self.mtime_ns)
+
+
+class RemovePin(act.Remove):
+    # A pin is never attached to a VM: a VM starting meanwhile is no reason to stop its removal.
+    destructive = False
+
+
+class RestorePin(act.Clone):
+    """Clean made anew from a pin: a clone of it, marked as this revert's result, renamed over clean."""
+
+    def __init__(self, rel, pin_file, clean, name):
+        super().__init__(rel, pin_file, clean, "revert to pin %s" % name, copy_mtime=True)
+        # It replaces the clean image (Clone only knows that for a clone onto its own source), and with
+        # it in place the revert is done: the precache that follows only finishes it.
+        self.destructive = self.completes = True
+        self.marker = pin_marker(name)
+
+    def run(self, workspace):
+        self.how = clone.clone_file(workspace.vm_dir, self.src, workspace.vm_dir, self.dst, copy_mtime=True,
+                                    finish=lambda fd: act.write_revert_marker(fd, self.marker))
+
+
+class PinPlanner:
+    """Plans for the pins of one volume, on top of its VolumePlanner."""
+
+    def __init__(self, planner):
+        self.planner = planner
+        self.files = planner.files
+        self.vid = planner.vid
+        self.rel = planner.rel
+
+    def source(self, revision):
+        """``(file name, mtime_ns of its data, description)`` of what ``revision`` names; refused if absent."""
+        files = self.files
+        if revision == CLEAN_SOURCE:
+            if files.clean is None:
+                why = " (a running volume with revisions_to_keep -1 has none)" if files.dirty is not None else ""
+                raise InvalidArgument("volume %s has no clean image to pin%s" % (self.vid, why))
+            return files.clean.name, files.clean.mtime_ns, CLEAN_SOURCE
+        number = files.revisions[-1][0] if revision == "latest" and files.revisions else revision
+        info = dict(files.revisions).get(number)
+        if info is None:
+            known = ", ".join(str(item) for item, _info in files.revisions) or "none"
+            raise InvalidArgument("volume %s has no revision %s to pin (revisions: %s)" % (self.vid, number, known))
+        # qubesd gives a revision the time of its copy as mtime; its name holds the data's time.
+        return info.name, parse_timestamp(files.revision_timestamp(number)) * 10 ** 9, "revision %d" % number
+
+    def same_file_content(self, left, right):
+        vm_dir = self.planner.vm_dir
+        left_fd = vm_dir.open_file(left, os.O_RDONLY)
+        try:
+            right_fd = vm_dir.open_file(right, os.O_RDONLY)
+            try:
+                return same_content(left_fd, right_fd)
+            finally:
+                os.close(right_fd)
+        finally:
+            os.close(left_fd)
+
+    def present(self, name, revision, force):
+        """Actions that make pin ``name`` hold ``revision``'s content, and the pinned source's description."""
+        src, mtime_ns, description = self.source(revision)
+        pin_file = self.vid.pin(name)
+        existing = self.files.pins.get(name)
+        if existing is None:
+            return [MakePin(self.rel, src, pin_file, mtime_ns, "pin %s (%s)" % (name, description))], description
+        if existing.size == self.size_of(src) and self.same_file_content(pin_file, src):
+            return [], description
+        if not force:
+            raise VolumeStateError(
+                "volume %s already has a pin %s with other content than its %s; choose another name, or set "
+                "force: true to replace it (the pin's old content is then lost)" % (self.vid, name, description))
+        return [MakePin(self.rel, src, pin_file, mtime_ns, "replace pin %s (force) by %s" % (name, description))], \
+            description
+
+    def size_of(self, name):
+        return next(info.size for info in self.files.all() if info.name == name)
+
+    def absent(self, name):
+        existing = self.files.pins.get(name)
+        if existing is None:
+            return []
+        return [RemovePin(self.rel, existing.name, "pin removed")]
+
+    def revert(self, name, discard_dirty, marker):
+        """Make pin ``name``'s content the clean image (a new inode); the current clean becomes a revision.
+
+        ``marker``: what a previous revert recorded on the clean image; the same
+        revert run again finds it, and the clean image still equal to the pin.
+        """
+        planner = self.planner
+        files = self.files
+        planner.refuse_revert_while_running()
+        pin = files.pins.get(name)
+        if pin is None:
+            known = ", ".join(sorted(files.pins)) or "none"
+            raise InvalidArgument("volume %s has no pin %s to revert to (pins: %s)" % (self.vid, name, known))
+        actions = planner.drop_dirty_for_revert(discard_dirty)
+        already = (marker == pin_marker(name) and files.clean is not None and files.clean.size == pin.size
+                   and self.same_file_content(files.clean.name, pin.name))
+        if already:
+            return actions or planner.finish_precache(0)
+        kept, _added = planner.keep_clean_as_revision(files, "keep the current image as a revision")
+        actions.extend(kept)
+        if files.precache is not None:
+            actions.append(act.RemovePrecache(self.rel, self.vid))
+        actions.append(RestorePin(self.rel, pin.name, self.vid.clean, name))
+        actions.append(planner.new_precache())
+        return actions
