@@ -75,6 +75,10 @@ OPERATIONS = [
     ("remove", "xfs", lambda outside: cm.Remove()),
     ("gc", "btrfs", lambda outside: cm.Gc()),
     ("gc", "xfs", lambda outside: cm.Gc()),
+    ("pin-replace", "btrfs", lambda outside: cm.PinReplace()),
+    ("pin-replace", "xfs", lambda outside: cm.PinReplace()),
+    ("revert-to-pin", "btrfs", lambda outside: cm.RevertToPin()),
+    ("revert-to-pin", "xfs", lambda outside: cm.RevertToPin()),
 ]
 
 
