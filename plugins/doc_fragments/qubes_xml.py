@@ -26,4 +26,5 @@ options:
         running-state file of any pool name counts as "in use".
     type: str
     default: auto
+    version_added: 0.2.0
 """
