@@ -2,6 +2,7 @@
 #
 #   make test     Debian packages + venv, pytest over tests/, then sanity
 #   make sanity   ansible-test sanity on a copy of the tree (offline pip bootstrap)
+#   make docs     the docs site (Sphinx, made by antsibull-docs) in build/docsite/html
 #   make demo     run playbooks/demo.yml against a throwaway btrfs loop mount
 #   make clean    remove build/ and tests/output/
 #
@@ -41,6 +42,12 @@ COMPAT_VENV := $(ROOT)/.venv-2.16
 COMPAT_REQUIREMENTS := $(ROOT)/extensions/molecule/requirements-ansible-2.16.txt
 COMPAT_STAMP := $(COMPAT_VENV)/.requirements-installed
 PYTHON313 ?=
+
+# `make docs`, `make docs-check`: the docs site's own virtual environment (Sphinx,
+# its theme, myst-parser, Playwright), kept apart from .venv like .venv-2.16.
+DOCS_VENV := $(ROOT)/.venv-docs
+DOCS_REQUIREMENTS := $(ROOT)/docs/sphinx/requirements.txt
+DOCS_STAMP := $(DOCS_VENV)/.requirements-installed
 
 # command:package pairs for `make deps` (sbin directories are searched too);
 # python3-venv is added when $(PYTHON) lacks ensurepip (Debian's own Python).
@@ -83,7 +90,7 @@ print(found.group(1))
 endef
 export ANSIBLE_TEST_PIP_VERSION_PY
 
-.PHONY: help deps venv collection test pytest test-reliability test-powercut sanity lint docs package-test molecule compat demo clean
+.PHONY: help deps venv collection test pytest test-reliability test-powercut sanity lint docs docs-venv package-test molecule compat demo clean
 
 help:
 	@echo 'Targets:'
@@ -96,7 +103,7 @@ help:
 	@echo '  make package-test  build the tarball, install it offline, run a module from it'
 	@echo '  make molecule    molecule test of extensions/molecule/* (MOLECULE_ARGS="-s default" for one)'
 	@echo '  make compat      scenario default with ansible-core 2.16, and with modules on Python 3.13'
-	@echo '  make docs        render the module pages and the guide into build/docs'
+	@echo '  make docs        the docs site (modules, role, guide, performance, reliability) in build/docsite/html'
 	@echo '  make demo        run playbooks/demo.yml on a temporary btrfs loop mount'
 	@echo '  make bench       benchmarks against cp and the bare ioctl, ~15 min (ARGS=--quick: < 1 min)'
 	@echo '  make bench-quick every benchmark case, tiny, to check that they run'
@@ -206,13 +213,28 @@ lint: venv collection
 	cd "$(COLLECTION_DIR)" && PATH="$(VENV_BIN):$$PATH" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" \
 		"$(VENV_BIN)/antsibull-docs" lint-collection-docs --plugin-docs .
 
-# Module pages and the guide (docs/docsite), rendered to reStructuredText in build/docs.
-docs: venv collection
-	rm -rf "$(ROOT)/build/docs" && mkdir -p "$(ROOT)/build/docs"
-	PATH="$(VENV_BIN):$$PATH" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" \
-		"$(VENV_BIN)/antsibull-docs" collection --use-current --output-format simplified-rst \
-		--dest-dir "$(ROOT)/build/docs" dom0.reflink
-	@echo "make docs: rendered into build/docs/collections/dom0/reflink/"
+# The docs site's virtual environment, made once and kept (re-done when its
+# requirements change), like .venv-2.16.
+docs-venv: $(DOCS_STAMP)
+
+$(DOCS_STAMP): $(DOCS_REQUIREMENTS)
+	@if [ -z "$(PYTHON)" ]; then echo 'make docs: no python3.11 or python3 on PATH' >&2; exit 1; fi
+	@want=$$("$(PYTHON)" -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	have=$$("$(DOCS_VENV)/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true); \
+	if [ "$$want" != "$$have" ]; then \
+		echo "make docs: creating $(DOCS_VENV) with $(PYTHON) (Python $$want)"; \
+		rm -rf "$(DOCS_VENV)"; \
+		"$(PYTHON)" -m venv "$(DOCS_VENV)"; \
+	fi
+	"$(DOCS_VENV)/bin/python" -m pip install --disable-pip-version-check -q -r "$(DOCS_REQUIREMENTS)"
+	touch "$@"
+
+# The docs site: a Sphinx project made afresh by `antsibull-docs sphinx-init` in
+# build/docsite/sphinx (from docs/sphinx/), built offline with -W into
+# build/docsite/html (see tools/docsite.sh).
+docs: docs-venv collection
+	ROOT="$(ROOT)" DOCS_VENV_BIN="$(DOCS_VENV)/bin" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" \
+		"$(ROOT)/tools/docsite.sh"
 
 # What a user installs: the tarball must hold no test output, venv or image,
 # and a module must run from the installed copy.
