@@ -60,7 +60,8 @@ DEB_COMMANDS := \
 	losetup:mount \
 	git:git \
 	shellcheck:shellcheck \
-	fusermount3:fuse3
+	fusermount3:fuse3 \
+	chromium:chromium
 
 RSYNC_EXCLUDES := \
 	--exclude=/.git \
@@ -90,7 +91,7 @@ print(found.group(1))
 endef
 export ANSIBLE_TEST_PIP_VERSION_PY
 
-.PHONY: help deps venv collection test pytest test-reliability test-powercut sanity lint docs docs-venv package-test molecule compat demo clean
+.PHONY: help deps venv collection test pytest test-reliability test-powercut sanity lint docs docs-check docs-venv package-test molecule compat demo clean
 
 help:
 	@echo 'Targets:'
@@ -104,6 +105,7 @@ help:
 	@echo '  make molecule    molecule test of extensions/molecule/* (MOLECULE_ARGS="-s default" for one)'
 	@echo '  make compat      scenario default with ansible-core 2.16, and with modules on Python 3.13'
 	@echo '  make docs        the docs site (modules, role, guide, performance, reliability) in build/docsite/html'
+	@echo '  make docs-check  make docs, then every page in headless Chromium: titles, option tables, links'
 	@echo '  make demo        run playbooks/demo.yml on a temporary btrfs loop mount'
 	@echo '  make bench       benchmarks against cp and the bare ioctl, ~15 min (ARGS=--quick: < 1 min)'
 	@echo '  make bench-quick every benchmark case, tiny, to check that they run'
@@ -165,6 +167,7 @@ test: deps venv
 	$(MAKE) --no-print-directory test-powercut
 	$(MAKE) --no-print-directory sanity
 	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory docs-check
 	$(MAKE) --no-print-directory package-test
 	$(MAKE) --no-print-directory bench-quick
 	$(MAKE) --no-print-directory molecule
@@ -235,6 +238,14 @@ $(DOCS_STAMP): $(DOCS_REQUIREMENTS)
 docs: docs-venv collection
 	ROOT="$(ROOT)" DOCS_VENV_BIN="$(DOCS_VENV)/bin" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" \
 		"$(ROOT)/tools/docsite.sh"
+
+# Every page of the site in headless Chromium (Debian's, driven by Playwright):
+# tests/docsite, run on its own (conftest.py of tests/ is not loaded); the
+# screenshot of the reflink_volume page is build/docsite/reflink_volume.png.
+docs-check: docs
+	cd "$(ROOT)" && PATH="$(DOCS_VENV)/bin:$$PATH" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" \
+		"$(DOCS_VENV)/bin/python" -m pytest --confcutdir=tests/docsite -p no:cacheprovider tests/docsite $(PYTEST_ARGS)
+	@echo "make docs-check: screenshot in build/docsite/reflink_volume.png"
 
 # What a user installs: the tarball must hold no test output, venv or image,
 # and a module must run from the installed copy.
