@@ -14,15 +14,17 @@ tarball=$(ls "$WORK"/dist/dom0-reflink-*.tar.gz)
 echo "package-test: built $(basename "$tarball") ($(stat -c %s "$tarball") bytes)"
 
 contents=$(tar -tzf "$tarball")
-# Nothing generated may ship.
-unwanted=$(echo "$contents" | grep -E '(^|/)(\.venv[^/]*|build|tests/output|__pycache__|\.git|\.pytest_cache)(/|$)|\.img$|\.pyc$' || true)
+# Nothing generated may ship: no venv, build/ (the docs site and its screenshots
+# are there), test output, cache or image.
+unwanted=$(echo "$contents" | grep -E '(^|/)(\.venv[^/]*|build|tests/output|__pycache__|\.git|\.pytest_cache|\.ruff_cache|\.mypy_cache|\.ansible|\.ci)(/|$)|\.img$|\.pyc$|\.png$|^changelogs/\.plugin-cache\.yaml$' || true)
 if [ -n "$unwanted" ]; then
     echo "package-test: the tarball holds files it must not:" >&2
     echo "$unwanted" >&2
     exit 1
 fi
 for wanted in MANIFEST.json README.md meta/runtime.yml plugins/modules/reflink_volume.py \
-              plugins/module_utils/_clone.py; do
+              plugins/module_utils/_clone.py roles/pool/meta/argument_specs.yml \
+              docs/docsite/extra-docs.yml docs/docsite/rst/guide.rst; do
     grep -qx "$wanted" <<<"$contents" || { echo "package-test: $wanted is missing" >&2; exit 1; }
 done
 
