@@ -1,6 +1,6 @@
 # Build and test entry points for the dom0.reflink collection (GNU make).
 #
-#   make test     Debian packages + venv, pytest over tests/, then sanity
+#   make test     Debian packages + venvs, every test suite, sanity, lint, docs-check, package-test
 #   make sanity   ansible-test sanity on a copy of the tree (offline pip bootstrap)
 #   make docs     the docs site (Sphinx, made by antsibull-docs) in build/docsite/html
 #   make demo     run playbooks/demo.yml against a throwaway btrfs loop mount
@@ -95,7 +95,8 @@ export ANSIBLE_TEST_PIP_VERSION_PY
 
 help:
 	@echo 'Targets:'
-	@echo '  make test        deps + venv, pytest over tests/, then make sanity'
+	@echo '  make test        deps + venv, then pytest, test-reliability, test-powercut, sanity, lint,'
+	@echo '                   docs-check, package-test, bench-quick, molecule and compat'
 	@echo '  make pytest      pytest only (PYTEST_ARGS="..." to pass options)'
 	@echo '  make test-reliability  crash matrix, faults, concurrency, bad input (tests/reliability)'
 	@echo '  make test-powercut  power cuts replayed from a block-level write log (tests/powercut), ~4 min'
