@@ -44,6 +44,8 @@ PYTHON313 ?=
 
 # command:package pairs for `make deps` (sbin directories are searched too);
 # python3-venv is added when $(PYTHON) lacks ensurepip (Debian's own Python).
+# sshd, ssh, ssh-keygen, sudo, visudo, useradd: the fleet suite (tests/fleet)
+# runs its own sshd per host and logs in as a user it makes, with sudo.
 DEB_COMMANDS := \
 	mkfs.btrfs:btrfs-progs \
 	mkfs.xfs:xfsprogs \
@@ -53,7 +55,13 @@ DEB_COMMANDS := \
 	losetup:mount \
 	git:git \
 	shellcheck:shellcheck \
-	fusermount3:fuse3
+	fusermount3:fuse3 \
+	sshd:openssh-server \
+	ssh:openssh-client \
+	ssh-keygen:openssh-client \
+	sudo:sudo \
+	visudo:sudo \
+	useradd:passwd
 
 RSYNC_EXCLUDES := \
 	--exclude=/.git \
@@ -121,10 +129,18 @@ deps:
 			echo "make deps: missing Debian packages:$$missing (run as root to install them)" >&2; \
 			exit 1; \
 		fi; \
-		echo "make deps: installing$$missing"; \
+		missing=$$(printf '%s\n' $$missing | sort -u | tr '\n' ' '); \
+		echo "make deps: installing $$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
+		policy=/usr/sbin/policy-rc.d; own_policy=''; \
+		if [ ! -e "$$policy" ]; then \
+			own_policy=$$policy; \
+			trap 'rm -f "$$own_policy"' EXIT; \
+			printf '#!/bin/sh\n# make deps: openssh-server must not start a system sshd\n[ "$$1" = ssh ] && exit 101\nexit 0\n' >"$$policy"; \
+			chmod 0755 "$$policy"; \
+		fi; \
 		apt-get update -q; \
-		apt-get install -y -q --no-install-recommends $$missing; \
+		apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 $$missing; \
 	fi
 
 venv: $(VENV_STAMP)
