@@ -91,7 +91,7 @@ print(found.group(1))
 endef
 export ANSIBLE_TEST_PIP_VERSION_PY
 
-.PHONY: help deps venv collection test pytest test-reliability test-powercut sanity lint docs package-test molecule compat demo clean
+.PHONY: help deps venv collection test pytest test-reliability test-powercut test-fleet sanity lint docs package-test molecule compat demo clean
 
 help:
 	@echo 'Targets:'
@@ -99,6 +99,7 @@ help:
 	@echo '  make pytest      pytest only (PYTEST_ARGS="..." to pass options)'
 	@echo '  make test-reliability  crash matrix, faults, concurrency, bad input (tests/reliability)'
 	@echo '  make test-powercut  power cuts replayed from a block-level write log (tests/powercut), ~4 min'
+	@echo '  make test-fleet  three SSH hosts, a user with sudo, forks 3, pipelining on/off (tests/fleet), ~2-3 min'
 	@echo '  make sanity      ansible-test sanity (SANITY_ARGS="--test NAME" to narrow)'
 	@echo '  make lint        ruff, yamllint, ansible-lint (production), changelog and docs lint'
 	@echo '  make package-test  build the tarball, install it offline, run a module from it'
@@ -172,6 +173,7 @@ test: deps venv
 	$(MAKE) --no-print-directory pytest
 	$(MAKE) --no-print-directory test-reliability
 	$(MAKE) --no-print-directory test-powercut
+	$(MAKE) --no-print-directory test-fleet
 	$(MAKE) --no-print-directory sanity
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory package-test
@@ -197,6 +199,12 @@ test-reliability: deps venv
 # then replayed at its crash states (counts in tests/output/powercut/crash-states.json).
 test-powercut: deps venv
 	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/python" -m pytest tests/powercut $(PYTEST_ARGS)
+
+# tests/fleet is not in testpaths either: the collection as a fleet uses it, over SSH
+# (an sshd per host on 127.0.0.2-4, started by the tests; openssh-server from Debian)
+# as an unprivileged user with sudo, three hosts at once, pipelining on and off.
+test-fleet: deps venv
+	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/python" -m pytest tests/fleet $(PYTEST_ARGS)
 
 # ansible-test bootstraps pip in each of its virtual environments with a script
 # it downloads from a host that is unreachable here; tools/get_pip.py is put
