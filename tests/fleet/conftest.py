@@ -62,8 +62,9 @@ def _run(cmd, **kwargs):
     """Run a command (stdin closed); fail the test with its output when it fails."""
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False, **kwargs)
     if proc.returncode != 0:
-        pytest.fail('%s failed with status %d:\n%s%s' % (' '.join(map(str, cmd)), proc.returncode,
-                                                          proc.stdout, proc.stderr), pytrace=False)
+        command = ' '.join(map(str, cmd))
+        pytest.fail('%s failed with status %d:\n%s%s' % (command, proc.returncode, proc.stdout, proc.stderr),
+                    pytrace=False)
     return proc
 
 
@@ -124,8 +125,8 @@ def fleet_rundir():
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    pytest.fail('another fleet session has held %s for %d s' % (FLEET_BASE / 'session.lock',
-                                                                               SESSION_LOCK_TIMEOUT), pytrace=False)
+                    pytest.fail('another fleet session has held %s for %d s'
+                                % (FLEET_BASE / 'session.lock', SESSION_LOCK_TIMEOUT), pytrace=False)
                 time.sleep(1)
         for stale in FLEET_BASE.glob('run-*'):
             shutil.rmtree(stale, ignore_errors=True)
