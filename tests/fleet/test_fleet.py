@@ -51,15 +51,15 @@ def assert_disk(host, private_size=PRIVATE_SIZE):
     assert not (pool / 'appvms' / 'old').exists(), '%s: gc left the empty VM directory' % host.name
 
     # The modules ran as root through sudo: nothing of the login user's is in the pool.
-    not_root = {rel: st[0] for rel, st in disk_helpers.listing(pool).items() if os.lstat(pool / rel).st_uid != 0}
-    assert not not_root, '%s: files not owned by root: %s' % (host.name, sorted(not_root))
+    not_root = sorted(rel for rel in disk_helpers.listing(pool) if os.lstat(pool / rel).st_uid != 0)
+    assert not not_root, '%s: files not owned by root: %s' % (host.name, not_root)
 
 
-def assert_ok(run, host, changed=None):
-    stats = run.stats(host)
-    assert stats['failures'] == 0 and stats['unreachable'] == 0, '%s: %r\n%s' % (host, stats, run.describe())
-    if changed is not None:
-        assert (stats['changed'] > 0) == changed, '%s: changed=%d\n%s' % (host, stats['changed'], run.describe())
+def assert_ok(run, host_name, changed):
+    """The play recap of host_name: no failure, reachable, and changed something or not."""
+    stats = run.stats(host_name)
+    assert stats['failures'] == 0 and stats['unreachable'] == 0, '%s: %r\n%s' % (host_name, stats, run.describe())
+    assert (stats['changed'] > 0) == changed, '%s: changed=%d\n%s' % (host_name, stats['changed'], run.describe())
 
 
 def assert_reports(run, host):
