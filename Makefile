@@ -51,6 +51,8 @@ DOCS_STAMP := $(DOCS_VENV)/.requirements-installed
 
 # command:package pairs for `make deps` (sbin directories are searched too);
 # python3-venv is added when $(PYTHON) lacks ensurepip (Debian's own Python).
+# sshd, ssh, ssh-keygen, sudo, visudo, useradd: the fleet suite (tests/fleet)
+# runs its own sshd per host and logs in as a user it makes, with sudo.
 DEB_COMMANDS := \
 	mkfs.btrfs:btrfs-progs \
 	mkfs.xfs:xfsprogs \
@@ -61,7 +63,13 @@ DEB_COMMANDS := \
 	git:git \
 	shellcheck:shellcheck \
 	fusermount3:fuse3 \
-	chromium:chromium
+	chromium:chromium \
+	sshd:openssh-server \
+	ssh:openssh-client \
+	ssh-keygen:openssh-client \
+	sudo:sudo \
+	visudo:sudo \
+	useradd:passwd
 
 RSYNC_EXCLUDES := \
 	--exclude=/.git \
@@ -91,15 +99,16 @@ print(found.group(1))
 endef
 export ANSIBLE_TEST_PIP_VERSION_PY
 
-.PHONY: help deps venv collection test pytest test-reliability test-powercut sanity lint docs docs-check docs-venv package-test molecule compat demo clean
+.PHONY: help deps venv collection test pytest test-reliability test-powercut test-fleet sanity lint docs docs-check docs-venv package-test molecule compat demo clean
 
 help:
 	@echo 'Targets:'
-	@echo '  make test        deps + venv, then pytest, test-reliability, test-powercut, sanity, lint,'
+	@echo '  make test        deps + venv, then pytest, test-reliability, test-powercut, test-fleet, sanity, lint,'
 	@echo '                   docs-check, package-test, bench-quick, molecule and compat'
 	@echo '  make pytest      pytest only (PYTEST_ARGS="..." to pass options)'
 	@echo '  make test-reliability  crash matrix, faults, concurrency, bad input (tests/reliability)'
 	@echo '  make test-powercut  power cuts replayed from a block-level write log (tests/powercut), ~4 min'
+	@echo '  make test-fleet  three SSH hosts, a user with sudo, forks 3, pipelining on/off (tests/fleet), ~2-3 min'
 	@echo '  make sanity      ansible-test sanity (SANITY_ARGS="--test NAME" to narrow)'
 	@echo '  make lint        ruff, yamllint, ansible-lint (production), changelog and docs lint'
 	@echo '  make package-test  build the tarball, install it offline, run a module from it'
@@ -131,10 +140,18 @@ deps:
 			echo "make deps: missing Debian packages:$$missing (run as root to install them)" >&2; \
 			exit 1; \
 		fi; \
-		echo "make deps: installing$$missing"; \
+		missing=$$(printf '%s\n' $$missing | sort -u | tr '\n' ' '); \
+		echo "make deps: installing $$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
+		policy=/usr/sbin/policy-rc.d; own_policy=''; \
+		if [ ! -e "$$policy" ]; then \
+			own_policy=$$policy; \
+			trap 'rm -f "$$own_policy"' EXIT; \
+			printf '#!/bin/sh\n# make deps: openssh-server must not start a system sshd\n[ "$$1" = ssh ] && exit 101\nexit 0\n' >"$$policy"; \
+			chmod 0755 "$$policy"; \
+		fi; \
 		apt-get update -q; \
-		apt-get install -y -q --no-install-recommends $$missing; \
+		apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 $$missing; \
 	fi
 
 venv: $(VENV_STAMP)
@@ -166,6 +183,7 @@ test: deps venv
 	$(MAKE) --no-print-directory pytest
 	$(MAKE) --no-print-directory test-reliability
 	$(MAKE) --no-print-directory test-powercut
+	$(MAKE) --no-print-directory test-fleet
 	$(MAKE) --no-print-directory sanity
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory docs-check
@@ -192,6 +210,12 @@ test-reliability: deps venv
 # then replayed at its crash states (counts in tests/output/powercut/crash-states.json).
 test-powercut: deps venv
 	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/python" -m pytest tests/powercut $(PYTEST_ARGS)
+
+# tests/fleet is not in testpaths either: the collection as a fleet uses it, over SSH
+# (an sshd per host on 127.0.0.2-4, started by the tests; openssh-server from Debian)
+# as an unprivileged user with sudo, three hosts at once, pipelining on and off.
+test-fleet: deps venv
+	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/python" -m pytest tests/fleet $(PYTEST_ARGS)
 
 # ansible-test bootstraps pip in each of its virtual environments with a script
 # it downloads from a host that is unreachable here; tools/get_pip.py is put
