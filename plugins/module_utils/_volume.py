@@ -186,15 +186,17 @@ def scan_names(vm_dir, entries, wanted_volume=None):
     return infos, unsafe
 
 
-def read_volume(vm_dir, vid):
+def read_volume(vm_dir, vid, entries=None):
     """The VolumeFiles of ``vid`` in the open VM directory ``vm_dir`` (None: VM dir missing).
 
-    A file named like one of the volume's images that is not a regular file
-    (a planted symlink, say) raises UnsafePath.
+    ``entries``: the directory's names if the caller listed it already (a batch
+    lists each VM directory once for all its volumes).  A file named like one
+    of the volume's images that is not a regular file (a planted symlink, say)
+    raises UnsafePath.
     """
     if vm_dir is None:
         return VolumeFiles(vid)
-    infos, unsafe = scan_names(vm_dir, vm_dir.names(), vid.volume)
+    infos, unsafe = scan_names(vm_dir, vm_dir.names() if entries is None else entries, vid.volume)
     if unsafe:
         vm_dir.regular_lstat(sorted(unsafe)[0])  # raises UnsafePath with the details
     return VolumeFiles.from_infos(vid, infos)
