@@ -237,9 +237,10 @@ def _plan_all(requests, workspaces, surroundings, qubes):
         planner = VolumePlanner(files, surroundings, workspace.rel, workspace.vm_dir, workspace.prefix_dir,
                                 qubes=qubes.volume(request.vid) if qubes is not None else None)
         actions = _labelled(request, plan_request, request, planner, sorted(state.names), state.exists)
-        after = simulate(files, actions)
-        state.names.difference_update(info.name for info in files.all_with_pins())
-        state.names.update(info.name for info in after.all_with_pins())
+        after = simulate(files, actions) if actions else files
+        if actions:
+            state.names.difference_update(info.name for info in files.all_with_pins())
+            state.names.update(info.name for info in after.all_with_pins())
         if any(isinstance(action, act.MakeVmDir) for action in actions):
             state.exists = True
         elif any(isinstance(action, act.RemoveVmDirIfEmpty) for action in actions) and not state.names:

@@ -153,8 +153,11 @@ def acquire(directory, name, *, exclusive, timeout, purpose, what, create=True, 
                 "purpose": purpose,
                 "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }).encode()
-            os.ftruncate(fd, 0)
+            # Overwritten in place, cut only when an older record was longer: a truncation is a metadata
+            # write, and a batch writes one record per volume.
             os.pwrite(fd, record, 0)
+            if os.fstat(fd).st_size > len(record):
+                os.ftruncate(fd, len(record))
     except BaseException:
         os.close(fd)
         raise
