@@ -3,7 +3,7 @@
 """Benchmarks of dom0.reflink against what a user would otherwise run (root only).
 
     .venv/bin/python benchmarks/run.py [--quick] [--cases 1,2,3,4,5,6] [--json PATH] [--markdown PATH]
-    make bench            (full run, about 10-15 minutes)
+    make bench            (full run, about 15-20 minutes; case 6 alone about 5)
     make bench-quick      (every case, tiny sizes, 1-2 rounds: checks that it all runs)
 
 Builds its own loop-mounted btrfs, XFS and ext4 filesystems (sparse image
