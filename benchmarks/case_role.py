@@ -319,8 +319,9 @@ def run(ctx) -> list:
         detail.rows.append(['whole run', bl.fmt_time(wall), '100%'])
         detail.data.append({'volumes': target, 'wall_s': wall, 'tasks_s': tasks})
         detail.notes.append('A task\'s time: from its start to its result (junit callback), loops and skipped '
-                            'tasks included; the callback adds its own work, so the whole run is a little slower '
-                            'than in the table above (median %s).' % bl.fmt_time(results['role', target]['rerun'].median))
+                            'tasks included. One run of its own, with the callback\'s work added: its whole run '
+                            'differs from the median in the table above (%s) by that and by the noise of the machine.'
+                            % bl.fmt_time(results['role', target]['rerun'].median))
         sections.append(detail)
     else:
         section.notes.append('No breakdown: every rerun takes over %s.' % bl.fmt_time(BREAKDOWN_LIMIT_S))
