@@ -262,7 +262,8 @@ def run(ctx) -> list:
             label = 'role dom0.reflink.pool' if kind == 'role' else 'loop: one reflink_volume task per volume'
             if (kind, count) in predicted:
                 guess = predicted[kind, count]
-                why = 'takes minutes' if kind == 'loop' else 'a run would take over %d s' % RUN_LIMIT_S
+                why = ('run up to %d volumes only' % loop_counts[-1] if kind == 'loop'
+                       else 'a run would take over %d s' % RUN_LIMIT_S)
                 section.rows.append([count, '%s (not run, %s: linear from %s)'
                                      % (label, why, ' and '.join(str(c) for c in counts if (kind, c) in results)),
                                      '~' + bl.fmt_time(guess['creation']), '~' + bl.fmt_ratio(ratio(kind, count, 'creation')),
