@@ -10,9 +10,10 @@ module: reflink_volume
 short_description: Create, resize, commit or remove a volume image in a reflink pool
 version_added: 0.1.0
 description:
-  - Manages one origin volume (one that keeps its data while the VM is stopped, such as a VM's
+  - Manages an origin volume (one that keeps its data while the VM is stopped, such as a VM's
     V(private) volume or a template's V(root)) in a C(file-reflink) pool, with exactly the files
-    Qubes OS' qubesd uses, so that both can work on the same pool.
+    Qubes OS' qubesd uses, so that both can work on the same pool; or, with O(volumes), many of
+    them in one task.
   - The module reads the volume's files, plans the file operations that bring it to the wanted
     state, and runs them; RV(actions) lists each of them in plain words.
   - Every step is atomic and durable (new files are written unnamed or under a tempfile, fsynced,
