@@ -561,6 +561,7 @@ SCENARIOS = [
     ("remove", Remove()),
     ("gc", Gc()),
     ("batch-btrfs", Batch("btrfs")),
+    ("batch-xfs", Batch("xfs")),
 ]
 
 
