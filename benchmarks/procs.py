@@ -1,6 +1,6 @@
 # Copyright: dom0.reflink contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Child processes: modules run directly (child.py), optionally under strace; ansible ad-hoc runs."""
+"""Child processes: modules run directly (child.py), optionally under strace; ansible ad-hoc and playbook runs."""
 
 from __future__ import annotations
 
@@ -115,12 +115,8 @@ def count_calls(path: str) -> dict:
     return dict(counts)
 
 
-def ansible(ctx, module: str, args: dict, check: bool = False) -> tuple[float, str]:
-    """Run ``ansible localhost -c local -m MODULE -a ARGS``; (wall seconds, output)."""
-    command = [os.path.join(ctx.venv_bin, 'ansible'), 'localhost', '-c', 'local', '-m', module,
-               '-a', json.dumps(args)]
-    if check:
-        command.append('--check')
+def ansible_env(ctx, extra: dict | None = None) -> dict:
+    """The environment of an ansible run: the collection, this venv's Python, a private ANSIBLE_HOME, no colours."""
     env = bl.tool_env({
         'LC_ALL': 'C.UTF-8',
         'PATH': ctx.venv_bin + ':' + os.environ.get('PATH', '/usr/bin:/bin') + ':' + bl.SBIN_PATH,
@@ -132,10 +128,36 @@ def ansible(ctx, module: str, args: dict, check: bool = False) -> tuple[float, s
         'ANSIBLE_NOCOLOR': '1',
         'ANSIBLE_FORCE_COLOR': '0',
     })
+    if extra:
+        env.update(extra)
+    return env
+
+
+def ansible(ctx, module: str, args: dict, check: bool = False) -> tuple[float, str]:
+    """Run ``ansible localhost -c local -m MODULE -a ARGS``; (wall seconds, output)."""
+    command = [os.path.join(ctx.venv_bin, 'ansible'), 'localhost', '-c', 'local', '-m', module,
+               '-a', json.dumps(args)]
+    if check:
+        command.append('--check')
     start = time.perf_counter()
-    result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, check=False)
+    result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=ansible_env(ctx),
+                            check=False)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError('ansible -m %s failed (%d): %s %s'
                            % (module, result.returncode, result.stdout[-3000:], result.stderr[-2000:]))
+    return wall, result.stdout
+
+
+def playbook(ctx, path: str, extra_env: dict | None = None) -> tuple[float, str]:
+    """Run ``ansible-playbook -i localhost, PATH``; (wall seconds, output)."""
+    # An inline inventory of localhost only: no inventory file to parse, no implicit-localhost warning.
+    command = [os.path.join(ctx.venv_bin, 'ansible-playbook'), '-i', 'localhost,', path]
+    start = time.perf_counter()
+    result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            env=ansible_env(ctx, extra_env), check=False)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError('ansible-playbook %s failed (%d): %s %s'
+                           % (path, result.returncode, result.stdout[-3000:], result.stderr[-2000:]))
     return wall, result.stdout

@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Benchmarks of dom0.reflink against what a user would otherwise run (root only).
 
-    .venv/bin/python benchmarks/run.py [--quick] [--cases 1,2,3,4,5] [--json PATH] [--markdown PATH]
-    make bench            (full run, about 10-15 minutes)
+    .venv/bin/python benchmarks/run.py [--quick] [--cases 1,2,3,4,5,6] [--json PATH] [--markdown PATH]
+    make bench            (full run, about 15-20 minutes; case 6 alone about 5)
     make bench-quick      (every case, tiny sizes, 1-2 rounds: checks that it all runs)
 
 Builds its own loop-mounted btrfs, XFS and ext4 filesystems (sparse image
@@ -41,11 +41,13 @@ import case_clone  # noqa: E402  pylint: disable=wrong-import-position
 import case_copy  # noqa: E402  pylint: disable=wrong-import-position
 import case_ops  # noqa: E402  pylint: disable=wrong-import-position
 import case_pool  # noqa: E402  pylint: disable=wrong-import-position
+import case_role  # noqa: E402  pylint: disable=wrong-import-position
 
 DEFAULT_BASE_DIR = '/var/tmp/dom0-reflink-bench'
-CASES = ('1', '2', '3', '4', '5')
+CASES = ('1', '2', '3', '4', '5', '6')
 # Filesystems each case needs, and their sizes (sparse image files: only what is written takes space).
-NEEDS = {'1': ('btrfs', 'xfs'), '2': ('ext4', 'btrfs', 'xfs'), '3': ('btrfs',), '4': ('btrfs',), '5': ('btrfs',)}
+NEEDS = {'1': ('btrfs', 'xfs'), '2': ('ext4', 'btrfs', 'xfs'), '3': ('btrfs',), '4': ('btrfs',), '5': ('btrfs',),
+         '6': ('btrfs',)}
 SIZES = {'btrfs': (1 * bl.GiB, 12 * bl.GiB), 'xfs': (512 * bl.MiB, 6 * bl.GiB), 'ext4': (512 * bl.MiB, 6 * bl.GiB)}
 TOOLS = ('strace', 'filefrag', 'cp', 'cmp', 'mkfs.btrfs', 'mkfs.xfs', 'mkfs.ext4', 'losetup')
 
@@ -156,6 +158,8 @@ def run_case(key, ctx):
     """The sections of case ``key``."""
     if key == '2':
         return case_copy.run(ctx)
+    if key == '6':
+        return case_role.run(ctx)
     module = {'1': case_clone, '3': case_ansible, '4': case_pool, '5': case_ops}[key]
     return [module.run(ctx)]
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One compatibility run of the molecule scenario `default` (prepare, converge,
-# idempotence, verify, the example playbooks, destroy), run by `make compat`
+# One compatibility run of the molecule scenarios `default` (prepare, converge,
+# idempotence, verify, the example playbooks, destroy) and `role_pool` (the
+# role's filters and its one batch task are templated by this ansible-core too), run by `make compat`
 # from the repository root:
 #
 #   compat.sh LABEL VENV_BIN [MODULE_PYTHON]
@@ -25,4 +26,5 @@ echo "== compat $label: $(ansible --version | head -n 1) on $("$venv_bin/python"
      "modules on $("$module_python" --version) ($module_python)"
 start=$(date +%s)
 molecule test --scenario-name default
+molecule test --scenario-name role_pool
 echo "== compat $label: passed in $(( $(date +%s) - start )) s"

@@ -116,8 +116,8 @@ class Lock:
         self.release()
 
 
-def acquire(directory, name, *, exclusive, timeout, purpose, what, create=True):
-    """Take the flock on ``directory/name`` within ``timeout`` seconds.
+def acquire(directory, name, *, exclusive, timeout, purpose, what, create=True, deadline=None):
+    """Take the flock on ``directory/name`` within ``timeout`` seconds (or by ``deadline``, a monotonic time).
 
     Returns a :class:`Lock`, or None when ``create`` is false and the lock file
     does not exist (check mode: nothing can be holding it for our kind of work
@@ -131,7 +131,8 @@ def acquire(directory, name, *, exclusive, timeout, purpose, what, create=True):
     except FileNotFoundError:
         return None
     operation = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
-    deadline = time.monotonic() + timeout
+    if deadline is None:
+        deadline = time.monotonic() + timeout
     delay = _POLL_START
     try:
         while True:
@@ -152,8 +153,11 @@ def acquire(directory, name, *, exclusive, timeout, purpose, what, create=True):
                 "purpose": purpose,
                 "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }).encode()
-            os.ftruncate(fd, 0)
+            # Overwritten in place, cut only when an older record was longer: a truncation is a metadata
+            # write, and a batch writes one record per volume.
             os.pwrite(fd, record, 0)
+            if os.fstat(fd).st_size > len(record):
+                os.ftruncate(fd, len(record))
     except BaseException:
         os.close(fd)
         raise
@@ -209,3 +213,30 @@ def try_volume_lock(locks_dir, vid):
         os.close(fd)
         return None
     return Lock(fd)
+
+
+@contextlib.contextmanager
+def volume_locks(pool_dir, vids, *, timeout, purpose, create=True):
+    """Hold the pool lock shared and the locks of all ``vids`` (exclusive) for the ``with`` block.
+
+    The volume locks are taken in vid order, as every batch takes them, so two
+    batches that share volumes wait for each other instead of deadlocking (a
+    single-volume task holds one volume lock: it cannot close a cycle).  One
+    deadline of ``timeout`` seconds covers them all.
+    """
+    deadline = time.monotonic() + timeout
+    with metadata_subdir(pool_dir, LOCKS_DIR, create) as locks:
+        held = []
+        try:
+            if locks is not None:
+                wanted = [(POOL_LOCK, False, "pool")]
+                wanted.extend((vid.lock_name, True, "volume %s" % vid) for vid in sorted(vids, key=str))
+                for name, exclusive, what in wanted:
+                    lock = acquire(locks, name, exclusive=exclusive, timeout=timeout, purpose=purpose,
+                                   what=what, create=create, deadline=deadline)
+                    if lock is not None:
+                        held.append(lock)
+            yield
+        finally:
+            for lock in reversed(held):
+                lock.release()

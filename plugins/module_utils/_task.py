@@ -245,7 +245,8 @@ def main_wrapper(module, work):
     try:
         result = work()
     except PlanFailed as exc:
-        module.fail_json(msg=str(exc), actions=exc.done, changed=exc.changed)
+        # A batch's failure also says what each item done before it left (``result``).
+        module.fail_json(msg=str(exc), actions=exc.done, changed=exc.changed, **getattr(exc, "result", {}))
     except ReflinkError as exc:
         module.fail_json(msg=str(exc), actions=[], changed=False)
     except OSError as exc:

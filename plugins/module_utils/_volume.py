@@ -186,15 +186,17 @@ def scan_names(vm_dir, entries, wanted_volume=None):
     return infos, unsafe
 
 
-def read_volume(vm_dir, vid):
+def read_volume(vm_dir, vid, entries=None):
     """The VolumeFiles of ``vid`` in the open VM directory ``vm_dir`` (None: VM dir missing).
 
-    A file named like one of the volume's images that is not a regular file
-    (a planted symlink, say) raises UnsafePath.
+    ``entries``: the directory's names if the caller listed it already (a batch
+    lists each VM directory once for all its volumes).  A file named like one
+    of the volume's images that is not a regular file (a planted symlink, say)
+    raises UnsafePath.
     """
     if vm_dir is None:
         return VolumeFiles(vid)
-    infos, unsafe = scan_names(vm_dir, vm_dir.names(), vid.volume)
+    infos, unsafe = scan_names(vm_dir, vm_dir.names() if entries is None else entries, vid.volume)
     if unsafe:
         vm_dir.regular_lstat(sorted(unsafe)[0])  # raises UnsafePath with the details
     return VolumeFiles.from_infos(vid, infos)
@@ -265,6 +267,8 @@ class Surroundings:
         return os.path.join(self.pool_realpath, vid.vm_dir, name)
 
     def loops_of(self, vid, name):
+        if not self.loops:
+            return []   # no loop device at all: the common case, and a batch asks for every file of every volume
         return self.loops.get(self.image_realpath(vid, name), [])
 
     def running_reasons(self, files):
@@ -284,15 +288,16 @@ class Surroundings:
                            % QUBES_RUNNING_GLOB.replace("*", "<pool>:" + escaped))
         return reasons
 
-    def in_use_reasons(self, files):
-        reasons = self.running_reasons(files)
+    def in_use_reasons(self, files, running=None):
+        """``running``: the volume's running_reasons if the caller has them already."""
+        reasons = list(self.running_reasons(files) if running is None else running)
         if files.dirty is not None:
             reasons.append("dirty image %s exists (the volume is started, or halted with a "
                            "commit pending)" % files.dirty.name)
         return reasons
 
-    def state(self, files):
-        if self.running_reasons(files):
+    def state(self, files, running=None):
+        if self.running_reasons(files) if running is None else running:
             return RUNNING
         if files.dirty is not None:
             return DIRTY
@@ -303,7 +308,8 @@ class Surroundings:
 
 def volume_report(pool_path, files, surroundings):
     """The ``volume`` dict every module returns."""
-    reasons = surroundings.in_use_reasons(files)
+    running = surroundings.running_reasons(files)
+    reasons = surroundings.in_use_reasons(files, running)
     return {
         "vid": str(files.vid),
         "image": os.path.join(pool_path, files.vid.vm_dir, files.vid.clean),
@@ -313,7 +319,7 @@ def volume_report(pool_path, files, surroundings):
             {"id": number, "timestamp": names.classify(info.name).timestamp}
             for number, info in files.revisions
         ],
-        "state": surroundings.state(files),
+        "state": surroundings.state(files, running),
         "in_use": bool(reasons),
         "in_use_reasons": reasons,
         "precache": files.precache_state,

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -338,3 +339,100 @@ def test_directories_made_by_another_process_at_the_same_moment(btrfs_dir, modru
             problems.append("%s failing with EEXIST (made by another process) makes the task fail: %s"
                             % (call.split(" = ")[0], run.result["msg"]))
     assert not problems, "\n".join(problems)
+
+
+def _flock_holders(lock_dir, known_pid):
+    """{lock file name: {pid: "READ" or "WRITE"}} of the flocks held now on the files of ``lock_dir``.
+
+    /proc/locks names a file by device and inode, and for btrfs its device is not stat's st_dev (a
+    subvolume's): the device is the one of the pool lock that ``known_pid`` holds.
+    """
+    inodes = {os.stat(os.path.join(lock_dir, name)).st_ino: name for name in os.listdir(lock_dir)}
+    pool_inode = os.stat(os.path.join(lock_dir, "pool.lock")).st_ino
+    entries = []
+    with open("/proc/locks", encoding="ascii") as handle:
+        for line in handle:
+            fields = line.split()
+            if len(fields) >= 6 and fields[1] == "FLOCK":
+                device, inode = fields[5].rsplit(":", 1)
+                entries.append((device, int(inode), int(fields[4]), fields[3]))
+    [device] = {entry[0] for entry in entries if entry[1] == pool_inode and entry[2] == known_pid}
+    held = {}
+    for entry_device, inode, pid, mode in entries:
+        if entry_device == device and inode in inodes:
+            held.setdefault(inodes[inode], {})[pid] = mode
+    return held
+
+
+@contextlib.contextmanager
+def _stopped_after(module, args, syscall, when):
+    """Run ``module`` until strace stops it (SIGSTOP, after the call ran) at its ``when``-th ``syscall``."""
+    work = tempfile.mkdtemp()
+    stopped = None
+    try:
+        rh.write_args(os.path.join(work, "args.json"), args)
+        runner = rh.zygote()
+        pid = runner.spawn(module, os.path.join(work, "args.json"), os.path.join(work, "out.txt"), stop=True)
+        stopped = _StoppedModule(runner, pid, work)
+        trace = os.path.join(work, "trace.txt")
+        stopped.tracer = rh.attach_strace(pid, trace, ["-e", "trace=" + syscall,
+                                                       "-e", "inject=%s:signal=SIGSTOP:when=%d" % (syscall, when)])
+        os.kill(pid, signal.SIGCONT)
+        rh.wait_for_trace(stopped.tracer, trace,
+                          lambda text: text.count(syscall + "(") >= when and text.count("stopped by SIGSTOP") >= 2,
+                          "the module to stop after its %s #%d" % (syscall, when))
+        yield stopped
+    finally:
+        try:
+            if stopped is not None and stopped.status is None:
+                stopped.kill()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def test_batches_in_opposite_orders_and_a_single_task_take_the_locks_in_vid_order(btrfs_dir, modrun):
+    """Batch A (vids in order), held right after it took its first volume lock; then batch B (the same vids
+    in reverse) and a single-volume task S on B's first item start.
+
+    S needs only its own volume: it runs to the end while A is held.  B must wait for the first vid in
+    vid order, which A holds, holding no volume lock itself: had it taken its locks in its own order
+    (the last vid first), A and B would each hold what the other waits for until lock_timeout.  Once A
+    goes on, A and B succeed, and each volume is made exactly once.
+    """
+    pool = make_pool(btrfs_dir)
+    vids = ["appvms/vm%d/private" % number for number in range(4)]
+    locks = pool / ".reflink" / "locks"
+    names = [vid.replace("/", "-") + ".lock" for vid in vids]
+
+    def batch(order):
+        return {"pool": str(pool), "volumes": [{"vid": vid, "size": "4M"} for vid in order], "lock_timeout": 30}
+
+    # pwrite64 #1: the record of who holds the first volume lock (the pool lock is taken shared, with no record).
+    with _stopped_after("reflink_volume", batch(vids), "pwrite64", 1) as held_a:
+        assert _flock_holders(locks, held_a.pid) == {"pool.lock": {held_a.pid: "READ"}, names[0]: {held_a.pid: "WRITE"}}
+        with ThreadPoolExecutor(max_workers=2) as executor:
+            single = executor.submit(rh.run_direct, "reflink_volume", pool=str(pool), vid=vids[-1], size="4M",
+                                     lock_timeout=30)
+            b_future = executor.submit(rh.run_direct, "reflink_volume", **batch(list(reversed(vids))))
+            result_s = assert_ok(single.result(timeout=60))
+            assert result_s["changed"] is True
+            # B is in volume_locks once it shares the pool lock with A.
+            rh.wait_for(lambda: len(_flock_holders(locks, held_a.pid).get("pool.lock", {})) >= 2, "batch B to take the pool lock")
+            time.sleep(0.5)   # far longer than B needs to take any lock that is free
+            assert not b_future.done(), b_future.result()
+            held = _flock_holders(locks, held_a.pid)
+            [pid_b] = set(held["pool.lock"]) - {held_a.pid}
+            assert {name: pids for name, pids in held.items() if name != "pool.lock"} == \
+                {names[0]: {held_a.pid: "WRITE"}}, "batch B (pid %d) holds a volume lock while it waits" % pid_b
+            result_a = assert_ok(held_a.resume())
+            result_b = assert_ok(b_future.result(timeout=60))
+    made = {vid: [] for vid in vids}
+    for who, result in (("A", result_a), ("B", result_b)):
+        for item in result["volumes"]:
+            if item["changed"]:
+                made[item["vid"]].append(who)
+    made[vids[-1]].append("S")
+    assert made == {vids[0]: ["A"], vids[1]: ["A"], vids[2]: ["A"], vids[3]: ["S"]}, made
+    for vid in vids:
+        assert os.path.getsize(pool / (vid + ".img")) == SIZE
+        assert_tidy(pool, vid)

@@ -400,6 +400,88 @@ class Remove(ce.Scenario):
         return problems
 
 
+class Batch(ce.Scenario):
+    """reflink_volume with ``volumes``: grow a stopped volume, create one in a new VM, remove a third.
+
+    ctx.vid is the grown volume (the engine reads it); the other two items are
+    checked here, each with labels of its own, so that no item's data can pass
+    for another's.  Besides each item's own rules, a kill must respect the
+    order: an item that started (its files differ from the initial state)
+    comes after items that are done, never before an item left half-way.
+    """
+
+    module = "reflink_volume"
+    grown, created, removed = VID, "appvms/new/private", "appvms/old/private"
+    noise_kills = False   # its in-use checks read every loop device of the host a dozen times
+
+    def __init__(self, fs):
+        self.fs = fs
+        self.name = "batch-grow-create-remove"
+
+    def setup(self, base):
+        ctx = _blank_context(base, {"volumes": [{"vid": self.grown, "size": "8M"},
+                                                {"vid": self.created, "size": "4M"},
+                                                {"vid": self.removed, "state": "absent"}]})
+        del ctx.args["vid"]   # mutually exclusive with volumes
+        clean = _stopped_volume(ctx, [(1, "revision 1", T0 - DAY)])
+        ctx.labels.add("old clean grown to 8 MiB", clean + bytes(4 * rh.MIB))
+        new = ctx.extra["created"] = ce.Context(base, ctx.pool, self.created, {}, rh.Labels())
+        new.labels.add("zeros", bytes(SIZE))
+        old = ctx.extra["removed"] = ce.Context(base, ctx.pool, self.removed, {}, rh.Labels())
+        _stopped_volume(old, [(1, "revision 1", T0 - 2 * DAY), (2, "revision 2", T0 - DAY)], vid=self.removed,
+                        seed=9)
+        ctx.extra["initial"] = {vid: self._listing(ctx, vid) for vid in (self.grown, self.removed)}
+        return ctx
+
+    def _listing(self, ctx, vid):
+        vm_dir = _vm_dir(ctx, vid)
+        return rh.listing(vm_dir) if vm_dir.is_dir() else None
+
+    def _progress(self, ctx, grown, created, removed):
+        """Each item in order: "untouched", "done" or "started" (changed, not yet done)."""
+        initial = ctx.extra["initial"]
+        return [
+            ("untouched" if self._listing(ctx, self.grown) == initial[self.grown] else
+             "done" if ctx.labels.of(grown.clean) == "old clean grown to 8 MiB" and grown.precache_fresh
+             else "started"),
+            ("untouched" if not created.vm_dir_exists else
+             "done" if ctx.extra["created"].labels.of(created.clean) == "zeros" and created.precache_fresh
+             else "started"),
+            ("untouched" if self._listing(ctx, self.removed) == initial[self.removed] else
+             "done" if not removed.vm_dir_exists else "started"),
+        ]
+
+    def crash_problems(self, ctx, state):
+        new, old = ctx.extra["created"], ctx.extra["removed"]
+        created, removed = rh.read_state(ctx.pool, new.vid), rh.read_state(ctx.pool, old.vid)
+        problems = ce.check_rules(ctx, state, ce.Rules(clean={"old clean", "old clean grown to 8 MiB"},
+                                                       revisions={1: {"revision 1"}}, precious=("revision 1",)))
+        if created.clean is None:
+            problems += ["new volume: %s" % p for p in ce.check_rules(new, created, ce.Rules(clean={None}))]
+            if created.precache is not None:
+                problems.append("new volume: a precache exists without a clean image")
+        else:
+            problems += ["new volume: %s" % p for p in ce.check_rules(new, created, ce.Rules(clean={"zeros"}))]
+        problems += ["removed volume: %s" % p for p in ce.check_rules(old, removed, ce.Rules(
+            clean={None, "old clean"}, revisions={1: {"revision 1"}, 2: {"revision 2"}}))]
+        progress = self._progress(ctx, state, created, removed)
+        for position, how in enumerate(progress):
+            if how != "untouched" and any(before != "done" for before in progress[:position]):
+                problems.append("volumes item %d %s while the items before it are %s"
+                                % (position + 1, how, ", ".join(progress[:position])))
+        return problems
+
+    def final_problems(self, ctx, state):
+        new = ctx.extra["created"]
+        problems = ce.check_final(ctx, state, clean="old clean grown to 8 MiB", revisions=["revision 1"])
+        problems += ["new volume: %s" % p for p in ce.check_final(new, rh.read_state(ctx.pool, new.vid),
+                                                                  clean="zeros", revisions=[])]
+        if _vm_dir(ctx, self.removed).exists():
+            problems.append("removed volume: VM directory still exists: %s"
+                            % sorted(os.listdir(_vm_dir(ctx, self.removed))))
+        return problems
+
+
 class Gc(ce.Scenario):
     """reflink_gc min_age=0 revisions_to_keep=1 rebuild_precache on a pool with every kind of leftover."""
 
@@ -478,6 +560,8 @@ SCENARIOS = [
     ("stopped-commit", StoppedCommit()),
     ("remove", Remove()),
     ("gc", Gc()),
+    ("batch-btrfs", Batch("btrfs")),
+    ("batch-xfs", Batch("xfs")),
 ]
 
 

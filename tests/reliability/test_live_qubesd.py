@@ -462,3 +462,56 @@ def test_window_between_the_last_check_and_the_commit_rename(btrfs_dir, modrun, 
     figures = (min(windows) * 1e3, sorted(windows)[2] * 1e3, max(windows) * 1e3)
     print("\nwindow from the last in-use check's VM-directory listing to the commit rename (under strace): "
           "min %.3f ms, median %.3f ms, max %.3f ms" % figures)
+
+
+# ------------------------------------------------------- reflink_volume volumes
+
+BATCH_FIRST, BATCH_THIRD = "appvms/first/private", "appvms/third/private"
+
+
+@pytest.mark.parametrize("hold", [("renameat", 2), ("fsync", 6)],
+                         ids=["after-the-first-items-rename", "between-the-items"])
+def test_batch_vm_of_the_second_item_started_mid_batch(btrfs_dir, modrun, hold):
+    """qubesd starts the VM of item 2 after the batch planned: item 1 stays done, item 2 is withdrawn, 3 not begun.
+
+    Held after item 1's last rename (its precache's), or after the fsync of item 1's VM directory that
+    ends it (fsync #1 and #2 are of the new .reflink and .reflink/locks directories).  Item 2's resize is
+    one step (clone, then rename over clean): the guard checks right before it; a start inside that
+    step is the window docs/reliability.md describes, as for a single-volume resize.
+    """
+    pool = make_pool(btrfs_dir)
+    first = make_volume(pool, BATCH_FIRST, seed=4)
+    make_volume(pool, VID, revisions=[REVISION_1])
+    volumes = [{"vid": BATCH_FIRST, "size": "8M"}, {"vid": VID, "size": "8M"}, {"vid": BATCH_THIRD, "size": "4M"}]
+    args = {"pool": str(pool), "volumes": volumes}
+    before = rh.read_state(pool, VID)
+    with held_after("reflink_volume", args, *hold) as held:
+        assert os.path.getsize(pool / (BATCH_FIRST + ".img")) == 8 * rh.MIB
+        dirty = start_volume(pool, VID)
+        result = held.resume()
+    assert_withdrawn(result, "volumes item 2 (%s): " % VID, "the dirty image private-dirty.img appeared",
+                     "nothing of the volume was replaced",
+                     "the items before it were done (%s)" % BATCH_FIRST, "the items after it were not started",
+                     changed=True)
+    # Item 1's work is reported as done, and stays done.
+    [report] = result["volumes"]
+    assert report["vid"] == BATCH_FIRST and report["changed"] is True and report["size"] == 8 * rh.MIB, report
+    assert report["actions"] and set(report["actions"]) <= set(result["actions"]), result
+    assert not any(VID in text or BATCH_THIRD in text for text in result["actions"]), result["actions"]
+    with open(pool / (BATCH_FIRST + ".img"), "rb") as handle:
+        assert handle.read() == first + bytes(4 * rh.MIB)
+    # Item 2: clean and revisions as they were, the VM's dirty image as it wrote it, no grown copy left.
+    assert_untouched(pool, before, dirty)
+    assert os.path.getsize(pool / (VID + ".img")) == SIZE
+    # Item 3 was not begun: not even its VM directory.
+    assert not (pool / os.path.dirname(BATCH_THIRD)).exists()
+
+    # The VM stops (its dirty image committed); the same task then finishes the batch.
+    commit_after_stop(pool)
+    rerun = rh.run_direct("reflink_volume", **args)
+    assert not rerun["failed"], rerun
+    assert [item["changed"] for item in rerun["volumes"]] == [False, True, True], rerun
+    assert (pool / (VID + ".img")).read_bytes() == dirty + bytes(4 * rh.MIB)
+    assert os.path.getsize(pool / (BATCH_THIRD + ".img")) == 4 * rh.MIB
+    again = rh.run_direct("reflink_volume", **args)
+    assert not again["failed"] and again["changed"] is False, again
