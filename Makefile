@@ -147,7 +147,7 @@ deps:
 		if [ ! -e "$$policy" ]; then \
 			own_policy=$$policy; \
 			trap 'rm -f "$$own_policy"' EXIT; \
-			printf '#!/bin/sh\n# make deps: openssh-server must not start a system sshd\n[ "$$1" = ssh ] && exit 101\nexit 0\n' >"$$policy"; \
+			printf '#!/bin/sh\n# make deps: openssh-server must not start a system sshd\ncase "$$1" in ssh|ssh.service|ssh.socket) exit 101;; esac\nexit 0\n' >"$$policy"; \
 			chmod 0755 "$$policy"; \
 		fi; \
 		apt-get update -q; \

@@ -16,11 +16,12 @@ Nothing here imports Ansible.
 
 from __future__ import annotations
 
+import re
 import resource
 from dataclasses import dataclass, field
 
 from ansible_collections.dom0.reflink.plugins.module_utils import _actions as act
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, PoolError, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._inuse_guard import InUseGuard
 from ansible_collections.dom0.reflink.plugins.module_utils._locks import volume_locks
 from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_vid
@@ -38,7 +39,7 @@ CHANGES = {"present": "create or resize", "stopped": "commit", "absent": None}
 _TRUE = frozenset(("yes", "on", "1", "true", "y", "t"))
 _FALSE = frozenset(("no", "off", "0", "false", "n", "f"))
 # File descriptors a batch needs besides one lock per volume (the pool, its directories, Python's own).
-_FD_MARGIN = 256
+_FD_MARGIN = 64
 
 
 @dataclass
@@ -135,7 +136,7 @@ def _boolean(value, what):
 
 def _integer(value):
     """Integers as templating may hand them over: "2" is 2; anything else is left to the check."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
         return int(value.strip())
     return value
 
@@ -188,6 +189,8 @@ def run_volume_batch(params, check_mode, diff, purpose="reflink_volume volumes")
             _labelled(request, refuse_qubesd_volume, qubes, request.vid, request.changes)
     _make_room_for_locks(len(requests))
     with _open_task_pool(pool, check_mode, warnings) as pool_dir, _PrefixDirs(pool_dir) as prefixes:
+        if not requests:   # nothing to do, and no lock file to make for it
+            return dict(_result([], pool, None, diff), **({"warnings": warnings} if warnings else {}))
         workspaces = [_labelled(request, prefixes.workspace, request.vid) for request in requests]
         try:
             with volume_locks(pool_dir, [request.vid for request in requests], timeout=params["lock_timeout"],
@@ -212,43 +215,48 @@ def _labelled(request, function, *args):
     """``function(*args)`` while planning; its refusal names the item that caused it (nothing changed yet)."""
     try:
         return function(*args)
-    except ReflinkError as exc:
-        text = str(exc)
+    except (ReflinkError, OSError) as exc:
+        if isinstance(exc, ReflinkError):
+            error, text = exc, str(exc)
+        else:   # a directory or image that could not be read: refused like any other item
+            error = PoolError("")
+            text = "%s%s" % (exc.strerror or exc, " (%s)" % exc.filename if exc.filename else "")
         if "nothing was changed" not in text:
             text += "; nothing was changed"
-        # The same class and attributes (a way_out, say), without calling an __init__ of another signature.
-        error = type(exc).__new__(type(exc))
+        # The same error (its class and attributes, a way_out say), with the item in front of its message.
         error.args = ("%s: %s" % (request.label, text),)
-        error.__dict__.update(exc.__dict__)
         raise error from None
 
 
 def _plan_all(requests, workspaces, surroundings, qubes):
     """Plan every item in order, each against the VM directories the earlier ones leave."""
     vm_dirs = {}
-    plans = []
-    for request, workspace in zip(requests, workspaces, strict=True):
-        workspace.open_vm_dir()
-        state = vm_dirs.get(request.vid.vm_dir)
-        if state is None:
-            listing = workspace.vm_dir.names() if workspace.vm_dir is not None else []
-            state = vm_dirs[request.vid.vm_dir] = _VmDirState(listing, set(listing), workspace.vm_dir is not None)
-        files = _labelled(request, read_volume, workspace.vm_dir, request.vid, state.listing)
-        planner = VolumePlanner(files, surroundings, workspace.rel, workspace.vm_dir, workspace.prefix_dir,
-                                qubes=qubes.volume(request.vid) if qubes is not None else None)
-        actions = _labelled(request, plan_request, request, planner, sorted(state.names), state.exists)
-        after = simulate(files, actions) if actions else files
-        if actions:
-            state.names.difference_update(info.name for info in files.all_with_pins())
-            state.names.update(info.name for info in after.all_with_pins())
-        if any(isinstance(action, act.MakeVmDir) for action in actions):
-            state.exists = True
-        elif any(isinstance(action, act.RemoveVmDirIfEmpty) for action in actions) and not state.names:
-            state.exists = False
-        # One descriptor per volume would be too many for a large batch: opened again to execute.
-        workspace.close_vm_dir()
-        plans.append(_Planned(request, workspace, files, actions, after))
-    return plans
+    return [_labelled(request, _plan_one, request, workspace, vm_dirs, surroundings, qubes)
+            for request, workspace in zip(requests, workspaces, strict=True)]
+
+
+def _plan_one(request, workspace, vm_dirs, surroundings, qubes):
+    """One item's plan; ``vm_dirs`` (vm_dir -> _VmDirState) records what it leaves for the items after it."""
+    workspace.open_vm_dir()
+    state = vm_dirs.get(request.vid.vm_dir)
+    if state is None:
+        listing = workspace.vm_dir.names() if workspace.vm_dir is not None else []
+        state = vm_dirs[request.vid.vm_dir] = _VmDirState(listing, set(listing), workspace.vm_dir is not None)
+    files = read_volume(workspace.vm_dir, request.vid, state.listing)
+    planner = VolumePlanner(files, surroundings, workspace.rel, workspace.vm_dir, workspace.prefix_dir,
+                            qubes=qubes.volume(request.vid) if qubes is not None else None)
+    actions = plan_request(request, planner, sorted(state.names), state.exists)
+    after = simulate(files, actions) if actions else files
+    if actions:
+        state.names.difference_update(info.name for info in files.all_with_pins())
+        state.names.update(info.name for info in after.all_with_pins())
+    if any(isinstance(action, act.MakeVmDir) for action in actions):
+        state.exists = True
+    elif any(isinstance(action, act.RemoveVmDirIfEmpty) for action in actions) and not state.names:
+        state.exists = False
+    # One descriptor per volume would be too many for a large batch: opened again to execute.
+    workspace.close_vm_dir()
+    return _Planned(request, workspace, files, actions, after)
 
 
 def _execute_all(plans, surroundings, pool):
@@ -274,10 +282,11 @@ def _stopped_at(plans, position, exc, pool, surroundings):
     if isinstance(exc, PlanFailed):
         plan.done = exc.done
     changed_before = [item for item in plans[:position] if item.actions]
-    message = "%s: %s; %s; the items after it were not started; run the task again to finish" % (
+    again = "" if "run the task again" in str(exc) else "; run the task again to finish"
+    message = "%s: %s; %s; the items after it were not started%s" % (
         plan.request.label, exc,
         "the items before it were done (%s)" % ", ".join(str(item.request.vid) for item in changed_before)
-        if changed_before else "no item before it changed anything")
+        if changed_before else "no item before it changed anything", again)
     done = [text for item in plans[:position + 1] for text in item.done]
     # The item's own plan ran fully when only reading it afterwards failed.
     changed = bool(changed_before) or (exc.changed if isinstance(exc, PlanFailed) else bool(plan.done))

@@ -220,8 +220,11 @@ def volume_locks(pool_dir, vids, *, timeout, purpose, create=True):
     """Hold the pool lock shared and the locks of all ``vids`` (exclusive) for the ``with`` block.
 
     The volume locks are taken in vid order, as every batch takes them, so two
-    batches that share volumes wait for each other instead of deadlocking (a
-    single-volume task holds one volume lock: it cannot close a cycle).  One
+    batches that share volumes wait for each other instead of deadlocking, and
+    so does a task that holds one volume lock.  reflink_import from another
+    volume (src_vid) holds the source's lock while it waits for its target's:
+    against a batch holding the target and waiting for the source, one of the
+    two times out (naming the holder) rather than both waiting forever.  One
     deadline of ``timeout`` seconds covers them all.
     """
     deadline = time.monotonic() + timeout

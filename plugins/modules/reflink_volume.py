@@ -25,12 +25,10 @@ extends_documentation_fragment:
   - dom0.reflink.attributes
 options:
   vid:
-    description:
-      - Exactly one of O(vid) and O(volumes) is required.
     required: false
   volumes:
     description:
-      - Many volumes in one task, instead of O(vid) (mutually exclusive with it). One module run
+      - Many volumes in one task, instead of O(vid) (exactly one of the two is required). One module run
         costs about 0.3 s, while checking a volume that needs nothing takes a millisecond, so a whole
         pool is best reconciled with one such task rather than a loop.
       - Each item has a O(volumes[].vid) and any of O(volumes[].state), O(volumes[].size),

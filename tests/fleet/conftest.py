@@ -96,6 +96,11 @@ def _remove_user():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         time.sleep(0.2)
+    for pid in _processes_of(uid):   # what SIGTERM did not end in 10 s
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if _processes_of(uid):
+        time.sleep(0.5)
     _run(['userdel', '--remove', FLEET_USER])
 
 
@@ -152,7 +157,7 @@ def fleet_user(fleet_rundir):
               '--comment', 'dom0.reflink fleet tests', FLEET_USER])
         user = pwd.getpwnam(FLEET_USER)
         ssh_dir = pathlib.Path(user.pw_dir) / '.ssh'
-        ssh_dir.mkdir(mode=0o700)
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
         authorized = ssh_dir / 'authorized_keys'
         authorized.write_text(key.with_suffix('.pub').read_text())
         authorized.chmod(0o600)
@@ -291,8 +296,14 @@ def fleet_filesystems(fleet_rundir):
             made[name] = loopfs.create(kind, None, base)
         yield made
     finally:
-        for fs in made.values():
-            fs.destroy()
+        failures = []
+        for fs in made.values():   # each one, even when an earlier one fails to go
+            try:
+                fs.destroy()
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                failures.append('%s: %s' % (fs, exc))
+        if failures:
+            raise RuntimeError('could not remove loop filesystems: %s' % '; '.join(failures))
 
 
 # ------------------------------------------------------------------ the fleet

@@ -140,7 +140,10 @@ def test_a_bad_fourth_item_changes_nothing(btrfs_dir, run_module):
         "twice": ({"vid": "appvms/a/private"}, "given twice"),
         "in use": ({"vid": "appvms/busy/private", "state": "absent"}, "in use"),
         "bad state": ({"vid": "appvms/d/private", "state": "gone"}, "state must be one of"),
+        "bad revisions_to_keep": ({"vid": "appvms/d/private", "revisions_to_keep": "--1"}, "revisions_to_keep must be"),
+        "symlinked VM directory": ({"vid": "appvms/link/private", "size": "4M"}, "is a symlink"),
     }
+    os.symlink(btrfs_dir, pool / "appvms" / "link")
     before = pool_listing(pool)   # lock files aside: planning takes the locks, as a single task does
     for why, (item, words) in bad_fourth.items():
         result = run_module("reflink_volume", **batch(pool, good + [item, {"vid": "appvms/e/private", "size": "4M"}]))
@@ -158,6 +161,7 @@ def test_mutually_exclusive_with_vid_and_empty_list(btrfs_dir, run_module):
     assert neither.get("failed") and "vid" in neither["msg"] and "volumes" in neither["msg"], neither
     empty = run_module("reflink_volume", **batch(pool, []))
     assert not empty.get("failed") and empty["changed"] is False and empty["volumes"] == [], empty
+    assert sorted(os.listdir(pool)) == ["appvms", "vm-templates"]   # not even a lock file
     assert sorted(os.listdir(pool / "appvms")) == []
 
 
