@@ -179,26 +179,13 @@ def pool_lock(pool_dir, *, exclusive, timeout, purpose, create=True):
                 lock.release()
 
 
-@contextlib.contextmanager
 def volume_lock(pool_dir, vid, *, timeout, purpose, create=True, exclusive=True):
     """Hold the pool lock shared and the volume lock of ``vid`` for the ``with`` block.
 
     ``exclusive=False`` takes the volume lock shared, for reading a source volume.
     """
-    with metadata_subdir(pool_dir, LOCKS_DIR, create) as locks:
-        held = []
-        try:
-            if locks is not None:
-                for name, excl, what in ((POOL_LOCK, False, "pool"),
-                                         (vid.lock_name, exclusive, "volume %s" % vid)):
-                    lock = acquire(locks, name, exclusive=excl, timeout=timeout, purpose=purpose,
-                                   what=what, create=create)
-                    if lock is not None:
-                        held.append(lock)
-            yield
-        finally:
-            for lock in reversed(held):
-                lock.release()
+    return _holding(pool_dir, [(POOL_LOCK, False, "pool"), (vid.lock_name, exclusive, "volume %s" % vid)],
+                    timeout=timeout, purpose=purpose, create=create)
 
 
 def try_volume_lock(locks_dir, vid):
@@ -215,7 +202,6 @@ def try_volume_lock(locks_dir, vid):
     return Lock(fd)
 
 
-@contextlib.contextmanager
 def volume_locks(pool_dir, vids, *, timeout, purpose, create=True):
     """Hold the pool lock shared and the locks of all ``vids`` (exclusive) for the ``with`` block.
 
@@ -227,13 +213,22 @@ def volume_locks(pool_dir, vids, *, timeout, purpose, create=True):
     two times out (naming the holder) rather than both waiting forever.  One
     deadline of ``timeout`` seconds covers them all.
     """
+    wanted = [(POOL_LOCK, False, "pool")]
+    wanted.extend((vid.lock_name, True, "volume %s" % vid) for vid in sorted(vids, key=str))
+    return _holding(pool_dir, wanted, timeout=timeout, purpose=purpose, create=create)
+
+
+@contextlib.contextmanager
+def _holding(pool_dir, wanted, *, timeout, purpose, create):
+    """Take the locks ``wanted`` ((name, exclusive, what), in that order) and hold them for the ``with`` block.
+
+    One deadline of ``timeout`` seconds covers them all; they are released in the reverse order.
+    """
     deadline = time.monotonic() + timeout
     with metadata_subdir(pool_dir, LOCKS_DIR, create) as locks:
         held = []
         try:
             if locks is not None:
-                wanted = [(POOL_LOCK, False, "pool")]
-                wanted.extend((vid.lock_name, True, "volume %s" % vid) for vid in sorted(vids, key=str))
                 for name, exclusive, what in wanted:
                     lock = acquire(locks, name, exclusive=exclusive, timeout=timeout, purpose=purpose,
                                    what=what, create=create, deadline=deadline)

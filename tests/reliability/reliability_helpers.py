@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -460,3 +461,69 @@ def counter_text(counts):
 
 def count_calls(calls):
     return collections.Counter(call.name for call in calls)
+
+
+# -- a module held at a system call (strace SIGSTOP injection) -----------------------
+
+class HeldModule:
+    """A module process that strace stopped; resume() lets it finish and returns its result, kill() ends it."""
+
+    def __init__(self, runner, pid, work):
+        self.runner, self.pid, self.work = runner, pid, work
+        self.tracer = None
+        self.status = None
+
+    def _end_tracer(self):
+        if self.tracer is not None:
+            self.tracer.terminate()   # strace detaches on SIGTERM; the tracee stays stopped
+            try:
+                self.tracer.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.tracer.kill()
+                self.tracer.wait(timeout=30)
+            self.tracer = None
+
+    def resume(self):
+        self._end_tracer()
+        os.kill(self.pid, signal.SIGCONT)
+        self.status = self.runner.wait(self.pid)
+        out = pathlib.Path(self.work, "out.txt")
+        return parse_result(out.read_text(errors="replace") if out.exists() else "", self.status)
+
+    def kill(self):
+        """SIGKILL it; returns how it ended (see zygote's wait)."""
+        os.kill(self.pid, signal.SIGKILL)
+        self.status = self.runner.wait(self.pid)
+        self._end_tracer()
+        return self.status
+
+
+@contextlib.contextmanager
+def held_after(module, args, syscall, when=1, path=None):
+    """Run ``module`` until it has made its ``when``-th ``syscall`` (on ``path``, if given); strace stops it there.
+
+    ``syscall`` may name several calls ("unlinkat,unlink"): the ``when``-th of any of them.
+    """
+    work = tempfile.mkdtemp(prefix="dom0-reflink-held-")
+    held = None
+    names = syscall.split(",")
+    try:
+        write_args(os.path.join(work, "args.json"), args)
+        runner = zygote()
+        pid = runner.spawn(module, os.path.join(work, "args.json"), os.path.join(work, "out.txt"), stop=True)
+        held = HeldModule(runner, pid, work)
+        trace = os.path.join(work, "trace.txt")
+        options = ["-e", "trace=" + syscall, "-e", "inject=%s:signal=SIGSTOP:when=%d" % (syscall, when)]
+        held.tracer = attach_strace(pid, trace, options + (["-P", path] if path else []))
+        os.kill(pid, signal.SIGCONT)
+        wait_for_trace(held.tracer, trace,
+                       lambda text: sum(text.count(name + "(") for name in names) >= when
+                       and text.count("stopped by SIGSTOP") >= 2,
+                       "the module to stop after its %s #%d" % (syscall, when))
+        yield held
+    finally:
+        try:
+            if held is not None and held.status is None:
+                held.kill()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)

@@ -4,13 +4,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pathlib
-import shutil
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -132,7 +127,7 @@ def test_gc_waits_for_an_import_in_the_middle(btrfs_dir, modrun):
     old = make_volume(pool)
     source = btrfs_dir / "source.img"
     new = put_file(source, SIZE, [(8192, 100000)], seed=600)
-    with _stopped_at_first_unlink("reflink_import", {"pool": str(pool), "vid": VID, "src": str(source)}) as stopped:
+    with rh.held_after("reflink_import", {"pool": str(pool), "vid": VID, "src": str(source)}, "unlinkat,unlink") as stopped:
         assert (pool / "appvms/work/private-import.img").read_bytes() == new
         before = rh.listing(pool)
         collected = rh.run_direct("reflink_gc", pool=str(pool), min_age=0, revisions_to_keep=0, lock_timeout=1)
@@ -205,7 +200,7 @@ def test_two_volumes_are_not_serialised(xfs_dir, btrfs_dir, modrun):
         put_file(path, 8 * rh.MIB, [(j * rh.MIB, rh.MIB) for j in range(8)], seed=400 + i)
         sources.append(path)
     lock_one = os.stat(pool / ".reflink" / "locks" / "appvms-one-private.lock").st_ino
-    with _stopped_at_first_unlink("reflink_import", {"pool": str(pool), "vid": vids[0], "src": str(sources[0])}) as one:
+    with rh.held_after("reflink_import", {"pool": str(pool), "vid": vids[0], "src": str(sources[0])}, "unlinkat,unlink") as one:
         assert lock_one in _volume_locks_held({lock_one}), "the stopped import does not hold its volume lock"
         started = time.monotonic()
         two = rh.run_direct("reflink_import", pool=str(pool), vid=vids[1], src=str(sources[1]), lock_timeout=1)
@@ -225,67 +220,6 @@ def test_two_volumes_are_not_serialised(xfs_dir, btrfs_dir, modrun):
         assert_tidy(pool, vid)
 
 
-def _text(path):
-    return pathlib.Path(path).read_text(errors="replace") if os.path.exists(path) else ""
-
-
-class _StoppedModule:
-    """A module process held stopped by strace; resume() lets it finish, kill() ends it."""
-
-    def __init__(self, runner, pid, work):
-        self.runner, self.pid, self.work = runner, pid, work
-        self.tracer = None
-        self.status = None
-
-    def _end_tracer(self):
-        if self.tracer is None:
-            return
-        self.tracer.terminate()          # strace detaches from its tracee on SIGTERM
-        try:
-            self.tracer.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.tracer.kill()
-            self.tracer.wait(timeout=30)
-
-    def resume(self):
-        self._end_tracer()               # a group-stopped tracee stays stopped when strace detaches
-        os.kill(self.pid, signal.SIGCONT)
-        self.status = self.runner.wait(self.pid)
-        return rh.parse_result(_text(os.path.join(self.work, "out.txt")), self.status)
-
-    def kill(self):
-        os.kill(self.pid, signal.SIGKILL)
-        self.status = self.runner.wait(self.pid)
-        self._end_tracer()
-        return self.status
-
-
-@contextlib.contextmanager
-def _stopped_at_first_unlink(module, args):
-    """Run ``module`` until strace stops it (SIGSTOP, after the call ran) at its first unlink."""
-    work = tempfile.mkdtemp()
-    stopped = None
-    try:
-        rh.write_args(os.path.join(work, "args.json"), args)
-        runner = rh.zygote()
-        pid = runner.spawn(module, os.path.join(work, "args.json"), os.path.join(work, "out.txt"), stop=True)
-        stopped = _StoppedModule(runner, pid, work)
-        trace = os.path.join(work, "trace.txt")
-        stopped.tracer = rh.attach_strace(pid, trace, ["-e", "trace=unlinkat,unlink",
-                                                       "-e", "inject=unlinkat,unlink:signal=SIGSTOP:when=1"])
-        os.kill(pid, signal.SIGCONT)
-        rh.wait_for_trace(stopped.tracer, trace,
-                          lambda text: "unlinkat(" in text and text.count("stopped by SIGSTOP") >= 2,
-                          "the module to stop at its first unlink")
-        yield stopped
-    finally:
-        try:
-            if stopped is not None and stopped.status is None:
-                stopped.kill()
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-
 def test_lock_of_a_killed_module_is_free_again(btrfs_dir, modrun):
     """An import stopped in the middle (strace SIGSTOP) holds the volume lock; killed, it frees it."""
     pool = make_pool(btrfs_dir)
@@ -295,7 +229,7 @@ def test_lock_of_a_killed_module_is_free_again(btrfs_dir, modrun):
     args = {"pool": str(pool), "vid": VID, "src": str(source), "lock_timeout": 1}
     # Stopped at its first unlink, the old precache's: staged, old image kept as a revision, precache
     # removed, not committed; it holds its locks.
-    with _stopped_at_first_unlink("reflink_import", args) as stopped:
+    with rh.held_after("reflink_import", args, "unlinkat,unlink") as stopped:
         assert not (pool / "appvms/work/private-precache.img").exists()
         assert (pool / "appvms/work/private-import.img").exists()
         waiting = rh.run_direct("reflink_volume", pool=str(pool), vid=VID, size="8M", lock_timeout=1)
@@ -364,32 +298,6 @@ def _flock_holders(lock_dir, known_pid):
     return held
 
 
-@contextlib.contextmanager
-def _stopped_after(module, args, syscall, when):
-    """Run ``module`` until strace stops it (SIGSTOP, after the call ran) at its ``when``-th ``syscall``."""
-    work = tempfile.mkdtemp()
-    stopped = None
-    try:
-        rh.write_args(os.path.join(work, "args.json"), args)
-        runner = rh.zygote()
-        pid = runner.spawn(module, os.path.join(work, "args.json"), os.path.join(work, "out.txt"), stop=True)
-        stopped = _StoppedModule(runner, pid, work)
-        trace = os.path.join(work, "trace.txt")
-        stopped.tracer = rh.attach_strace(pid, trace, ["-e", "trace=" + syscall,
-                                                       "-e", "inject=%s:signal=SIGSTOP:when=%d" % (syscall, when)])
-        os.kill(pid, signal.SIGCONT)
-        rh.wait_for_trace(stopped.tracer, trace,
-                          lambda text: text.count(syscall + "(") >= when and text.count("stopped by SIGSTOP") >= 2,
-                          "the module to stop after its %s #%d" % (syscall, when))
-        yield stopped
-    finally:
-        try:
-            if stopped is not None and stopped.status is None:
-                stopped.kill()
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-
 def test_batches_in_opposite_orders_and_a_single_task_take_the_locks_in_vid_order(btrfs_dir, modrun):
     """Batch A (vids in order), held right after it took its first volume lock; then batch B (the same vids
     in reverse) and a single-volume task S on B's first item start.
@@ -408,7 +316,7 @@ def test_batches_in_opposite_orders_and_a_single_task_take_the_locks_in_vid_orde
         return {"pool": str(pool), "volumes": [{"vid": vid, "size": "4M"} for vid in order], "lock_timeout": 30}
 
     # pwrite64 #1: the record of who holds the first volume lock (the pool lock is taken shared, with no record).
-    with _stopped_after("reflink_volume", batch(vids), "pwrite64", 1) as held_a:
+    with rh.held_after("reflink_volume", batch(vids), "pwrite64", 1) as held_a:
         assert _flock_holders(locks, held_a.pid) == {"pool.lock": {held_a.pid: "READ"}, names[0]: {held_a.pid: "WRITE"}}
         with ThreadPoolExecutor(max_workers=2) as executor:
             single = executor.submit(rh.run_direct, "reflink_volume", pool=str(pool), vid=vids[-1], size="4M",

@@ -16,11 +16,9 @@ import contextlib
 import os
 import pathlib
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -32,63 +30,6 @@ SIZE = 4 * rh.MIB
 REVISION_1 = (1, T0 - 86400)
 STARTED = "became in use while this task ran"
 RERUN = "run the task again once the VM has stopped"
-
-
-class HeldModule:
-    """A module process that strace stopped; resume() lets it finish and returns its result."""
-
-    def __init__(self, runner, pid, work):
-        self.runner, self.pid, self.work = runner, pid, work
-        self.tracer = None
-        self.status = None
-
-    def _end_tracer(self):
-        if self.tracer is not None:
-            self.tracer.terminate()   # strace detaches on SIGTERM; the tracee stays stopped
-            try:
-                self.tracer.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.tracer.kill()
-                self.tracer.wait(timeout=30)
-            self.tracer = None
-
-    def resume(self):
-        self._end_tracer()
-        os.kill(self.pid, signal.SIGCONT)
-        self.status = self.runner.wait(self.pid)
-        out = pathlib.Path(self.work, "out.txt")
-        return rh.parse_result(out.read_text(errors="replace") if out.exists() else "", self.status)
-
-    def kill(self):
-        os.kill(self.pid, signal.SIGKILL)
-        self.status = self.runner.wait(self.pid)
-        self._end_tracer()
-
-
-@contextlib.contextmanager
-def held_after(module, args, syscall, when=1, path=None):
-    """Run ``module`` until it has made its ``when``-th ``syscall`` (on ``path``, if given); strace stops it there."""
-    work = tempfile.mkdtemp(prefix="dom0-reflink-live-")
-    held = None
-    try:
-        rh.write_args(os.path.join(work, "args.json"), args)
-        runner = rh.zygote()
-        pid = runner.spawn(module, os.path.join(work, "args.json"), os.path.join(work, "out.txt"), stop=True)
-        held = HeldModule(runner, pid, work)
-        trace = os.path.join(work, "trace.txt")
-        options = ["-e", "trace=" + syscall, "-e", "inject=%s:signal=SIGSTOP:when=%d" % (syscall, when)]
-        held.tracer = rh.attach_strace(pid, trace, options + (["-P", path] if path else []))
-        os.kill(pid, signal.SIGCONT)
-        rh.wait_for_trace(held.tracer, trace,
-                          lambda text: text.count(syscall + "(") >= when and text.count("stopped by SIGSTOP") >= 2,
-                          "the module to stop after its %s #%d" % (syscall, when))
-        yield held
-    finally:
-        try:
-            if held is not None and held.status is None:
-                held.kill()
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def start_vm_from_clean(pool, vid=VID, seed=3):
@@ -153,7 +94,7 @@ def test_import_vm_started_after_staging(btrfs_dir, modrun):
     source, data = source_file(btrfs_dir)
     args = {"pool": str(pool), "vid": VID, "src": str(source), "revisions_to_keep": 5}
     # renameat #1 puts the staged import image in place.
-    with held_after("reflink_import", args, "renameat", 1) as held:
+    with rh.held_after("reflink_import", args, "renameat", 1) as held:
         assert (pool / "appvms/work/private-import.img").read_bytes() == data
         before = rh.read_state(pool, VID)
         dirty = start_volume(pool, VID)
@@ -176,7 +117,7 @@ def test_import_vm_started_after_the_checksum(btrfs_dir, modrun):
             "checksum": "sha256:" + rh.digest_bytes(data)}
     before = rh.read_state(pool, VID)
     # renameat #2 names the old clean image's revision: the staging and the checksum are done.
-    with held_after("reflink_import", args, "renameat", 2) as held:
+    with rh.held_after("reflink_import", args, "renameat", 2) as held:
         assert (pool / ("appvms/work/private.img.2@" + stamp(T0))).exists()
         dirty = start_volume(pool, VID)
         result = held.resume()
@@ -193,7 +134,7 @@ def test_import_vm_started_just_before_the_commit_rename(btrfs_dir, modrun):
     source, _data = source_file(btrfs_dir)
     args = {"pool": str(pool), "vid": VID, "src": str(source), "revisions_to_keep": 5}
     before = rh.read_state(pool, VID)
-    with held_after("reflink_import", args, "unlinkat", 1) as held:
+    with rh.held_after("reflink_import", args, "unlinkat", 1) as held:
         assert not (pool / "appvms/work/private-precache.img").exists()
         dirty = start_vm_from_clean(pool)
         result = held.resume()
@@ -218,7 +159,7 @@ def test_two_phase_commit_vm_started_right_after_the_commit_rename_keeps_the_com
     args = {"pool": str(pool), "vid": VID, "state": "commit", "revisions_to_keep": 5}
     # renameat #1 names the revision of the old clean, #2 is the commit rename; the precache and
     # the journal's record follow.
-    with held_after("reflink_import", args, "renameat", 2) as held:
+    with rh.held_after("reflink_import", args, "renameat", 2) as held:
         assert (pool / "appvms/work/private.img").read_bytes() == data
         dirty = start_vm_from_clean(pool)
         result = held.resume()
@@ -241,7 +182,7 @@ def test_import_vm_started_after_pruning_keeps_the_new_revision(btrfs_dir, modru
     source, _data = source_file(btrfs_dir)
     args = {"pool": str(pool), "vid": VID, "src": str(source), "revisions_to_keep": 1}
     # unlinkat #1 prunes revision 1 (revision 2, the old clean, is made just before it).
-    with held_after("reflink_import", args, "unlinkat", 1) as held:
+    with rh.held_after("reflink_import", args, "unlinkat", 1) as held:
         assert not (pool / ("appvms/work/private.img.1@" + stamp(REVISION_1[1]))).exists()
         dirty = start_volume(pool, VID)
         result = held.resume()
@@ -268,7 +209,7 @@ def test_two_phase_commit_loop_device_attached_before_the_commit(btrfs_dir, modr
     args = {"pool": str(pool), "vid": VID, "state": "commit", "revisions_to_keep": 5,
             "checksum": "sha256:" + rh.digest_bytes(data)}
     before = rh.read_state(pool, VID)
-    with held_after("reflink_import", args, "renameat", 1) as held:   # the revision of the old clean
+    with rh.held_after("reflink_import", args, "renameat", 1) as held:   # the revision of the old clean
         with loop_device(pool / "appvms/work/private.img") as device:
             result = held.resume()
     assert_withdrawn(result, "loop device %s is backed by private.img" % device)
@@ -288,7 +229,7 @@ def test_revert_vm_started_after_the_revision_clone(btrfs_dir, modrun):
     pool = make_pool(btrfs_dir)
     make_volume(pool, VID, revisions=[REVISION_1])
     before = rh.read_state(pool, VID)
-    with held_after("reflink_revert", {"pool": str(pool), "vid": VID, "revision": 1}, "renameat", 1) as held:
+    with rh.held_after("reflink_revert", {"pool": str(pool), "vid": VID, "revision": 1}, "renameat", 1) as held:
         dirty = start_volume(pool, VID)
         result = held.resume()
     assert_withdrawn(result, "the dirty image private-dirty.img appeared")
@@ -304,7 +245,7 @@ def test_revert_to_a_pin_vm_started_after_the_revision_clone(btrfs_dir, modrun):
     put_file(pin, SIZE, [(0, 8192)], seed=60)
     pin_before = rh.facts_of(pin)
     before = rh.read_state(pool, VID)
-    with held_after("reflink_revert", {"pool": str(pool), "vid": VID, "pin": "good"}, "renameat", 1) as held:
+    with rh.held_after("reflink_revert", {"pool": str(pool), "vid": VID, "pin": "good"}, "renameat", 1) as held:
         dirty = start_volume(pool, VID)
         result = held.resume()
     assert_withdrawn(result, "the dirty image private-dirty.img appeared")
@@ -319,7 +260,7 @@ def test_stopped_commit_loop_device_attached_mid_plan(btrfs_dir, modrun):
     dirty = start_volume(pool, VID)   # halted with a pending commit
     before = rh.read_state(pool, VID)
     args = {"pool": str(pool), "vid": VID, "state": "stopped", "revisions_to_keep": 5}
-    with held_after("reflink_volume", args, "renameat", 1) as held:   # the revision of the old clean
+    with rh.held_after("reflink_volume", args, "renameat", 1) as held:   # the revision of the old clean
         with loop_device(pool / "appvms/work/private-dirty.img") as device:
             result = held.resume()
     assert_withdrawn(result, "loop device %s is backed by private-dirty.img" % device)
@@ -335,7 +276,7 @@ def test_resize_of_a_stopped_volume_vm_started_after_planning(btrfs_dir, modrun)
     make_volume(pool, VID, revisions=[REVISION_1])
     before = rh.read_state(pool, VID)
     args = {"pool": str(pool), "vid": VID, "size": "8M"}
-    with held_after("reflink_volume", args, "openat", 1, path="/sys/block") as held:
+    with rh.held_after("reflink_volume", args, "openat", 1, path="/sys/block") as held:
         dirty = start_volume(pool, VID)
         result = held.resume()
     assert_withdrawn(result, "the dirty image private-dirty.img appeared", "nothing of the volume was replaced")
@@ -347,7 +288,7 @@ def test_absent_vm_started_mid_plan(btrfs_dir, modrun):
     pool = make_pool(btrfs_dir)
     make_volume(pool, VID, revisions=[REVISION_1])
     before = rh.read_state(pool, VID)
-    with held_after("reflink_volume", {"pool": str(pool), "vid": VID, "state": "absent"}, "unlinkat", 1) as held:
+    with rh.held_after("reflink_volume", {"pool": str(pool), "vid": VID, "state": "absent"}, "unlinkat", 1) as held:
         dirty = start_volume(pool, VID)
         result = held.resume()
     assert_withdrawn(result, "the dirty image private-dirty.img appeared", changed=True)
@@ -408,7 +349,7 @@ def test_gc_leaves_a_volume_whose_vm_started_mid_run(btrfs_dir, modrun):
     for suffix in ("aaaa1111", "bbbb2222"):
         put_file(vm_dir / ("private.img~" + suffix), 65536, [(0, 4096)], seed=11, mtime=T0)
     before = rh.read_state(pool, VID)
-    with held_after("reflink_gc", {"pool": str(pool), "min_age": "1h", "revisions_to_keep": 0},
+    with rh.held_after("reflink_gc", {"pool": str(pool), "min_age": "1h", "revisions_to_keep": 0},
                     "unlinkat", 1) as held:
         dirty = start_volume(pool, VID)
         result = held.resume()
@@ -485,7 +426,7 @@ def test_batch_vm_of_the_second_item_started_mid_batch(btrfs_dir, modrun, hold):
     volumes = [{"vid": BATCH_FIRST, "size": "8M"}, {"vid": VID, "size": "8M"}, {"vid": BATCH_THIRD, "size": "4M"}]
     args = {"pool": str(pool), "volumes": volumes}
     before = rh.read_state(pool, VID)
-    with held_after("reflink_volume", args, *hold) as held:
+    with rh.held_after("reflink_volume", args, *hold) as held:
         assert os.path.getsize(pool / (BATCH_FIRST + ".img")) == 8 * rh.MIB
         dirty = start_volume(pool, VID)
         result = held.resume()
