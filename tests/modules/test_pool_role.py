@@ -58,8 +58,8 @@ def test_role_check_mode_equals_the_real_run_and_rerun_changes_nothing(btrfs_dir
     # One module run for every volume; in check mode the not yet imported one is left out.
     predicted, done = check["volumes"], real["volumes"]
     # Those without an import first, in the order given, then the imported one.
-    assert [item["vid"] for item in done] == ["appvms/grow/private", "appvms/new/private", "appvms/old/private",
-                                               "appvms/net/private"]
+    assert [item["vid"] for item in done] == [
+        "appvms/grow/private", "appvms/new/private", "appvms/old/private", "appvms/net/private"]
     assert [item["vid"] for item in predicted] == ["appvms/grow/private", "appvms/new/private", "appvms/old/private"]
     for item in predicted:
         twin = next(other for other in done if other["vid"] == item["vid"])

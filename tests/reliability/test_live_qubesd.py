@@ -350,7 +350,7 @@ def test_gc_leaves_a_volume_whose_vm_started_mid_run(btrfs_dir, modrun):
         put_file(vm_dir / ("private.img~" + suffix), 65536, [(0, 4096)], seed=11, mtime=T0)
     before = rh.read_state(pool, VID)
     with rh.held_after("reflink_gc", {"pool": str(pool), "min_age": "1h", "revisions_to_keep": 0},
-                    "unlinkat", 1) as held:
+                       "unlinkat", 1) as held:
         dirty = start_volume(pool, VID)
         result = held.resume()
     assert not result["failed"], result
