@@ -19,6 +19,7 @@ import os
 
 from ansible_collections.dom0.reflink.plugins.module_utils import _clone as clone
 from ansible_collections.dom0.reflink.plugins.module_utils._errors import PoolError
+from ansible_collections.dom0.reflink.plugins.module_utils._fsops import read_xattr, set_xattr
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import FileInfo
 
 LOOP_SET_CAPACITY = 0x4C07
@@ -323,13 +324,10 @@ PIN_MARKER_PREFIX = "pin-"
 
 def read_revert_marker(directory, name):
     """What a revert recorded on ``directory/name``: a revision id, ``"pin-<name>"``, or None."""
-    fd = directory.open_file(name, os.O_RDONLY)
     try:
-        value = os.getxattr(fd, REVERT_MARKER).decode("ascii")
-    except (OSError, UnicodeDecodeError):
+        value = (read_xattr(directory, name, REVERT_MARKER) or b"").decode("ascii")
+    except UnicodeDecodeError:
         return None
-    finally:
-        os.close(fd)
     if value.isdigit():
         return int(value)
     return value if value.startswith(PIN_MARKER_PREFIX) else None
@@ -337,14 +335,8 @@ def read_revert_marker(directory, name):
 
 def write_revert_marker(fd, value):
     """Record ``value`` (a revision id or ``"pin-<name>"``) on the open file ``fd``; False without xattrs."""
-    try:
-        os.setxattr(fd, REVERT_MARKER, str(value).encode("ascii"))
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-        # Without xattrs a rerun of the same revert is not recognised; the revert itself is unaffected.
-        return False
-    return True
+    # Without xattrs a rerun of the same revert is not recognised; the revert itself is unaffected.
+    return set_xattr(fd, REVERT_MARKER, str(value).encode("ascii"))
 
 
 class MarkReverted(Action):

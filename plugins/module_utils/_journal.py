@@ -11,12 +11,12 @@ written like every new file (tempfile, fsync, rename, fsync of the directory).
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import time
 
 from ansible_collections.dom0.reflink.plugins.module_utils._actions import Action
+from ansible_collections.dom0.reflink.plugins.module_utils._fsops import read_xattr, set_xattr
 from ansible_collections.dom0.reflink.plugins.module_utils._locks import metadata_subdir
 from ansible_collections.dom0.reflink.plugins.module_utils._names import escape_vid
 
@@ -111,13 +111,8 @@ def read_import_marker(vm_dir, name):
     """The value recorded on ``vm_dir/name`` by a two-phase commit ("committed"), or None."""
     if vm_dir is None or vm_dir.regular_lstat(name) is None:
         return None
-    fd = vm_dir.open_file(name, os.O_RDONLY)
-    try:
-        return os.getxattr(fd, IMPORT_MARKER).decode("ascii", "replace")
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    value = read_xattr(vm_dir, name, IMPORT_MARKER)
+    return None if value is None else value.decode("ascii", "replace")
 
 
 class MarkImported(Action):
@@ -133,11 +128,8 @@ class MarkImported(Action):
         # No fsync of its own: the commit flushes the import image right after this step.
         fd = workspace.vm_dir.open_file(self.name, os.O_RDONLY)
         try:
-            os.setxattr(fd, IMPORT_MARKER, b"committed")
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
             # Without xattrs only the journal's record (until gc drops it) recognises a rerun.
+            set_xattr(fd, IMPORT_MARKER, b"committed")
         finally:
             os.close(fd)
 

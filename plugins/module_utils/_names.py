@@ -238,3 +238,15 @@ def classify(filename):
         tempfile=groups["tmp"] is not None,
         pin=groups["pin"],
     )
+
+
+def parse_revision(value):
+    """A revision as users give it: "latest", or a positive integer (also as a string)."""
+    if isinstance(value, str) and value.strip().lower() == "latest":
+        return "latest"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise InvalidArgument("revision must be 'latest' or a revision id, a positive integer (got %r)" % (value,))
+

@@ -108,15 +108,19 @@ class VolumePlanner:
         clean = files.clean
         if info.size != clean.size or not info.name.endswith("@" + format_timestamp(clean.mtime_ns // 10 ** 9)):
             return False
-        left = self.vm_dir.open_file(info.name, os.O_RDONLY)
+        return self.same_content_of(info.name, self.vid.clean)
+
+    def same_content_of(self, left, right):
+        """Whether the files ``left`` and ``right`` of the VM directory hold the same bytes."""
+        left_fd = self.vm_dir.open_file(left, os.O_RDONLY)
         try:
-            right = self.vm_dir.open_file(self.vid.clean, os.O_RDONLY)
+            right_fd = self.vm_dir.open_file(right, os.O_RDONLY)
             try:
-                return same_content(left, right)
+                return same_content(left_fd, right_fd)
             finally:
-                os.close(right)
+                os.close(right_fd)
         finally:
-            os.close(left)
+            os.close(left_fd)
 
     def keep_clean_as_revision(self, files, why):
         """Actions that keep the current clean image as the next revision; how many were added (0 or 1)."""

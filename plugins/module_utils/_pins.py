@@ -17,9 +17,8 @@ import re
 
 from ansible_collections.dom0.reflink.plugins.module_utils import _actions as act
 from ansible_collections.dom0.reflink.plugins.module_utils import _clone as clone
-from ansible_collections.dom0.reflink.plugins.module_utils._compare import same_content
 from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, VolumeStateError
-from ansible_collections.dom0.reflink.plugins.module_utils._names import PIN_NAME_PATTERN, parse_timestamp
+from ansible_collections.dom0.reflink.plugins.module_utils._names import PIN_NAME_PATTERN, parse_revision, parse_timestamp
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import FileInfo
 
 _PIN_NAME_RE = re.compile(PIN_NAME_PATTERN)
@@ -41,14 +40,11 @@ def parse_pin_source(value):
     """What to pin, as users give it: "clean" (also None), "latest", or a revision id."""
     if value is None or (isinstance(value, str) and value.strip().lower() == CLEAN_SOURCE):
         return CLEAN_SOURCE
-    if isinstance(value, str) and value.strip().lower() == "latest":
-        return "latest"
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise InvalidArgument("revision must be 'clean', 'latest' or a revision id, a positive integer (got %r)"
-                          % (value,))
+    try:
+        return parse_revision(value)
+    except InvalidArgument:
+        raise InvalidArgument("revision must be 'clean', 'latest' or a revision id, a positive integer (got %r)"
+                              % (value,)) from None
 
 
 def pin_marker(name):
@@ -123,18 +119,6 @@ class PinPlanner:
         # qubesd gives a revision the time of its copy as mtime; its name holds the data's time.
         return info.name, parse_timestamp(files.revision_timestamp(number)) * 10 ** 9, "revision %d" % number
 
-    def same_file_content(self, left, right):
-        vm_dir = self.planner.vm_dir
-        left_fd = vm_dir.open_file(left, os.O_RDONLY)
-        try:
-            right_fd = vm_dir.open_file(right, os.O_RDONLY)
-            try:
-                return same_content(left_fd, right_fd)
-            finally:
-                os.close(right_fd)
-        finally:
-            os.close(left_fd)
-
     def present(self, name, revision, force):
         """Actions that make pin ``name`` hold ``revision``'s content, and the pinned source's description."""
         src, mtime_ns, description = self.source(revision)
@@ -142,7 +126,7 @@ class PinPlanner:
         existing = self.files.pins.get(name)
         if existing is None:
             return [MakePin(self.rel, src, pin_file, mtime_ns, "pin %s (%s)" % (name, description))], description
-        if existing.size == self.size_of(src) and self.same_file_content(pin_file, src):
+        if existing.size == self.size_of(src) and self.planner.same_content_of(pin_file, src):
             return [], description
         if not force:
             raise VolumeStateError(
@@ -175,7 +159,7 @@ class PinPlanner:
             raise InvalidArgument("volume %s has no pin %s to revert to (pins: %s)" % (self.vid, name, known))
         actions = planner.drop_dirty_for_revert(discard_dirty)
         already = (marker == pin_marker(name) and files.clean is not None and files.clean.size == pin.size
-                   and self.same_file_content(files.clean.name, pin.name))
+                   and self.planner.same_content_of(files.clean.name, pin.name))
         if already:
             return actions or planner.finish_precache(0)
         kept, _added = planner.keep_clean_as_revision(files, "keep the current image as a revision")

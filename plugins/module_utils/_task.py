@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.dom0.reflink.plugins.module_utils._actions import Workspace
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import AbsentDirectory, Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._inuse_guard import InUseGuard, VolumeBecameInUse
 from ansible_collections.dom0.reflink.plugins.module_utils._locks import volume_lock
@@ -48,17 +48,6 @@ def volume_argument_spec(**extra):
     spec = dict(VOLUME_ARGUMENT_SPEC)
     spec.update(extra)
     return spec
-
-
-def parse_revision(value):
-    """A revision as users give it: "latest", or a positive integer (also as a string)."""
-    if isinstance(value, str) and value.strip().lower() == "latest":
-        return "latest"
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise InvalidArgument("revision must be 'latest' or a revision id, a positive integer (got %r)" % (value,))
 
 
 class PlanFailed(ReflinkError):

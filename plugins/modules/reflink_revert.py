@@ -103,10 +103,10 @@ diff:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.dom0.reflink.plugins.module_utils._actions import read_revert_marker
+from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_revision
 from ansible_collections.dom0.reflink.plugins.module_utils._pins import PinPlanner, check_pin_name
 from ansible_collections.dom0.reflink.plugins.module_utils._task import (
     main_wrapper,
-    parse_revision,
     run_volume_task,
     volume_argument_spec,
 )
