@@ -340,4 +340,3 @@ def set_xattr(fd, key, value):
             raise
         return False
     return True
-

@@ -249,4 +249,3 @@ def parse_revision(value):
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
     raise InvalidArgument("revision must be 'latest' or a revision id, a positive integer (got %r)" % (value,))
-
