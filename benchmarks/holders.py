@@ -77,12 +77,12 @@ def main(argv=None):
 
     sys.path.insert(0, bench_run._collections_dir(bench_run.REPO))  # pylint: disable=protected-access
     prefix = "ansible_collections.dom0.reflink.plugins.module_utils."
-    gc = importlib.import_module(prefix + "_gc")
-    holders = importlib.import_module(prefix + "_holders")
-    guard_module = importlib.import_module(prefix + "_inuse_guard")
-    names = importlib.import_module(prefix + "_names")
-    volume_module = importlib.import_module(prefix + "_volume")
-    fsops = importlib.import_module(prefix + "_fsops")
+    gc = importlib.import_module(prefix + "_plans.gc")
+    holders = importlib.import_module(prefix + "_fs.holders")
+    guard_module = importlib.import_module(prefix + "_engine.inuse_guard")
+    names = importlib.import_module(prefix + "_base.names")
+    volume_module = importlib.import_module(prefix + "_state.files")
+    fsops = importlib.import_module(prefix + "_fs.directory")
     loopfs = bench_run._load_loopfs()  # pylint: disable=protected-access
 
     fs = loopfs.create("btrfs", 2 * 1024 ** 3, "/var/tmp/dom0-reflink-tests")

@@ -101,10 +101,10 @@ def _collections_dir(collection_root):
 def _load_core(collections):
     sys.path.insert(0, collections)
     prefix = 'ansible_collections.dom0.reflink.plugins.module_utils.'
-    clone = importlib.import_module(prefix + '_clone')
-    fsops = importlib.import_module(prefix + '_fsops')
-    pool = importlib.import_module(prefix + '_pool')
-    gc = importlib.import_module(prefix + '_gc')
+    clone = importlib.import_module(prefix + '_fs.clone')
+    fsops = importlib.import_module(prefix + '_fs.directory')
+    pool = importlib.import_module(prefix + '_plans.pool')
+    gc = importlib.import_module(prefix + '_plans.gc')
     return types.SimpleNamespace(
         Directory=fsops.Directory, clone_file=clone.clone_file, fill_from=clone.fill_from,
         sparse_copy=clone.sparse_copy, REFLINK=clone.REFLINK, COPY=clone.COPY, module_file=clone.__file__,

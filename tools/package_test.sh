@@ -23,7 +23,7 @@ if [ -n "$unwanted" ]; then
     exit 1
 fi
 for wanted in MANIFEST.json README.md meta/runtime.yml plugins/modules/reflink_volume.py \
-              plugins/module_utils/_clone.py roles/pool/meta/argument_specs.yml \
+              plugins/module_utils/_fs/clone.py roles/pool/meta/argument_specs.yml \
               docs/docsite/extra-docs.yml docs/docsite/rst/guide.rst; do
     grep -qx "$wanted" <<<"$contents" || { echo "package-test: $wanted is missing" >&2; exit 1; }
 done

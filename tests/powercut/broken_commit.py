@@ -4,7 +4,7 @@
 
 ``python broken_commit.py MODULE ARGS_JSON`` runs the collection's module MODULE
 (e.g. reflink_volume) with its arguments file as ``python -m`` would, except that
-``Directory.rename`` of plugins/module_utils/_fsops.py leaves out the fsync of the
+``Directory.rename`` of plugins/module_utils/_fs/directory.py leaves out the fsync of the
 directory.  The file's own data is still fsynced before the rename, so a process
 kill cannot tell the difference; a power cut right after the module returns can
 lose the rename.  test_powercut.py uses it to show that the harness finds that.
@@ -16,7 +16,7 @@ import os
 import runpy
 import sys
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _fsops
+from ansible_collections.dom0.reflink.plugins.module_utils._fs import directory as _fsops
 
 
 def rename_without_directory_fsync(self, src, dst, sync=True):

@@ -14,22 +14,22 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _clone as clone
-from ansible_collections.dom0.reflink.plugins.module_utils._actions import (
+from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import (
     Action,
     Fsync,
     MakeVmDir,
     Remove,
     ResizeInPlace,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._checksum import VerifyChecksum
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import (
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum import VerifyChecksum
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     InvalidArgument,
     ReflinkError,
     VolumeInUse,
     VolumeStateError,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._journal import (
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import (
     BEGUN,
     COMMITTED,
     CORRUPT,
@@ -40,7 +40,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._journal import (
     journal_name,
     read_import_marker,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._volume import FileInfo, VolumeFiles
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo, VolumeFiles
 
 
 class Stage(Action):

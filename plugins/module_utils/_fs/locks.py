@@ -21,7 +21,7 @@ import json
 import os
 import time
 
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import LockTimeout
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import LockTimeout
 
 METADATA_DIR = ".reflink"
 LOCKS_DIR = "locks"
