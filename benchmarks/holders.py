@@ -115,7 +115,7 @@ def main(argv=None):
 
         vid = names.parse_vid("appvms/vm00001/private")
         with fsops.Directory.open_pool(pool) as pool_dir:
-            workspace = gc.act.Workspace(pool_dir, vid).open_vm_dir()
+            workspace = gc.Workspace(pool_dir, vid).open_vm_dir()
             with workspace:
                 files_now = volume_module.read_volume(workspace.vm_dir, vid)
                 guard = guard_module.InUseGuard(files_now, volume_module.Surroundings.read(pool))

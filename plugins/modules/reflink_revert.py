@@ -102,7 +102,7 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import read_revert_marker
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.markers import read_revert_marker
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_revision
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.pins import PinPlanner, check_pin_name
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import (

@@ -1,66 +1,18 @@
 # -*- coding: utf-8 -*-
 # Copyright: dom0.reflink contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The file operations a plan is made of.
-
-A module first plans (a list of actions computed from what is on disk), then
-either executes the plan or, in check mode, simulates it on the listing of the
-volume's files.  Each action is one durable step of the contract; a plan that
-stops half-way (error, crash) leaves a state that the next run reads and
-finishes.  Each action says in plain words what it does (``text``), and after
-it ran, how (``done``: e.g. whether a clone was a reflink or a copy).
-"""
+"""The actions on a volume's image files that plans are made of (create, clone, rename, remove, ...)."""
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
 from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import PoolError
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import read_xattr, set_xattr
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo
 
 LOOP_SET_CAPACITY = 0x4C07
-
-
-class Action:
-    """One step of a plan.  Subclasses set ``text`` and implement run/simulate.
-
-    ``destructive``: the step replaces or removes an image, so the executor checks
-    right before it that the volume has not become in use (see _inuse_guard.py);
-    ``long``: the step may take long enough for a VM to start meanwhile, so the
-    executor checks after it; ``changes_disk``: whether its effect outlives it;
-    ``completes``: once it ran, the new clean image is in place and the plan's
-    job is done, so the executor checks no more (what follows, a new precache or
-    a record of the commit, only finishes; withdrawing it would take back the
-    revision that now holds the old data).
-    """
-
-    text = ""
-    destructive = False
-    long = False
-    changes_disk = True
-    completes = False
-
-    def run(self, workspace):
-        raise NotImplementedError
-
-    def simulate(self, files):
-        """Apply the action to ``files`` (a dict name -> FileInfo of the VM directory)."""
-
-    def undo(self, workspace):
-        """After a later step failed: take back what is useless alone; return what was done, or None."""
-        return None
-
-    def withdraw(self, workspace):
-        """The plan stopped because the volume became in use: take back what should not stay; like undo."""
-        return self.undo(workspace)
-
-    @property
-    def done(self):
-        return self.text
 
 
 class MakeVmDir(Action):
@@ -245,123 +197,3 @@ class SetLoopCapacity(Action):
             fcntl.ioctl(fd, LOOP_SET_CAPACITY, 0)
         finally:
             os.close(fd)
-
-
-class Workspace:
-    """Where a volume plan runs: the pool, the prefix directory and the VM directory."""
-
-    def __init__(self, pool_dir, vid, prefix_dir=None):
-        """``prefix_dir``: the open prefix directory, lent by the caller (a batch shares one), or None."""
-        self.pool_dir = pool_dir
-        self.vid = vid
-        self.owns_prefix_dir = prefix_dir is None
-        self.prefix_dir = pool_dir.open_dir(vid.prefix) if prefix_dir is None else prefix_dir
-        if self.prefix_dir is None and pool_dir.exists:   # an AbsentDirectory is planned as an empty pool
-            raise PoolError("%s has no %s/ directory: it is not a set-up pool; "
-                            "create it with dom0.reflink.reflink_pool" % (pool_dir.path, vid.prefix))
-        self.vm_dir = None
-
-    def open_vm_dir(self):
-        """Open the VM directory (if it exists) afresh; done under the volume lock."""
-        self.close_vm_dir()
-        self.vm_dir = self.prefix_dir.open_dir(self.vid.vm) if self.prefix_dir is not None else None
-        return self
-
-    def close_vm_dir(self):
-        if self.vm_dir is not None:
-            self.vm_dir.close()
-            self.vm_dir = None
-
-    def rel(self, name):
-        """``name`` as a path relative to the pool, for messages."""
-        return "%s/%s" % (self.vid.vm_dir, name)
-
-    def ensure_vm_dir(self):
-        if self.vm_dir is None:
-            self.vm_dir = self.prefix_dir.open_dir(self.vid.vm, create=True)
-
-    def remove_vm_dir_if_empty(self):
-        self.close_vm_dir()
-        try:
-            self.prefix_dir.rmdir(self.vid.vm)
-        except OSError as exc:
-            # Something appeared in the meantime (qubesd's firewall.xml, say): keep it.
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
-                raise
-
-    def close(self):
-        self.close_vm_dir()
-        if self.prefix_dir is not None and self.owns_prefix_dir:
-            self.prefix_dir.close()
-        self.prefix_dir = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
-
-class Step(Action):
-    """A pool-level step: a sentence and the function that does it."""
-
-    def __init__(self, text, function):
-        self.text = text
-        self.function = function
-
-    def run(self, workspace):
-        self.function()
-
-
-# Extended attribute that marks a clean image as the result of a revert, so
-# that the same revert task run again recognises it.  It lives on the inode:
-# any later commit (ours or qubesd's) makes a new clean inode without it.
-REVERT_MARKER = "user.dom0-reflink.reverted-to"
-
-
-PIN_MARKER_PREFIX = "pin-"
-
-
-def read_revert_marker(directory, name):
-    """What a revert recorded on ``directory/name``: a revision id, ``"pin-<name>"``, or None."""
-    try:
-        value = (read_xattr(directory, name, REVERT_MARKER) or b"").decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    if value.isdigit():
-        return int(value)
-    return value if value.startswith(PIN_MARKER_PREFIX) else None
-
-
-def write_revert_marker(fd, value):
-    """Record ``value`` (a revision id or ``"pin-<name>"``) on the open file ``fd``; False without xattrs."""
-    # Without xattrs a rerun of the same revert is not recognised; the revert itself is unaffected.
-    return set_xattr(fd, REVERT_MARKER, str(value).encode("ascii"))
-
-
-class MarkReverted(Action):
-    """Record on the revision file (before it becomes clean) which revision it was."""
-
-    def __init__(self, rel, name, revision):
-        self.name = name
-        self.revision = revision
-        self.text = "mark %s as revision %d restored" % (rel(name), revision)
-
-    def run(self, workspace):
-        fd = workspace.vm_dir.open_file(self.name, os.O_RDONLY)
-        try:
-            if write_revert_marker(fd, self.revision):
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def withdraw(self, workspace):
-        # The file stays a revision: it must not claim to be a restored one.
-        fd = workspace.vm_dir.open_file(self.name, os.O_RDONLY)
-        try:
-            os.removexattr(fd, REVERT_MARKER)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        return "removed the revert mark from %s" % self.name

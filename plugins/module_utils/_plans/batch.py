@@ -21,6 +21,7 @@ import resource
 from dataclasses import dataclass, field
 
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, PoolError, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_locks
@@ -163,7 +164,7 @@ class _VmDirState:
 @dataclass
 class _Planned:
     request: VolumeRequest
-    workspace: act.Workspace
+    workspace: Workspace
     files: object          # VolumeFiles the plan was made from
     actions: list
     after: object          # VolumeFiles the plan leaves (simulated, then read after execution)
@@ -328,7 +329,7 @@ class _PrefixDirs:
     def workspace(self, vid):
         if vid.prefix not in self.opened:
             self.opened[vid.prefix] = self.pool_dir.open_dir(vid.prefix)
-        return act.Workspace(self.pool_dir, vid, prefix_dir=self.opened[vid.prefix])
+        return Workspace(self.pool_dir, vid, prefix_dir=self.opened[vid.prefix])
 
     def __enter__(self):
         return self

@@ -15,7 +15,7 @@ import os
 import re
 
 from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import Action
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     ChecksumMismatch,
     InvalidArgument,

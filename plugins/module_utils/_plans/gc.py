@@ -16,7 +16,7 @@ import os
 import stat
 import time
 
-from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import exclusive_bytes
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
@@ -317,7 +317,7 @@ def run_gc_task(params, check_mode):
                         skipped.append({"vid": key, "reason": "its volume lock is held by another task"})
                         continue
                     try:
-                        with act.Workspace(pool_dir, vid).open_vm_dir() as workspace:
+                        with Workspace(pool_dir, vid).open_vm_dir() as workspace:
                             guard = InUseGuard(planner.planned_files[key], surroundings)
                             execute_reporting(volume_actions, workspace, removed, actions, skipped, guard)
                     finally:

@@ -13,6 +13,7 @@ import errno
 import re
 
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Step
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import JOURNALS_DIR, journals_dir, load_record
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import PlanFailed, PlanWithdrawn, execute
 
@@ -83,7 +84,7 @@ def remove_vm_dir_step(pool_dir, prefix, vm):
             except OSError as exc:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):  # something appeared: keep it
                     raise
-    return act.Step("remove empty VM directory %s/%s" % (prefix, vm), remove)
+    return Step("remove empty VM directory %s/%s" % (prefix, vm), remove)
 
 
 def remove_journal_step(pool_dir, name, reason):
@@ -91,7 +92,7 @@ def remove_journal_step(pool_dir, name, reason):
         with journals_dir(pool_dir) as journals:
             if journals is not None:
                 journals.unlink(name, missing_ok=True)
-    return act.Step("remove journal .reflink/%s/%s (%s)" % (JOURNALS_DIR, name, reason), remove)
+    return Step("remove journal .reflink/%s/%s (%s)" % (JOURNALS_DIR, name, reason), remove)
 
 
 def execute_reporting(volume_actions, workspace, removed, actions, skipped, guard):

@@ -15,8 +15,7 @@ import json
 import os
 import time
 
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import Action
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import read_xattr, set_xattr
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import metadata_subdir
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import escape_vid
 
@@ -24,18 +23,6 @@ JOURNALS_DIR = "imports"
 BEGUN = "begun"
 COMMITTED = "committed"
 CORRUPT = "corrupt"  # never written: what read_journal returns for a record it cannot parse
-
-# Extended attribute on the import image, set just before the commit renames it
-# over the clean image; its value is always "committed" (a value that varies
-# from one import to the next would tell nothing more, and would make the same
-# task's system calls differ between runs, which the crash matrix compares).  It records the
-# commit on the inode that the commit made clean: reflink_gc never removes it
-# (gc drops the journal's "committed" record after import_max_age), and the next
-# commit of the volume (qubesd's stop, an import, a revert) makes a new clean
-# inode without it.  So "clean carries the marker" means "the clean image is
-# still the one a two-phase commit made", which is what a rerun of that commit
-# needs to know, however long afterwards.
-IMPORT_MARKER = "user.dom0-reflink.imported"
 
 
 def journal_name(vid):
@@ -105,43 +92,3 @@ class RemoveJournal(Action):
         with journals_dir(self.pool_dir) as journals:
             if journals is not None:
                 journals.unlink(journal_name(self.vid), missing_ok=True)
-
-
-def read_import_marker(vm_dir, name):
-    """The value recorded on ``vm_dir/name`` by a two-phase commit ("committed"), or None."""
-    if vm_dir is None or vm_dir.regular_lstat(name) is None:
-        return None
-    value = read_xattr(vm_dir, name, IMPORT_MARKER)
-    return None if value is None else value.decode("ascii", "replace")
-
-
-class MarkImported(Action):
-    """Mark the import image, before it becomes clean, as a committed two-phase import."""
-
-    def __init__(self, rel, name, begun_at=None):
-        self.name = name
-        self.text = "mark %s as a committed two-phase import" % rel(name)
-        if begun_at:
-            self.text += " (begun at %s)" % begun_at
-
-    def run(self, workspace):
-        # No fsync of its own: the commit flushes the import image right after this step.
-        fd = workspace.vm_dir.open_file(self.name, os.O_RDONLY)
-        try:
-            # Without xattrs only the journal's record (until gc drops it) recognises a rerun.
-            set_xattr(fd, IMPORT_MARKER, b"committed")
-        finally:
-            os.close(fd)
-
-    def undo(self, workspace):
-        # The commit did not happen: the image is not a committed import.
-        if workspace.vm_dir is not None:
-            fd = workspace.vm_dir.open_file(self.name, os.O_RDONLY)
-            try:
-                os.removexattr(fd, IMPORT_MARKER)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-            return "removed the commit mark from %s" % self.name
-        return None

@@ -16,6 +16,7 @@ import os
 import re
 
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.markers import PIN_MARKER_PREFIX, write_revert_marker
 from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, VolumeStateError
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import PIN_NAME_PATTERN, parse_revision, parse_timestamp
@@ -49,7 +50,7 @@ def parse_pin_source(value):
 
 def pin_marker(name):
     """What a revert to pin ``name`` records on the clean image it makes."""
-    return act.PIN_MARKER_PREFIX + name
+    return PIN_MARKER_PREFIX + name
 
 
 def _set_mtime(mtime_ns):
@@ -91,7 +92,7 @@ class RestorePin(act.Clone):
 
     def run(self, workspace):
         self.how = clone.clone_file(workspace.vm_dir, self.src, workspace.vm_dir, self.dst, copy_mtime=True,
-                                    finish=lambda fd: act.write_revert_marker(fd, self.marker))
+                                    finish=lambda fd: write_revert_marker(fd, self.marker))
 
 
 class PinPlanner:

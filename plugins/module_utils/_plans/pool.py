@@ -9,7 +9,7 @@ import contextlib
 import os
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import Step
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Step
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import probe_reflink
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     InvalidArgument,

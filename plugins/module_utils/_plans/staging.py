@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 
 from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import (
-    Action,
     Fsync,
     MakeVmDir,
     Remove,
@@ -34,12 +34,11 @@ from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import
     COMMITTED,
     CORRUPT,
     JOURNALS_DIR,
-    MarkImported,
     RemoveJournal,
     WriteJournal,
     journal_name,
-    read_import_marker,
 )
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.markers import MarkImported, read_import_marker
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo, VolumeFiles
 
 

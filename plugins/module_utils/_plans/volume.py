@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.markers import MarkReverted
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import same_content
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     InvalidArgument,
@@ -294,7 +295,7 @@ class VolumePlanner:
         actions.extend(kept)
         if files.precache is not None:
             actions.append(act.RemovePrecache(self.rel, self.vid))
-        actions.append(act.MarkReverted(self.rel, chosen.name, number))
+        actions.append(MarkReverted(self.rel, chosen.name, number))
         actions.append(act.Rename(self.rel, chosen.name, self.vid.clean, "revert to revision %d" % number))
         actions.append(self.new_precache())
         return actions

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import AbsentDirectory, Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard, VolumeBecameInUse

@@ -1,0 +1,63 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The steps a plan is made of: the Action every step is, and Step, a pool-level one.
+
+A module first plans (a list of actions computed from what is on disk), then
+either executes the plan or, in check mode, simulates it on the listing of the
+volume's files.  Each action is one durable step of the contract; a plan that
+stops half-way (error, crash) leaves a state that the next run reads and
+finishes.  Each action says in plain words what it does (``text``), and after
+it ran, how (``done``: e.g. whether a clone was a reflink or a copy).
+"""
+
+from __future__ import annotations
+
+
+class Action:
+    """One step of a plan.  Subclasses set ``text`` and implement run/simulate.
+
+    ``destructive``: the step replaces or removes an image, so the executor checks
+    right before it that the volume has not become in use (see inuse_guard.py);
+    ``long``: the step may take long enough for a VM to start meanwhile, so the
+    executor checks after it; ``changes_disk``: whether its effect outlives it;
+    ``completes``: once it ran, the new clean image is in place and the plan's
+    job is done, so the executor checks no more (what follows, a new precache or
+    a record of the commit, only finishes; withdrawing it would take back the
+    revision that now holds the old data).
+    """
+
+    text = ""
+    destructive = False
+    long = False
+    changes_disk = True
+    completes = False
+
+    def run(self, workspace):
+        raise NotImplementedError
+
+    def simulate(self, files):
+        """Apply the action to ``files`` (a dict name -> FileInfo of the VM directory)."""
+
+    def undo(self, workspace):
+        """After a later step failed: take back what is useless alone; return what was done, or None."""
+        return None
+
+    def withdraw(self, workspace):
+        """The plan stopped because the volume became in use: take back what should not stay; like undo."""
+        return self.undo(workspace)
+
+    @property
+    def done(self):
+        return self.text
+
+
+class Step(Action):
+    """A pool-level step: a sentence and the function that does it."""
+
+    def __init__(self, text, function):
+        self.text = text
+        self.function = function
+
+    def run(self, workspace):
+        self.function()
