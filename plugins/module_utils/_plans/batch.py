@@ -28,7 +28,8 @@ from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volu
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import VolumePlanner, check_revisions_to_keep
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml, refuse_qubesd_volume
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import PlanFailed, _open_task_pool, execute, simulate
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed, execute, simulate
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import _open_task_pool
 from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_volume_size
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import Surroundings, read_volume, volume_report
 

@@ -51,7 +51,8 @@ from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml impo
     orphan_reason,
     read_qubes_xml,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import execute, missing_pool_warning
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import execute
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import missing_pool_warning
 from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_duration
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import Surroundings
 

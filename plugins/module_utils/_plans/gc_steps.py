@@ -15,7 +15,7 @@ import re
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Step
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import JOURNALS_DIR, journals_dir, load_record
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import PlanFailed, PlanWithdrawn, execute
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed, PlanWithdrawn, execute
 
 
 class Removal(act.Remove):

@@ -20,7 +20,8 @@ from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory, remove_tree
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import METADATA_DIR, pool_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import missing_volumes, read_qubes_xml
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import execute, missing_pool_warning
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import execute
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import missing_pool_warning
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import (
     Surroundings,
     VolumeFiles,

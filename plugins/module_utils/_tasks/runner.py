@@ -16,14 +16,14 @@ import os
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import AbsentDirectory, Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard, VolumeBecameInUse
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed, execute, simulate
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import VolumePlanner
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml, refuse_qubesd_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import (
     Surroundings,
-    VolumeFiles,
     read_volume,
     volume_report,
 )
@@ -48,121 +48,6 @@ def volume_argument_spec(**extra):
     spec = dict(VOLUME_ARGUMENT_SPEC)
     spec.update(extra)
     return spec
-
-
-class PlanFailed(ReflinkError):
-    """An action of a plan failed; ``done`` lists the actions that completed before it."""
-
-    def __init__(self, message, done, changed=None):
-        super().__init__(message)
-        self.done = done
-        self.changed = bool(done) if changed is None else changed
-
-
-class PlanWithdrawn(PlanFailed):
-    """The volume became in use while the plan ran; what it had done is taken back where it should be."""
-
-    def __init__(self, message, done, changed, reasons):
-        super().__init__(message, done, changed)
-        self.reasons = reasons
-
-
-def execute(actions, workspace, guard=None):
-    """Run ``actions`` in order; on failure undo what can be undone and raise PlanFailed.
-
-    Undoing is best effort and only for steps whose effect would otherwise
-    outlive a failed task for no use (a staged import image, a new empty VM
-    directory, a removed precache); a crash cannot undo, and the next run of
-    the task converges instead.
-
-    ``guard(workspace)``, if given, is called after each long step and right
-    before each destructive one (see _inuse_guard.py); when it raises
-    VolumeBecameInUse the plan is withdrawn and PlanWithdrawn is raised.
-    """
-    done = []
-    ran = []
-    for action in actions:
-        if guard is not None and (action.destructive or (ran and ran[-1].long)):
-            try:
-                guard(workspace)
-            except VolumeBecameInUse as exc:
-                raise _withdrawn(exc, ran, done, workspace) from None
-            except (ReflinkError, OSError) as exc:
-                undone = _undo(list(reversed(ran)), workspace)
-                raise PlanFailed("could not check whether the volume became in use before step '%s' (%s); "
-                                 "completed steps are listed in actions%s; run the task again"
-                                 % (action.text, exc, undone), done) from None
-        try:
-            action.run(workspace)
-        except (ReflinkError, OSError, OverflowError) as exc:
-            # The failed step may have done part of its work (a rename whose directory fsync
-            # failed): it is undone first, with the steps before it.
-            undone = _undo([action, *reversed(ran)], workspace)
-            raise PlanFailed("%s; completed steps are listed in actions%s; %s"
-                             % (_failure_text(action, exc), undone, _way_out(exc)), done) from None
-        done.append(action.done)
-        ran.append(action)
-        if action.completes:
-            guard = None
-    return done
-
-
-def _withdrawn(exc, ran, done, workspace):
-    taken_back = []
-    kept = []
-    for action in reversed(ran):
-        if getattr(action, "kept_after_pruning", False) and any(getattr(step, "prunes", False) for step in kept):
-            kept.append(action)   # a revision was pruned to make room for this one: it stays
-            continue
-        try:
-            text = action.withdraw(workspace)
-        except (ReflinkError, OSError):
-            text = None   # the next run of the task, or reflink_gc, deals with it
-        if text:
-            taken_back.append(text)
-        elif action.changes_disk:
-            kept.append(action)
-    if any(action.destructive for action in kept):
-        outcome = "the steps listed in actions were done before it"
-    else:
-        outcome = "nothing of the volume was replaced or removed"
-    message = "%s; %s%s; run the task again once the VM has stopped, and it will do the job" % (
-        exc, outcome, "; undone: %s" % ", ".join(taken_back) if taken_back else "")
-    return PlanWithdrawn(message, done, bool(kept), exc.reasons)
-
-
-def _way_out(exc):
-    """What the user does next: the error's own advice where it has one (a rerun alone would fail the same way)."""
-    return getattr(exc, "way_out", None) or "run the task again to finish, or fix the cause first"
-
-
-def _failure_text(action, exc):
-    if isinstance(exc, ReflinkError):
-        return "%s; failed at step '%s'" % (exc, action.text)
-    if isinstance(exc, OverflowError):
-        return "step '%s' failed: the size is too large for this system" % action.text
-    where = " (%s)" % exc.filename if exc.filename else ""
-    return "step '%s' failed: %s%s" % (action.text, exc.strerror or exc, where)
-
-
-def _undo(actions, workspace):
-    undone = []
-    for action in actions:
-        try:
-            text = action.undo(workspace)
-        except (ReflinkError, OSError):
-            continue  # the next run of the task, or reflink_gc, deals with it
-        if text:
-            undone.append(text)
-    return "; undone: %s" % ", ".join(undone) if undone else ""
-
-
-def simulate(files, actions):
-    """The VolumeFiles that ``actions`` would leave, computed without touching the disk."""
-    listing = {info.name: info for info in files.all_with_pins()}
-    for action in actions:
-        action.simulate(listing)
-    return VolumeFiles.from_infos(files.vid, listing.values())
 
 
 def run_volume_task(params, check_mode, diff, purpose, plan, extra=None, changes="change"):
