@@ -82,6 +82,7 @@ def main(argv=None):
     guard_module = importlib.import_module(prefix + "_engine.inuse_guard")
     names = importlib.import_module(prefix + "_base.names")
     volume_module = importlib.import_module(prefix + "_state.files")
+    surroundings_module = importlib.import_module(prefix + "_state.surroundings")
     fsops = importlib.import_module(prefix + "_fs.directory")
     loopfs = bench_run._load_loopfs()  # pylint: disable=protected-access
 
@@ -118,7 +119,7 @@ def main(argv=None):
             workspace = gc.Workspace(pool_dir, vid).open_vm_dir()
             with workspace:
                 files_now = volume_module.read_volume(workspace.vm_dir, vid)
-                guard = guard_module.InUseGuard(files_now, volume_module.Surroundings.read(pool))
+                guard = guard_module.InUseGuard(files_now, surroundings_module.Surroundings.read(pool))
                 guard_s = median_time(lambda: [guard(workspace) for _i in range(100)]) / 100
 
         start = time.perf_counter()

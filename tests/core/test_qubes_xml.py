@@ -15,7 +15,8 @@ from qubes_xml_helpers import BILLION_LAUGHS, app_vm, dom0_layout, qubes_xml, re
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
 from ansible_collections.dom0.reflink.plugins.module_utils._state import qubes_xml as qx
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import Surroundings, VolumeFiles, FileInfo
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles, FileInfo
+from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
 
 
 def write(tmp_path, text, name="qubes.xml"):

@@ -17,12 +17,8 @@ from __future__ import annotations
 import dataclasses
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import VolumeInUse
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import (
-    VolumeFiles,
-    loop_devices,
-    qubes_running_names,
-    read_volume,
-)
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles, read_volume
+from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import loop_devices, qubes_running_names
 
 
 class VolumeBecameInUse(VolumeInUse):

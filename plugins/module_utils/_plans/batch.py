@@ -31,7 +31,9 @@ from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml impo
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed, execute, simulate
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import _open_task_pool
 from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_volume_size
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import Surroundings, read_volume, volume_report
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import read_volume
+from ansible_collections.dom0.reflink.plugins.module_utils._state.report import volume_report
+from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
 
 STATES = ("present", "absent", "stopped")
 ITEM_KEYS = ("vid", "state", "size", "allow_shrink", "revisions_to_keep")

@@ -54,7 +54,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml impo
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import execute
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import missing_pool_warning
 from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_duration
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import Surroundings
+from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
 
 
 def _age(now, info):

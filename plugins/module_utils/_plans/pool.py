@@ -22,12 +22,9 @@ from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import META
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import missing_volumes, read_qubes_xml
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import execute
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import missing_pool_warning
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import (
-    Surroundings,
-    VolumeFiles,
-    scan_names,
-    volume_report,
-)
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles, scan_names
+from ansible_collections.dom0.reflink.plugins.module_utils._state.report import volume_report
+from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
 
 _MOUNTINFO = "/proc/self/mountinfo"
 

@@ -22,7 +22,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     VolumeStateError,
 )
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import format_timestamp
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import loop_size
+from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import loop_size
 
 # revisions_to_keep: -1 means "snapshots disabled": no revision, no precache.
 SNAPSHOTS_DISABLED = -1

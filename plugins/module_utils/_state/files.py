@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: dom0.reflink contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What a volume is on disk: its files, its size, whether it is in use.
+"""What a volume is on disk: its image files, classified, with their sizes.
 
 State is always read from the files (the contract: "the file is the truth"),
 with one directory listing per VM directory and one ``lstat`` per image file.
@@ -11,22 +11,11 @@ simulated listing of a check-mode plan, so both report alike.
 
 from __future__ import annotations
 
-import glob
-import os
 import stat
 from dataclasses import dataclass, field
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import allocated_bytes
-
-QUBES_RUNNING_GLOB = "/var/run/qubes/volume-running-*"
-_SYS_BLOCK = "/sys/block"
-
-# Volume states, as returned to the user.
-ABSENT = "absent"
-STOPPED = "stopped"
-RUNNING = "running"
-DIRTY = "dirty"
 
 # Precache states.
 FRESH = "fresh"
@@ -200,128 +189,3 @@ def read_volume(vm_dir, vid, entries=None):
     if unsafe:
         vm_dir.regular_lstat(sorted(unsafe)[0])  # raises UnsafePath with the details
     return VolumeFiles.from_infos(vid, infos)
-
-
-# -- in use ----------------------------------------------------------------
-
-def loop_devices():
-    """Map of backing file path -> list of loop devices (``/dev/loopN``) backed by it."""
-    backed = {}
-    try:
-        entries = os.listdir(_SYS_BLOCK)
-    except OSError:
-        return backed
-    for entry in entries:
-        if not entry.startswith("loop"):
-            continue
-        try:
-            with open(os.path.join(_SYS_BLOCK, entry, "loop", "backing_file"), encoding="utf-8",
-                      errors="surrogateescape") as handle:
-                backing = handle.read().rstrip("\n")
-        except OSError:
-            continue  # not attached
-        if backing.endswith(" (deleted)"):
-            backing = backing[:-len(" (deleted)")]
-        backed.setdefault(backing, []).append("/dev/" + entry)
-    return backed
-
-
-def loop_size(device):
-    """Size in bytes the loop device ``/dev/loopN`` presents now, or None if unknown."""
-    try:
-        with open(os.path.join(_SYS_BLOCK, os.path.basename(device), "size"), encoding="ascii") as handle:
-            return int(handle.read()) * 512
-    except (OSError, ValueError):
-        return None
-
-
-def qubes_running_names():
-    """What follows ``volume-running-`` in each of qubesd's running-state files: escaped "<pool>:<vid>"."""
-    return {os.path.basename(path)[len("volume-running-"):] for path in glob.glob(QUBES_RUNNING_GLOB)}
-
-
-def _vid_of_running_name(escaped):
-    # The file names "<pool>:<vid>" escaped; a vid never contains ':'.
-    return escaped.rpartition(":")[2]
-
-
-@dataclass
-class Surroundings:
-    """What outside the pool says about its volumes: loop devices and qubesd's running files.
-
-    Read once per task (or once per pool-wide scan).  ``pool_name`` is the
-    pool's Qubes name when qubes.xml says it: then only the running-state file
-    of that name counts; unknown (None), a file of any pool name counts.
-    """
-
-    pool_realpath: str
-    loops: dict
-    running: set            # escaped "<pool>:<vid>" of each running-state file
-    pool_name: str | None = None
-
-    @classmethod
-    def read(cls, pool_path, pool_name=None):
-        return cls(os.path.realpath(pool_path), loop_devices(), qubes_running_names(), pool_name)
-
-    def image_realpath(self, vid, name):
-        return os.path.join(self.pool_realpath, vid.vm_dir, name)
-
-    def loops_of(self, vid, name):
-        if not self.loops:
-            return []   # no loop device at all: the common case, and a batch asks for every file of every volume
-        return self.loops.get(self.image_realpath(vid, name), [])
-
-    def running_reasons(self, files):
-        """Why the volume counts as running: loop devices on its images, qubesd's running file."""
-        reasons = []
-        for info in files.all():
-            for device in self.loops_of(files.vid, info.name):
-                reasons.append("loop device %s is backed by %s" % (device, info.name))
-        if self.pool_name is not None:
-            exact = names.escape_vid("%s:%s" % (self.pool_name, files.vid))
-            if exact in self.running:
-                reasons.append("qubesd's running-state file %s exists" % QUBES_RUNNING_GLOB.replace("*", exact))
-            return reasons
-        escaped = names.escape_vid(str(files.vid))
-        if any(_vid_of_running_name(name) == escaped for name in self.running):
-            reasons.append("qubesd's running-state file %s exists"
-                           % QUBES_RUNNING_GLOB.replace("*", "<pool>:" + escaped))
-        return reasons
-
-    def in_use_reasons(self, files, running=None):
-        """``running``: the volume's running_reasons if the caller has them already."""
-        reasons = list(self.running_reasons(files) if running is None else running)
-        if files.dirty is not None:
-            reasons.append("dirty image %s exists (the volume is started, or halted with a "
-                           "commit pending)" % files.dirty.name)
-        return reasons
-
-    def state(self, files, running=None):
-        if self.running_reasons(files) if running is None else running:
-            return RUNNING
-        if files.dirty is not None:
-            return DIRTY
-        if files.clean is not None:
-            return STOPPED
-        return ABSENT
-
-
-def volume_report(pool_path, files, surroundings):
-    """The ``volume`` dict every module returns."""
-    running = surroundings.running_reasons(files)
-    reasons = surroundings.in_use_reasons(files, running)
-    return {
-        "vid": str(files.vid),
-        "image": os.path.join(pool_path, files.vid.vm_dir, files.vid.clean),
-        "size": files.size,
-        "usage": files.usage,
-        "revisions": [
-            {"id": number, "timestamp": names.classify(info.name).timestamp}
-            for number, info in files.revisions
-        ],
-        "state": surroundings.state(files, running),
-        "in_use": bool(reasons),
-        "in_use_reasons": reasons,
-        "precache": files.precache_state,
-        "pins": files.pin_report(),
-    }

@@ -22,11 +22,9 @@ from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volu
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import VolumePlanner
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml, refuse_qubesd_volume
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import (
-    Surroundings,
-    read_volume,
-    volume_report,
-)
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import read_volume
+from ansible_collections.dom0.reflink.plugins.module_utils._state.report import volume_report
+from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
 
 # The option every module has (documented in the doc fragment dom0.reflink.qubes_xml).
 QUBES_XML_ARGUMENT_SPEC = {
