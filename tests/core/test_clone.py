@@ -12,6 +12,7 @@ import pytest
 from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import probe_reflink
 
 from disk_helpers import MIB, allocated, listing, same_bytes, write_image
 
@@ -207,5 +208,5 @@ def test_probe(any_fs_dir, request):
     kind = request.node.callspec.params["any_fs_dir"]
     before = listing(any_fs_dir)
     with Directory.open_pool(str(any_fs_dir)) as handle:
-        assert clone.probe_reflink(handle) is (kind != "ext4")
+        assert probe_reflink(handle) is (kind != "ext4")
     assert listing(any_fs_dir) == before

@@ -12,7 +12,7 @@ import pytest
 
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc import GcPlanner, parse_gc_options
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.pool import PoolScan
+from ansible_collections.dom0.reflink.plugins.module_utils._state.scan import PoolScan
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
 
 REVISION = "private.img.1@2026-01-02T03:04:05Z"

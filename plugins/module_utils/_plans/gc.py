@@ -45,7 +45,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import 
     VolumePlanner,
     check_revisions_to_keep,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.pool import PoolScan, require_pool
+from ansible_collections.dom0.reflink.plugins.module_utils._state.scan import PoolScan, require_pool
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import (
     QUBESD_OWNED_KINDS,
     orphan_reason,

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: dom0.reflink contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The pool as a whole: its filesystem, its setup and removal, and one-walk scans."""
+"""The pool as a whole: its setup and removal (and, for now, the tasks of reflink_pool and reflink_info)."""
 
 from __future__ import annotations
 
@@ -9,128 +9,17 @@ import contextlib
 import os
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import PoolError, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Step
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import probe_reflink
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
-    InvalidArgument,
-    PoolError,
-    ReflinkError,
-    UnsafePath,
-)
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import execute
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory, remove_tree
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import filesystem_report, filesystem_type, probe_reflink
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import METADATA_DIR, pool_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import missing_volumes, read_qubes_xml
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import execute
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import missing_pool_warning
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles, scan_names
 from ansible_collections.dom0.reflink.plugins.module_utils._state.report import volume_report
+from ansible_collections.dom0.reflink.plugins.module_utils._state.scan import PoolScan, require_pool
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
-
-_MOUNTINFO = "/proc/self/mountinfo"
-
-
-def filesystem_type(path):
-    """Type of the filesystem holding ``path`` (from the longest matching mount point)."""
-    real = os.path.realpath(path)
-    best, fstype = "", "unknown"
-    try:
-        with open(_MOUNTINFO, encoding="utf-8", errors="surrogateescape") as handle:
-            for line in handle:
-                left, _separator, right = line.partition(" - ")
-                mount_point = left.split()[4].replace("\\040", " ")
-                inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
-                if inside and len(mount_point) >= len(best):
-                    best, fstype = mount_point, right.split()[0]
-    except (OSError, IndexError):
-        pass
-    return fstype
-
-
-def filesystem_report(path, reflink):
-    """The ``pool`` dict: path, filesystem type, reflink support, size and usage in bytes."""
-    st = os.statvfs(path)
-    return {
-        "path": path,
-        "fstype": filesystem_type(path),
-        "reflink": reflink,
-        "size": st.f_blocks * st.f_frsize,
-        "usage": (st.f_blocks - st.f_bfree) * st.f_frsize,
-    }
-
-
-class PoolScan:
-    """Everything under ``appvms/`` and ``vm-templates/``, read with one directory walk.
-
-    ``volumes`` maps vid string -> VolumeFiles; ``vm_dirs`` maps ``prefix/vm``
-    -> list of entry names (image or not); ``unsafe`` lists paths (relative to
-    the pool) of image-like entries that are not regular files, and of VM
-    "directories" that are symlinks or files.
-    """
-
-    def __init__(self):
-        self.volumes = {}
-        self.vm_dirs = {}
-        self.unsafe = []
-
-    @classmethod
-    def read(cls, pool_dir, only_vids=None):
-        scan = cls()
-        wanted_dirs = None
-        if only_vids is not None:
-            wanted_dirs = {vid.vm_dir for vid in only_vids}
-        for prefix in names.PREFIXES:
-            prefix_dir = pool_dir.open_dir(prefix)
-            if prefix_dir is None:
-                continue
-            with prefix_dir:
-                for vm in sorted(prefix_dir.names()):
-                    rel_dir = "%s/%s" % (prefix, vm)
-                    if wanted_dirs is not None and rel_dir not in wanted_dirs:
-                        continue
-                    scan.read_vm_dir(prefix_dir, prefix, vm)
-        if only_vids is not None:
-            wanted = {str(vid) for vid in only_vids}
-            scan.volumes = {key: value for key, value in scan.volumes.items() if key in wanted}
-            for vid in only_vids:
-                scan.volumes.setdefault(str(vid), VolumeFiles(vid))
-        return scan
-
-    def read_vm_dir(self, prefix_dir, prefix, vm):
-        rel_dir = "%s/%s" % (prefix, vm)
-        try:
-            vm_dir = prefix_dir.open_dir(vm)
-        except UnsafePath:
-            self.unsafe.append(rel_dir)
-            return
-        if vm_dir is None:
-            return
-        with vm_dir:
-            entries = vm_dir.names()
-            self.vm_dirs[rel_dir] = entries
-            infos, unsafe = scan_names(vm_dir, entries)
-        self.unsafe.extend("%s/%s" % (rel_dir, name) for name in unsafe)
-        by_volume = {}
-        for info in infos:
-            image = names.classify(info.name)
-            by_volume.setdefault(image.volume, []).append(info)
-        for volume, volume_infos in by_volume.items():
-            try:
-                vid = names.parse_vid("%s/%s/%s" % (prefix, vm, volume))
-            except InvalidArgument:
-                # A name this collection would not create (e.g. a VM called '-x'): list it as unsafe.
-                self.unsafe.extend("%s/%s" % (rel_dir, info.name) for info in volume_infos)
-                continue
-            self.volumes[str(vid)] = VolumeFiles.from_infos(vid, volume_infos)
-
-    def sorted_volumes(self):
-        return [self.volumes[key] for key in sorted(self.volumes)]
-
-
-def require_pool(pool_dir):
-    """Refuse a directory that is not a pool, before any lock file is made in it."""
-    if not any(pool_dir.has_subdir(prefix) for prefix in names.PREFIXES):
-        raise PoolError("%s is not a pool: it has neither appvms/ nor vm-templates/; "
-                        "set it up with dom0.reflink.reflink_pool" % pool_dir.path)
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import missing_pool_warning
 
 
 def open_pool_or_parent(path):

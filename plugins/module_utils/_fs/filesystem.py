@@ -1,0 +1,79 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The filesystem a pool is on: its type (from the mount table), its size and usage (statvfs), reflinks or not."""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import FALLBACK_ERRNOS, ficlone
+
+_MOUNTINFO = "/proc/self/mountinfo"
+
+
+def filesystem_type(path):
+    """Type of the filesystem holding ``path`` (from the longest matching mount point)."""
+    real = os.path.realpath(path)
+    best, fstype = "", "unknown"
+    try:
+        with open(_MOUNTINFO, encoding="utf-8", errors="surrogateescape") as handle:
+            for line in handle:
+                left, _separator, right = line.partition(" - ")
+                mount_point = left.split()[4].replace("\\040", " ")
+                inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
+                if inside and len(mount_point) >= len(best):
+                    best, fstype = mount_point, right.split()[0]
+    except (OSError, IndexError):
+        pass
+    return fstype
+
+
+def filesystem_report(path, reflink):
+    """The ``pool`` dict: path, filesystem type, reflink support, size and usage in bytes."""
+    st = os.statvfs(path)
+    return {
+        "path": path,
+        "fstype": filesystem_type(path),
+        "reflink": reflink,
+        "size": st.f_blocks * st.f_frsize,
+        "usage": (st.f_blocks - st.f_bfree) * st.f_frsize,
+    }
+
+
+def probe_reflink(directory):
+    """Whether files in ``directory`` (a Directory) can be reflinked.
+
+    Two unnamed files (named tempfiles where O_TMPFILE is missing, removed
+    again); the source gets a few bytes, written out before the ioctl, because
+    some filesystems refuse to clone data still in the page cache only.
+    Errors outside the errno gate are raised.
+    """
+    created = []
+
+    def new_file():
+        fd, name = directory.open_unnamed(".reflink-probe")
+        if name is not None:
+            created.append(name)
+        return fd
+
+    src_fd = dst_fd = None
+    try:
+        src_fd = new_file()
+        dst_fd = new_file()
+        os.write(src_fd, b"dom0.reflink probe\n" * 256)
+        os.fsync(src_fd)
+        try:
+            ficlone(dst_fd, src_fd)
+        except OSError as exc:
+            if exc.errno in FALLBACK_ERRNOS:
+                return False
+            raise CloneError("reflink probe in %s failed: %s" % (directory.path, exc.strerror), exc.errno) from None
+        return True
+    finally:
+        for fd in (src_fd, dst_fd):
+            if fd is not None:
+                os.close(fd)
+        for name in created:
+            directory.unlink(name, sync=False, missing_ok=True)
