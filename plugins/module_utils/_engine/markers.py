@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import read_xattr, set_xattr
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.xattrs import read_xattr, set_xattr
 
 # Extended attribute that marks a clean image as the result of a revert, so
 # that the same revert task run again recognises it.  It lives on the inode:

@@ -316,27 +316,3 @@ def remove_tree(parent, name):
             else:
                 directory.unlink(entry, sync=False, missing_ok=True)
     parent.rmdir(name)
-
-
-# -- extended attributes: the marks a revert and a two-phase commit leave on an image's inode --------
-
-def read_xattr(directory, name, key):
-    """The bytes of extended attribute ``key`` of ``directory/name``; None when it has none (or no xattrs here)."""
-    fd = directory.open_file(name, os.O_RDONLY)
-    try:
-        return os.getxattr(fd, key)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def set_xattr(fd, key, value):
-    """Set extended attribute ``key`` of the open file ``fd`` to ``value`` (bytes); False without xattrs here."""
-    try:
-        os.setxattr(fd, key, value)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-        return False
-    return True
