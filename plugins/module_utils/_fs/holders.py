@@ -69,37 +69,3 @@ def open_holders(identities, proc=PROC):
 def describe_holders(holders):
     """``pid 123 (qubesd), pid 456 (dd)``."""
     return ", ".join("pid %d (%s)" % (pid, command) for pid, command in holders)
-
-
-def set_aside_held_files(per_volume):
-    """Take out of ``per_volume`` ({key: (vid, actions)}) the removals of files some process holds open.
-
-    A removal is an action with an ``identity`` (st_dev, st_ino) and an ``entry``
-    (its report); a volume left with no action is dropped.  Returns the
-    reports of the removals taken out, for ``skipped_files``.
-    """
-    identities = [action.identity for _vid, actions in per_volume.values() for action in actions
-                  if getattr(action, "identity", None) is not None]
-    holders = open_holders(identities)
-    skipped = []
-    if not holders:
-        return skipped
-    for key in list(per_volume):
-        vid, actions = per_volume[key]
-        kept = []
-        for action in actions:
-            found = holders.get(getattr(action, "identity", None))
-            if found is None:
-                kept.append(action)
-                continue
-            skipped.append({
-                "file": action.entry["file"],
-                "reason": "held open by %s; not removed (it would have been: %s)"
-                          % (describe_holders(found), action.entry["reason"]),
-                "holders": [{"pid": pid, "command": command} for pid, command in found],
-            })
-        if kept:
-            per_volume[key] = (vid, kept)
-        else:
-            del per_volume[key]
-    return skipped

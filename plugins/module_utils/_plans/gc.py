@@ -27,7 +27,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc_steps impor
     remove_journal_step,
     remove_vm_dir_step,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.holders import set_aside_held_files
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.holders import describe_holders, open_holders
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import (
     BEGUN,
@@ -59,6 +59,40 @@ from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings i
 
 def _age(now, info):
     return now - info.mtime_ns / 1e9
+
+
+def set_aside_held_files(per_volume):
+    """Take out of ``per_volume`` ({key: (vid, actions)}) the removals of files some process holds open.
+
+    A removal is an action with an ``identity`` (st_dev, st_ino) and an ``entry``
+    (its report); a volume left with no action is dropped.  Returns the
+    reports of the removals taken out, for ``skipped_files``.
+    """
+    identities = [action.identity for _vid, actions in per_volume.values() for action in actions
+                  if getattr(action, "identity", None) is not None]
+    holders = open_holders(identities)
+    skipped = []
+    if not holders:
+        return skipped
+    for key in list(per_volume):
+        vid, actions = per_volume[key]
+        kept = []
+        for action in actions:
+            found = holders.get(getattr(action, "identity", None))
+            if found is None:
+                kept.append(action)
+                continue
+            skipped.append({
+                "file": action.entry["file"],
+                "reason": "held open by %s; not removed (it would have been: %s)"
+                          % (describe_holders(found), action.entry["reason"]),
+                "holders": [{"pid": pid, "command": command} for pid, command in found],
+            })
+        if kept:
+            per_volume[key] = (vid, kept)
+        else:
+            del per_volume[key]
+    return skipped
 
 
 class GcPlanner:
