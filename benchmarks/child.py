@@ -49,9 +49,9 @@ def _timed(work):
 def _pool_work(kind: str, pool: str):
     # Imported here, before the clock starts, from the collection PYTHONPATH points at.
     from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory  # noqa: PLC0415
-    from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc import run_gc_task  # noqa: PLC0415
-    from ansible_collections.dom0.reflink.plugins.module_utils._plans.pool import run_info_task  # noqa: PLC0415
+    from ansible_collections.dom0.reflink.plugins.module_utils._tasks.gc import run_gc_task  # noqa: PLC0415
     from ansible_collections.dom0.reflink.plugins.module_utils._state.scan import PoolScan  # noqa: PLC0415
+    from ansible_collections.dom0.reflink.plugins.module_utils._tasks.info import run_info_task  # noqa: PLC0415
 
     if kind == 'scan':
         def work():

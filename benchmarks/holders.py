@@ -78,6 +78,8 @@ def main(argv=None):
     sys.path.insert(0, bench_run._collections_dir(bench_run.REPO))  # pylint: disable=protected-access
     prefix = "ansible_collections.dom0.reflink.plugins.module_utils."
     gc = importlib.import_module(prefix + "_plans.gc")
+    gc_task = importlib.import_module(prefix + "_tasks.gc")
+    workspace_module = importlib.import_module(prefix + "_engine.workspace")
     holders = importlib.import_module(prefix + "_fs.holders")
     guard_module = importlib.import_module(prefix + "_engine.inuse_guard")
     names = importlib.import_module(prefix + "_base.names")
@@ -100,30 +102,30 @@ def main(argv=None):
                        if pid.isdigit() and os.path.isdir("/proc/%s/fd" % pid))
         process_total = sum(1 for pid in os.listdir("/proc") if pid.isdigit())
 
-        planned = gc.run_gc_task(gc_params(pool), True)
+        planned = gc_task.run_gc_task(gc_params(pool), True)
         identities = []
         for entry in planned["removed"] + planned["skipped_files"]:
             st = os.stat(os.path.join(pool, entry["file"]))
             identities.append((st.st_dev, st.st_ino))
         walk = median_time(lambda: holders.open_holders(identities))
-        check_with = median_time(lambda: gc.run_gc_task(gc_params(pool), True))
+        check_with = median_time(lambda: gc_task.run_gc_task(gc_params(pool), True))
         original = gc.set_aside_held_files
         gc.set_aside_held_files = lambda per_volume: []
         try:
-            check_without = median_time(lambda: gc.run_gc_task(gc_params(pool), True))
+            check_without = median_time(lambda: gc_task.run_gc_task(gc_params(pool), True))
         finally:
             gc.set_aside_held_files = original
 
         vid = names.parse_vid("appvms/vm00001/private")
         with fsops.Directory.open_pool(pool) as pool_dir:
-            workspace = gc.Workspace(pool_dir, vid).open_vm_dir()
+            workspace = workspace_module.Workspace(pool_dir, vid).open_vm_dir()
             with workspace:
                 files_now = volume_module.read_volume(workspace.vm_dir, vid)
                 guard = guard_module.InUseGuard(files_now, surroundings_module.Surroundings.read(pool))
                 guard_s = median_time(lambda: [guard(workspace) for _i in range(100)]) / 100
 
         start = time.perf_counter()
-        real = gc.run_gc_task(gc_params(pool), False)
+        real = gc_task.run_gc_task(gc_params(pool), False)
         real_s = time.perf_counter() - start
 
         print("host: %d processes, %d open file descriptors in all (%d sleep processes with %d files each)"

@@ -103,13 +103,13 @@ def _load_core(collections):
     prefix = 'ansible_collections.dom0.reflink.plugins.module_utils.'
     clone = importlib.import_module(prefix + '_fs.clone')
     fsops = importlib.import_module(prefix + '_fs.directory')
-    pool = importlib.import_module(prefix + '_plans.pool')
+    info = importlib.import_module(prefix + '_tasks.info')
     scan = importlib.import_module(prefix + '_state.scan')
-    gc = importlib.import_module(prefix + '_plans.gc')
+    gc = importlib.import_module(prefix + '_tasks.gc')
     return types.SimpleNamespace(
         Directory=fsops.Directory, clone_file=clone.clone_file, fill_from=clone.fill_from,
         sparse_copy=clone.sparse_copy, REFLINK=clone.REFLINK, COPY=clone.COPY, module_file=clone.__file__,
-        PoolScan=scan.PoolScan, run_info_task=pool.run_info_task, run_gc_task=gc.run_gc_task)
+        PoolScan=scan.PoolScan, run_info_task=info.run_info_task, run_gc_task=gc.run_gc_task)
 
 
 def _first_line(command, env=None):

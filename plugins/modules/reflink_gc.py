@@ -294,7 +294,7 @@ skipped_files:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc import run_gc_task
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.gc import run_gc_task
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import QUBES_XML_ARGUMENT_SPEC, main_wrapper
 
 

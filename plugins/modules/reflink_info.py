@@ -225,7 +225,7 @@ missing:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.pool import run_info_task
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.info import run_info_task
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import QUBES_XML_ARGUMENT_SPEC, main_wrapper
 
 

@@ -134,13 +134,8 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import format_timestamp
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.pins import PinPlanner, check_pin_name, parse_pin_source
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import (
-    main_wrapper,
-    run_volume_task,
-    volume_argument_spec,
-)
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.pin import run_pin_task
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import main_wrapper, volume_argument_spec
 
 
 def main():
@@ -153,33 +148,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    params = module.params
-
-    def work():
-        name = check_pin_name(params["name"])
-        revision = parse_pin_source(params["revision"])
-        state = params["state"]
-        pinned = {}
-
-        def plan(planner, _context):
-            pins = PinPlanner(planner)
-            if state == "absent":
-                return pins.absent(name)
-            actions, pinned["source"] = pins.present(name, revision, params["force"])
-            return actions
-
-        def report_pin(after):
-            info = after.pins.get(name)
-            if state == "absent" or info is None:
-                return {"pin": None}
-            return {"pin": {"name": name, "size": info.size, "timestamp": format_timestamp(info.mtime_ns // 10 ** 9),
-                            "source": pinned["source"]}}
-
-        return run_volume_task(params, module.check_mode, module._diff,
-                               "reflink_pin %s %s state=%s" % (params["vid"], name, state), plan,
-                               extra=report_pin, changes="pin" if state == "present" else None)
-
-    main_wrapper(module, work)
+    main_wrapper(module, lambda: run_pin_task(module.params, module.check_mode, module._diff))
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.pool import run_pool_task
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.pool import run_pool_task
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import QUBES_XML_ARGUMENT_SPEC, main_wrapper
 
 

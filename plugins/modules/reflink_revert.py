@@ -102,14 +102,8 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.markers import read_revert_marker
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_revision
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.pins import PinPlanner, check_pin_name
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import (
-    main_wrapper,
-    run_volume_task,
-    volume_argument_spec,
-)
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.revert import run_revert_task
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import main_wrapper, volume_argument_spec
 
 
 def main():
@@ -122,26 +116,7 @@ def main():
         mutually_exclusive=[("revision", "pin")],
         supports_check_mode=True,
     )
-    params = module.params
-
-    def work():
-        pin = None if params["pin"] is None else check_pin_name(params["pin"])
-        revision = parse_revision("latest" if params["revision"] is None else params["revision"])
-        target = "pin %s" % pin if pin is not None else revision
-
-        def plan(planner, context):
-            workspace = context["workspace"]
-            marker = None
-            if planner.files.clean is not None:
-                marker = read_revert_marker(workspace.vm_dir, planner.vid.clean)
-            if pin is not None:
-                return PinPlanner(planner).revert(pin, params["discard_dirty"], marker)
-            return planner.revert(revision, params["discard_dirty"], marker)
-
-        return run_volume_task(params, module.check_mode, module._diff,
-                               "reflink_revert %s to %s" % (params["vid"], target), plan, changes="revert")
-
-    main_wrapper(module, work)
+    main_wrapper(module, lambda: run_revert_task(module.params, module.check_mode, module._diff))
 
 
 if __name__ == "__main__":

@@ -293,12 +293,8 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.batch import plan_request, run_volume_batch, volume_request
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import (
-    main_wrapper,
-    run_volume_task,
-    volume_argument_spec,
-)
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import main_wrapper, volume_argument_spec
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.volume import run_volume_task
 
 
 def main():
@@ -316,25 +312,7 @@ def main():
         required_one_of=[("vid", "volumes")],
         supports_check_mode=True,
     )
-    params = module.params
-
-    def work():
-        if params["volumes"] is not None:
-            return run_volume_batch(params, module.check_mode, module._diff)
-        request = volume_request(params)
-
-        def plan(planner, context):
-            return plan_request(request, planner, context["vm_dir_names"],
-                                vm_dir_exists=context["workspace"].vm_dir is not None)
-
-        def kept_pins(after):
-            return {"kept_pins": sorted(after.pins)} if request.state == "absent" else {}
-
-        return run_volume_task(params, module.check_mode, module._diff,
-                               "reflink_volume state=%s %s" % (request.state, params["vid"]), plan, extra=kept_pins,
-                               changes=request.changes)
-
-    main_wrapper(module, work)
+    main_wrapper(module, lambda: run_volume_task(module.params, module.check_mode, module._diff))
 
 
 if __name__ == "__main__":

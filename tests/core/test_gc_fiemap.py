@@ -11,7 +11,8 @@ import time
 import pytest
 
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc import GcPlanner, parse_gc_options
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc import GcPlanner
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.gc import parse_gc_options
 from ansible_collections.dom0.reflink.plugins.module_utils._state.scan import PoolScan
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
 

@@ -48,7 +48,7 @@ def volume_argument_spec(**extra):
     return spec
 
 
-def run_volume_task(params, check_mode, diff, purpose, plan, extra=None, changes="change"):
+def run_single_volume_task(params, check_mode, diff, purpose, plan, extra=None, changes="change"):
     """Run one volume module's task and return its result dict.
 
     ``plan(planner, context)`` returns the list of actions; ``context`` is a
@@ -67,7 +67,7 @@ def run_volume_task(params, check_mode, diff, purpose, plan, extra=None, changes
     qubes = read_qubes_xml(params.get("qubes_xml"), pool)
     if changes is not None:
         refuse_qubesd_volume(qubes, vid, changes)
-    with _open_task_pool(pool, check_mode, warnings) as pool_dir, Workspace(pool_dir, vid) as workspace:
+    with open_task_pool(pool, check_mode, warnings) as pool_dir, Workspace(pool_dir, vid) as workspace:
         # The workspace checked that this is a pool before any lock file is made in it.
         with volume_lock(pool_dir, vid, timeout=params["lock_timeout"], purpose=purpose,
                          create=not check_mode):
@@ -104,7 +104,7 @@ def missing_pool_warning(path):
             "(as dom0.reflink.reflink_pool would leave it); a real run needs the pool first" % path)
 
 
-def _open_task_pool(path, check_mode, warnings):
+def open_task_pool(path, check_mode, warnings):
     """The pool's Directory; in check mode a pool that does not exist yet is planned as an empty one."""
     if check_mode and not os.path.lexists(path):
         warnings.append(missing_pool_warning(path))

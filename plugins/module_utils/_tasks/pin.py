@@ -1,0 +1,35 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The task of reflink_pin: make, keep or remove a named copy of one of the volume's images."""
+
+from __future__ import annotations
+
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import format_timestamp
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.pins import PinPlanner, check_pin_name, parse_pin_source
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import run_single_volume_task
+
+
+def run_pin_task(params, check_mode, diff):
+    """reflink_pin: the pin's name and source checked, then planned and run like every volume task."""
+    name = check_pin_name(params["name"])
+    revision = parse_pin_source(params["revision"])
+    state = params["state"]
+    pinned = {}
+
+    def plan(planner, _context):
+        pins = PinPlanner(planner)
+        if state == "absent":
+            return pins.absent(name)
+        actions, pinned["source"] = pins.present(name, revision, params["force"])
+        return actions
+
+    def report_pin(after):
+        info = after.pins.get(name)
+        if state == "absent" or info is None:
+            return {"pin": None}
+        return {"pin": {"name": name, "size": info.size, "timestamp": format_timestamp(info.mtime_ns // 10 ** 9),
+                        "source": pinned["source"]}}
+
+    return run_single_volume_task(params, check_mode, diff, "reflink_pin %s %s state=%s" % (params["vid"], name, state),
+                                  plan, extra=report_pin, changes="pin" if state == "present" else None)

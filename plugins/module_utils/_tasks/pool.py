@@ -1,0 +1,83 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The task of reflink_pool: set up or remove a pool, and report its filesystem."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from ansible_collections.dom0.reflink.plugins.module_utils._base import names
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import PoolError
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import execute
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import filesystem_report, filesystem_type, probe_reflink
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import pool_lock
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.pool import open_pool_or_parent, plan_absent, plan_present
+from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml
+
+
+def _layout(path):
+    """What diff mode shows of a pool: whether it and its prefix directories exist."""
+    return {
+        "path": path,
+        "exists": os.path.isdir(path),
+        "directories": [prefix for prefix in names.PREFIXES if os.path.isdir(os.path.join(path, prefix))],
+    }
+
+
+def run_pool_task(params, check_mode, diff):
+    """reflink_pool: plan, execute (or not, in check mode) and report."""
+    path = params["path"]
+    # Nothing here depends on qubes.xml, but a qubes_xml that names a missing or bad file fails alike everywhere.
+    read_qubes_xml(params.get("qubes_xml"), path)
+    pool_dir, exists = open_pool_or_parent(path)
+    before = _layout(path)
+    try:
+        if params["state"] == "present":
+            probe_at = pool_dir or Directory.open_pool(os.path.dirname(os.path.abspath(path)))
+            try:
+                reflink = probe_reflink(probe_at)
+            finally:
+                if probe_at is not pool_dir:
+                    probe_at.close()
+            if not reflink and params["require_reflink"]:
+                raise PoolError(
+                    "the filesystem of %s (%s) does not support reflinks, so every clone would be a full "
+                    "copy; use btrfs or XFS (reflink=1), or set require_reflink: false"
+                    % (path, filesystem_type(path if exists else os.path.dirname(os.path.abspath(path)))))
+            with _pool_lock_if(pool_dir, params, check_mode):
+                steps = plan_present(path, pool_dir)
+                done = [step.text for step in steps] if check_mode else execute(steps, None)
+        else:
+            reflink = None
+            steps = []
+            if exists:
+                with _pool_lock_if(pool_dir, params, check_mode, create=False):
+                    steps = plan_absent(path, pool_dir)
+                    done = [step.text for step in steps] if check_mode else execute(steps, None)
+            else:
+                done = []
+    finally:
+        if pool_dir is not None:
+            pool_dir.close()
+    report_at = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    report = filesystem_report(report_at, reflink)
+    report["path"] = path
+    result = {"changed": bool(steps), "actions": done, "pool": report}
+    if diff:
+        after = _layout(path)
+        if check_mode:
+            after = {"path": path, "exists": params["state"] == "present",
+                     "directories": list(names.PREFIXES) if params["state"] == "present" else []}
+        result["diff"] = {"before": before, "after": after}
+    return result
+
+
+def _pool_lock_if(pool_dir, params, check_mode, create=True):
+    """The exclusive pool lock, when the pool exists (a pool being created has no other user)."""
+    if pool_dir is None:
+        return contextlib.nullcontext()
+    return pool_lock(pool_dir, exclusive=True, timeout=params["lock_timeout"],
+                     purpose="reflink_pool state=%s" % params["state"], create=create and not check_mode)
