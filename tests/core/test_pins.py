@@ -11,10 +11,10 @@ from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import I
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.pins import (
     MakePin,
     RemovePin,
-    RestorePin,
     check_pin_name,
     parse_pin_source,
 )
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.revert import RestorePin
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo, VolumeFiles
 
 BAD_PIN_NAMES = ["", "../x", "A", "x@y", "x~y", "a" * 41, "good\n", "x/y", "-x", "_x", "x.y", "x y", None, 7]

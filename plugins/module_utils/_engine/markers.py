@@ -25,6 +25,11 @@ REVERT_MARKER = "user.dom0-reflink.reverted-to"
 PIN_MARKER_PREFIX = "pin-"
 
 
+def pin_marker(name):
+    """What a revert to pin ``name`` records on the clean image it makes."""
+    return PIN_MARKER_PREFIX + name
+
+
 def read_revert_marker(directory, name):
     """What a revert recorded on ``directory/name``: a revision id, ``"pin-<name>"``, or None."""
     try:

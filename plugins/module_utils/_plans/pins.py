@@ -7,7 +7,7 @@ A pin ``V.img.pin-<name>`` is a new inode with the content of the clean image
 or of a revision, and the time of that data as its mtime.  qubesd knows
 nothing of pins and none of its globs matches one, so its commits, pruning
 and reverts leave them alone; this file plans making, replacing and removing
-a pin, and a revert that makes a pin's content the clean image again.
+a pin (a revert to a pin is in revert.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import os
 import re
 
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.markers import PIN_MARKER_PREFIX, write_revert_marker
 from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, VolumeStateError
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import PIN_NAME_PATTERN, parse_revision, parse_timestamp
@@ -48,11 +47,6 @@ def parse_pin_source(value):
                               % (value,)) from None
 
 
-def pin_marker(name):
-    """What a revert to pin ``name`` records on the clean image it makes."""
-    return PIN_MARKER_PREFIX + name
-
-
 def _set_mtime(mtime_ns):
     def finish(fd):
         os.utime(fd, ns=(mtime_ns, mtime_ns))
@@ -78,21 +72,6 @@ class MakePin(act.Clone):
 class RemovePin(act.Remove):
     # A pin is never attached to a VM: a VM starting meanwhile is no reason to stop its removal.
     destructive = False
-
-
-class RestorePin(act.Clone):
-    """Clean made anew from a pin: a clone of it, marked as this revert's result, renamed over clean."""
-
-    def __init__(self, rel, pin_file, clean, name):
-        super().__init__(rel, pin_file, clean, "revert to pin %s" % name, copy_mtime=True)
-        # It replaces the clean image (Clone only knows that for a clone onto its own source), and with
-        # it in place the revert is done: the precache that follows only finishes it.
-        self.destructive = self.completes = True
-        self.marker = pin_marker(name)
-
-    def run(self, workspace):
-        self.how = clone.clone_file(workspace.vm_dir, self.src, workspace.vm_dir, self.dst, copy_mtime=True,
-                                    finish=lambda fd: write_revert_marker(fd, self.marker))
 
 
 class PinPlanner:
@@ -144,29 +123,3 @@ class PinPlanner:
         if existing is None:
             return []
         return [RemovePin(self.rel, existing.name, "pin removed")]
-
-    def revert(self, name, discard_dirty, marker):
-        """Make pin ``name``'s content the clean image (a new inode); the current clean becomes a revision.
-
-        ``marker``: what a previous revert recorded on the clean image; the same
-        revert run again finds it, and the clean image still equal to the pin.
-        """
-        planner = self.planner
-        files = self.files
-        planner.refuse_revert_while_running()
-        pin = files.pins.get(name)
-        if pin is None:
-            known = ", ".join(sorted(files.pins)) or "none"
-            raise InvalidArgument("volume %s has no pin %s to revert to (pins: %s)" % (self.vid, name, known))
-        actions = planner.drop_dirty_for_revert(discard_dirty)
-        already = (marker == pin_marker(name) and files.clean is not None and files.clean.size == pin.size
-                   and self.planner.same_content_of(files.clean.name, pin.name))
-        if already:
-            return actions or planner.finish_precache(0)
-        kept, _added = planner.keep_clean_as_revision(files, "keep the current image as a revision")
-        actions.extend(kept)
-        if files.precache is not None:
-            actions.append(act.RemovePrecache(self.rel, self.vid))
-        actions.append(RestorePin(self.rel, pin.name, self.vid.clean, name))
-        actions.append(planner.new_precache())
-        return actions

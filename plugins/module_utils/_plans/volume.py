@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.markers import MarkReverted
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import same_content
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     InvalidArgument,
@@ -252,50 +251,4 @@ class VolumePlanner:
                            for name in sorted(self.files.pins))
         if set(vm_dir_names) <= {info.name for info in everything}:
             actions.append(act.RemoveVmDirIfEmpty(self.vid))
-        return actions
-
-    def refuse_revert_while_running(self):
-        running = self.surroundings.running_reasons(self.files)
-        if running:
-            raise VolumeInUse("cannot revert volume %s: it is running (%s)" % (self.vid, "; ".join(running)))
-
-    def drop_dirty_for_revert(self, discard_dirty):
-        """The removal of a halted volume's dirty image if the task allows it; refused otherwise."""
-        dirty = self.files.dirty
-        if dirty is None:
-            return []
-        if not discard_dirty:
-            raise VolumeInUse(
-                "volume %s has a dirty image %s with uncommitted data (its VM halted without a commit); "
-                "commit it with reflink_volume state=stopped, or set discard_dirty: true to drop it"
-                % (self.vid, dirty.name))
-        return [act.Remove(self.rel, self.vid.dirty, "discard_dirty: dropping uncommitted data")]
-
-    def revert(self, revision, discard_dirty, marker):
-        """Make revision ``revision`` (an id, or "latest") the clean image again.
-
-        ``marker`` is the revision id a previous revert recorded on the current
-        clean image (None if there is none): the same revert run again, and
-        "latest" right after any revert, find the clean image already reverted.
-        """
-        files = self.files
-        self.refuse_revert_while_running()
-        already = marker is not None and revision in ("latest", marker)
-        if not already:
-            number = files.revisions[-1][0] if revision == "latest" and files.revisions else revision
-            chosen = dict(files.revisions).get(number)
-            if chosen is None:
-                known = ", ".join(str(item) for item, _info in files.revisions) or "none"
-                raise InvalidArgument("volume %s has no revision %s to revert to (revisions: %s)"
-                                      % (self.vid, number, known))
-        actions = self.drop_dirty_for_revert(discard_dirty)
-        if already:
-            return actions or self.finish_precache(0)
-        kept, _added = self.keep_clean_as_revision(files, "keep the current image as a revision")
-        actions.extend(kept)
-        if files.precache is not None:
-            actions.append(act.RemovePrecache(self.rel, self.vid))
-        actions.append(MarkReverted(self.rel, chosen.name, number))
-        actions.append(act.Rename(self.rel, chosen.name, self.vid.clean, "revert to revision %d" % number))
-        actions.append(self.new_precache())
         return actions

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_revision
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.markers import read_revert_marker
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.pins import PinPlanner, check_pin_name
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.pins import check_pin_name
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.revert import RevertPlanner
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import run_single_volume_task
 
 
@@ -23,8 +24,8 @@ def run_revert_task(params, check_mode, diff):
         if planner.files.clean is not None:
             marker = read_revert_marker(workspace.vm_dir, planner.vid.clean)
         if pin is not None:
-            return PinPlanner(planner).revert(pin, params["discard_dirty"], marker)
-        return planner.revert(revision, params["discard_dirty"], marker)
+            return RevertPlanner(planner).to_pin(pin, params["discard_dirty"], marker)
+        return RevertPlanner(planner).to_revision(revision, params["discard_dirty"], marker)
 
     return run_single_volume_task(params, check_mode, diff, "reflink_revert %s to %s" % (params["vid"], target), plan,
                                   changes="revert")
