@@ -94,6 +94,10 @@ class Vid:
         """The VM directory, relative to the pool."""
         return "%s/%s" % (self.prefix, self.vm)
 
+    def rel(self, name):
+        """``name``, a file of this volume's VM directory, as a path relative to the pool (how messages name it)."""
+        return "%s/%s" % (self.vm_dir, name)
+
     @property
     def clean(self):
         return self.volume + ".img"

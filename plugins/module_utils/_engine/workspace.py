@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import errno
-
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import PoolError
 
 
@@ -35,22 +33,13 @@ class Workspace:
             self.vm_dir.close()
             self.vm_dir = None
 
-    def rel(self, name):
-        """``name`` as a path relative to the pool, for messages."""
-        return "%s/%s" % (self.vid.vm_dir, name)
-
     def ensure_vm_dir(self):
         if self.vm_dir is None:
             self.vm_dir = self.prefix_dir.open_dir(self.vid.vm, create=True)
 
     def remove_vm_dir_if_empty(self):
         self.close_vm_dir()
-        try:
-            self.prefix_dir.rmdir(self.vid.vm)
-        except OSError as exc:
-            # Something appeared in the meantime (qubesd's firewall.xml, say): keep it.
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
-                raise
+        self.prefix_dir.rmdir_if_empty(self.vid.vm)
 
     def close(self):
         self.close_vm_dir()

@@ -202,6 +202,17 @@ class Directory:
         if sync:
             self.fsync()
 
+    def rmdir_if_empty(self, name):
+        """Remove subdirectory ``name`` if it is empty; False, and nothing done, if it is not (or is gone)."""
+        try:
+            self.rmdir(name)
+        except OSError as exc:
+            # Something appeared in the meantime (qubesd's firewall.xml, say): keep it.
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                raise
+            return False
+        return True
+
     def link_open_file(self, fd, name):
         """Give the open file ``fd`` (e.g. an unnamed O_TMPFILE file) the name ``name``."""
         os.link(os.path.join(_PROC_FD, str(fd)), name, dst_dir_fd=self.fd, follow_symlinks=True)

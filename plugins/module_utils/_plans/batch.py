@@ -13,14 +13,12 @@ execution, the result) is in _tasks/volume.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import PoolError, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import simulate
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import VolumePlanner
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import read_volume
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import PlanContext, VolumePlan, plan_volume
 
 STATES = ("present", "absent", "stopped")
 # What each state does to the volume's data, for the refusal of a qubesd-owned volume (None: only removes).
@@ -44,14 +42,14 @@ class VolumeRequest:
         return CHANGES[self.state]
 
 
-def plan_request(request, planner, vm_dir_names, vm_dir_exists):
+def plan_request(request, planner, context):
     """The actions that bring one volume to ``request`` (the one place for what each state means)."""
     keep = planner.revisions_to_keep(request.revisions_to_keep)
     if request.state == "absent":
-        return planner.absent(vm_dir_names, remove_pins=request.remove_pins)
+        return planner.absent(context.vm_dir_names, remove_pins=request.remove_pins)
     if request.state == "stopped":
         return planner.stopped(keep)
-    return planner.present(request.size, request.allow_shrink, keep, vm_dir_exists=vm_dir_exists)
+    return planner.present(request.size, request.allow_shrink, keep, vm_dir_exists=context.vm_dir_exists)
 
 
 @dataclass
@@ -64,13 +62,11 @@ class _VmDirState:
 
 
 @dataclass
-class _Planned:
+class BatchItem:
+    """One item of the batch: what it asked for, and its plan."""
+
     request: VolumeRequest
-    workspace: Workspace
-    files: object          # VolumeFiles the plan was made from
-    actions: list
-    after: object          # VolumeFiles the plan leaves (simulated, then read after execution)
-    done: list = field(default_factory=list)   # what it did (check mode: what it would do)
+    plan: VolumePlan
 
 
 def labelled(request, function, *args):
@@ -90,32 +86,30 @@ def labelled(request, function, *args):
         raise error from None
 
 
-def plan_all(requests, workspaces, surroundings, qubes):
+def plan_all(requests, workspaces, surroundings, qubes, warnings):
     """Plan every item in order, each against the VM directories the earlier ones leave."""
     vm_dirs = {}
-    return [labelled(request, _plan_one, request, workspace, vm_dirs, surroundings, qubes)
+    return [labelled(request, _plan_one, request, workspace, vm_dirs, surroundings, qubes, warnings)
             for request, workspace in zip(requests, workspaces, strict=True)]
 
 
-def _plan_one(request, workspace, vm_dirs, surroundings, qubes):
+def _plan_one(request, workspace, vm_dirs, surroundings, qubes, warnings):
     """One item's plan; ``vm_dirs`` (vm_dir -> _VmDirState) records what it leaves for the items after it."""
     workspace.open_vm_dir()
     state = vm_dirs.get(request.vid.vm_dir)
     if state is None:
         listing = workspace.vm_dir.names() if workspace.vm_dir is not None else []
         state = vm_dirs[request.vid.vm_dir] = _VmDirState(listing, set(listing), workspace.vm_dir is not None)
-    files = read_volume(workspace.vm_dir, request.vid, state.listing)
-    planner = VolumePlanner(files, surroundings, workspace.rel, workspace.vm_dir, workspace.prefix_dir,
-                            qubes=qubes.volume(request.vid) if qubes is not None else None)
-    actions = plan_request(request, planner, sorted(state.names), state.exists)
-    after = simulate(files, actions) if actions else files
-    if actions:
-        state.names.difference_update(info.name for info in files.all_with_pins())
-        state.names.update(info.name for info in after.all_with_pins())
-    if any(isinstance(action, act.MakeVmDir) for action in actions):
+    context = PlanContext(workspace, sorted(state.names), state.exists, warnings)
+    plan = plan_volume(workspace, surroundings, qubes, functools.partial(plan_request, request), warnings,
+                       state.listing, context)
+    if plan.actions:
+        state.names.difference_update(info.name for info in plan.files.all_with_pins())
+        state.names.update(info.name for info in plan.after.all_with_pins())
+    if any(isinstance(action, act.MakeVmDir) for action in plan.actions):
         state.exists = True
-    elif any(isinstance(action, act.RemoveVmDirIfEmpty) for action in actions) and not state.names:
+    elif any(isinstance(action, act.RemoveVmDirIfEmpty) for action in plan.actions) and not state.names:
         state.exists = False
     # One descriptor per volume would be too many for a large batch: opened again to execute.
     workspace.close_vm_dir()
-    return _Planned(request, workspace, files, actions, after)
+    return BatchItem(request, plan)

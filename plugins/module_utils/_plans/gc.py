@@ -136,10 +136,10 @@ class GcPlanner:
             listed = self.qubes.volume(key) if self.qubes is not None else None
             # A snapshot or volatile volume's dirty image is a running VM's, never a commit to make.
             if files.dirty is not None and (listed is None or listed.kind not in QUBESD_OWNED_KINDS):
-                self.pending_commit.append({"vid": key, "file": "%s/%s" % (vid.vm_dir, files.dirty.name),
+                self.pending_commit.append({"vid": key, "file": vid.rel(files.dirty.name),
                                             "size": files.dirty.size})
             if files.pins and files.clean is None and files.dirty is None:
-                self.orphaned_pins.extend({"vid": key, "name": name, "file": "%s/%s" % (vid.vm_dir, info.name),
+                self.orphaned_pins.extend({"vid": key, "name": name, "file": vid.rel(info.name),
                                            "size": info.size} for name, info in sorted(files.pins.items()))
             reasons = surroundings.in_use_reasons(files)
             if reasons:
@@ -205,7 +205,7 @@ class GcPlanner:
         own_keep = listed.revisions_to_keep if listed is not None else keep
         if options["rebuild_precache"] and own_keep != SNAPSHOTS_DISABLED and files.clean is not None \
                 and files.dirty is None and files.precache_state != "fresh" and not qubesd_owned:
-            planner = VolumePlanner(files, surroundings, lambda name: "%s/%s" % (vid.vm_dir, name))
+            planner = VolumePlanner(files, surroundings)
             actions.append(planner.new_precache())
         return actions
 

@@ -9,7 +9,6 @@ and how one volume's part of it is executed and reported.
 
 from __future__ import annotations
 
-import errno
 import re
 
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
@@ -22,10 +21,10 @@ class Removal(act.Remove):
     """A gc removal: the Remove action plus what the report says about it."""
 
     def __init__(self, vid, info, reason, exclusive):
-        super().__init__(lambda name: "%s/%s" % (vid.vm_dir, name), info.name, reason)
+        super().__init__(vid.rel, info.name, reason)
         self.identity = (info.dev, info.ino)   # to match against the files processes hold open
         self.entry = {
-            "file": "%s/%s" % (vid.vm_dir, info.name),
+            "file": vid.rel(info.name),
             "reason": reason,
             "bytes": info.usage,
         }
@@ -79,11 +78,7 @@ def remove_vm_dir_step(pool_dir, prefix, vm):
         if prefix_dir is None:
             return
         with prefix_dir:
-            try:
-                prefix_dir.rmdir(vm)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):  # something appeared: keep it
-                    raise
+            prefix_dir.rmdir_if_empty(vm)   # something appeared meanwhile: it stays
     return Step("remove empty VM directory %s/%s" % (prefix, vm), remove)
 
 

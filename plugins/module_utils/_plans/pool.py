@@ -33,7 +33,7 @@ def image_files_in(scan):
     """Relative paths of every image file found by ``scan``."""
     found = []
     for volume in scan.sorted_volumes():
-        found.extend("%s/%s" % (volume.vid.vm_dir, info.name) for info in volume.all_with_pins())
+        found.extend(volume.vid.rel(info.name) for info in volume.all_with_pins())
     return found
 
 

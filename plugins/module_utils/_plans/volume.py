@@ -1,17 +1,23 @@
 # -*- coding: utf-8 -*-
 # Copyright: dom0.reflink contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Plans of the volume operations of the contract: create, resize, commit, remove.
+"""Plans for one volume: what create, resize, commit and remove do, as a list of actions.
 
-Each ``plan_*`` function reads a :class:`VolumeFiles` (and what surrounds the
-volume), refuses what must not be done with a clear error, and returns the
-list of actions that brings the volume to the wanted state; an empty list
-means there is nothing to do.  Nothing here touches the disk.
+``plan_volume`` reads the volume (one listing of its VM directory, one
+``lstat`` per image) and hands a :class:`VolumePlanner` to the task's plan
+function.  The planner's methods refuse what must not be done with a clear
+error and return the actions that bring the volume to the wanted state; an
+empty list means there is nothing to do.  Planning changes nothing on disk,
+but it does read: besides the listing, a comparison of two images reads them
+(cheaply for reflinks, see _fs/compare.py), and a size check tries the size
+on an unnamed file that is gone once closed.  Reverts are planned in
+revert.py, pins in pins.py.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import same_content
@@ -21,6 +27,8 @@ from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     VolumeStateError,
 )
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import format_timestamp
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import simulate
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import read_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import loop_size
 
 # revisions_to_keep: -1 means "snapshots disabled": no revision, no precache.
@@ -43,11 +51,11 @@ def check_revisions_to_keep(value, optional=False):
 class VolumePlanner:
     """Plans for one volume, given its files and what surrounds it."""
 
-    def __init__(self, files, surroundings, rel, vm_dir=None, prefix_dir=None, qubes=None):
+    def __init__(self, files, surroundings, vm_dir=None, prefix_dir=None, qubes=None):
         self.files = files
         self.vid = files.vid
         self.surroundings = surroundings
-        self.rel = rel
+        self.rel = files.vid.rel    # a file of the VM directory as a path relative to the pool, for messages
         self.vm_dir = vm_dir  # to compare contents; None where the VM directory does not exist
         self.prefix_dir = prefix_dir
         self.qubes = qubes    # the QubesVolume qubes.xml lists for this vid, or None
@@ -252,3 +260,44 @@ class VolumePlanner:
         if set(vm_dir_names) <= {info.name for info in everything}:
             actions.append(act.RemoveVmDirIfEmpty(self.vid))
         return actions
+
+
+@dataclass
+class PlanContext:
+    """What a task's plan function gets besides the planner: where it plans, and what it may add to."""
+
+    workspace: object        # the Workspace: pool, prefix and VM directory
+    vm_dir_names: list       # the VM directory's entries (in a batch: as the items before leave them)
+    vm_dir_exists: bool      # whether the VM directory exists (in a batch: once the items before have run)
+    warnings: list           # each becomes a module warning
+
+
+@dataclass
+class VolumePlan:
+    """One volume's plan and what became of it."""
+
+    workspace: object
+    files: object            # the VolumeFiles the plan was made from
+    actions: list
+    after: object            # the VolumeFiles the plan leaves: simulated, read again once executed
+    done: list = field(default_factory=list)   # what it did (check mode: what it would do)
+
+
+def plan_volume(workspace, surroundings, qubes, plan, warnings, listing=None, context=None):
+    """Read the volume of ``workspace`` (its VM directory opened by the caller) and plan it: ``plan(planner, context)``.
+
+    ``listing``: the VM directory's entries if the caller listed it already;
+    ``context``: the PlanContext, when the caller knows better than the disk
+    (a batch: what the items planned before this one leave).  ``qubes``: the
+    QubesPool of qubes.xml, or None.
+    """
+    vm_dir = workspace.vm_dir
+    if listing is None:
+        listing = vm_dir.names() if vm_dir is not None else []
+    files = read_volume(vm_dir, workspace.vid, listing)
+    planner = VolumePlanner(files, surroundings, vm_dir, workspace.prefix_dir,
+                            qubes=qubes.volume(workspace.vid) if qubes is not None else None)
+    if context is None:
+        context = PlanContext(workspace, listing, vm_dir is not None, warnings)
+    actions = plan(planner, context)
+    return VolumePlan(workspace, files, actions, simulate(files, actions) if actions else files)

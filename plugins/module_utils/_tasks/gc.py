@@ -11,7 +11,6 @@ import time
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_duration
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import execute
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
@@ -29,7 +28,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import 
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml
 from ansible_collections.dom0.reflink.plugins.module_utils._state.scan import PoolScan, require_pool
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import missing_pool_warning
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import missing_pool_warning, run_or_report
 
 
 def parse_gc_options(params):
@@ -108,10 +107,7 @@ def run_gc_task(params, check_mode):
                 left_alone = {journal_name(parse_vid(item["vid"])) for item in skipped}
                 steps += [remove_journal_step(pool_dir, name, reason) for name, reason in planner.journal_removals
                           if name not in left_alone]
-                if check_mode:
-                    actions.extend(step.text for step in steps)
-                else:
-                    actions.extend(execute(steps, None))
+                actions.extend(run_or_report(steps, None, check_mode))
             finally:
                 if locks is not None:
                     locks.close()

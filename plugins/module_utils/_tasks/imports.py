@@ -51,10 +51,10 @@ def run_import_task(params, check_mode, diff):
             stack.callback(source.close)
 
         def plan(planner, context):
-            workspace = context["workspace"]
+            workspace = context.workspace
             options["revisions_to_keep"] = planner.revisions_to_keep(given_keep)
             return plan_import(planner, workspace, options, source, read_journal(workspace.pool_dir, vid),
-                               context["warnings"], check_mode)
+                               context.warnings, check_mode)
 
         def import_image(after):
             present = after.import_ is not None

@@ -10,12 +10,12 @@ import os
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import PoolError
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import execute
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import filesystem_report, filesystem_type, probe_reflink
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import pool_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.pool import open_pool_or_parent, plan_absent, plan_present
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import run_or_report
 
 
 def _layout(path):
@@ -49,14 +49,14 @@ def run_pool_task(params, check_mode, diff):
                     % (path, filesystem_type(path if exists else os.path.dirname(os.path.abspath(path)))))
             with _pool_lock_if(pool_dir, params, check_mode):
                 steps = plan_present(path, pool_dir)
-                done = [step.text for step in steps] if check_mode else execute(steps, None)
+                done = run_or_report(steps, None, check_mode)
         else:
             reflink = None
             steps = []
             if exists:
                 with _pool_lock_if(pool_dir, params, check_mode, create=False):
                     steps = plan_absent(path, pool_dir)
-                    done = [step.text for step in steps] if check_mode else execute(steps, None)
+                    done = run_or_report(steps, None, check_mode)
             else:
                 done = []
     finally:

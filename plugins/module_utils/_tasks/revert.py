@@ -19,7 +19,7 @@ def run_revert_task(params, check_mode, diff):
     target = "pin %s" % pin if pin is not None else revision
 
     def plan(planner, context):
-        workspace = context["workspace"]
+        workspace = context.workspace
         marker = None
         if planner.files.clean is not None:
             marker = read_revert_marker(workspace.vm_dir, planner.vid.clean)

@@ -16,11 +16,11 @@ import os
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import AbsentDirectory, Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed, execute, simulate
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed, execute
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import VolumePlanner
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import plan_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml, refuse_qubesd_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import read_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.report import volume_report
@@ -51,14 +51,13 @@ def volume_argument_spec(**extra):
 def run_single_volume_task(params, check_mode, diff, purpose, plan, extra=None, changes="change"):
     """Run one volume module's task and return its result dict.
 
-    ``plan(planner, context)`` returns the list of actions; ``context`` is a
-    dict with ``workspace``, ``vm_dir_names`` (the VM directory's entries) and
-    ``warnings`` (a list the plan may add to; each becomes a module warning).
-    ``extra(after)``, if given, returns more result keys from the volume's
-    files after the task (VolumeFiles).  ``changes`` says what the task does
-    to the volume's data ("import into"), for the refusal of a volume that
-    qubes.xml lists as a snapshot or volatile one; None for a task that only
-    removes (those files are leftovers then, and removing them loses nothing).
+    ``plan(planner, context)`` returns the list of actions (``context``: a
+    PlanContext, see _plans/volume.py).  ``extra(after)``, if given, returns
+    more result keys from the volume's files after the task (VolumeFiles).
+    ``changes`` says what the task does to the volume's data ("import into"),
+    for the refusal of a volume that qubes.xml lists as a snapshot or volatile
+    one; None for a task that only removes (those files are leftovers then,
+    and removing them loses nothing).
     """
     vid = parse_vid(params["vid"])
     pool = params["pool"]
@@ -72,30 +71,39 @@ def run_single_volume_task(params, check_mode, diff, purpose, plan, extra=None, 
         with volume_lock(pool_dir, vid, timeout=params["lock_timeout"], purpose=purpose,
                          create=not check_mode):
             workspace.open_vm_dir()
-            vm_dir_names = workspace.vm_dir.names() if workspace.vm_dir else []
-            files = read_volume(workspace.vm_dir, vid)
             surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
-            planner = VolumePlanner(files, surroundings, workspace.rel, workspace.vm_dir, workspace.prefix_dir,
-                                    qubes=qubes.volume(vid) if qubes is not None else None)
-            actions = plan(planner, {"workspace": workspace, "vm_dir_names": vm_dir_names, "warnings": warnings})
-            if check_mode:
-                reported = [action.text for action in actions]
-                after = simulate(files, actions)
-            else:
-                reported = execute(actions, workspace, guard=InUseGuard(files, surroundings))
-                after = read_volume(workspace.vm_dir, vid)
+            planned = plan_volume(workspace, surroundings, qubes, plan, warnings)
+            carry_out(planned, surroundings, check_mode)
             result = {
-                "changed": bool(actions),
-                "actions": reported,
-                "volume": volume_report(pool, after, surroundings),
+                "changed": bool(planned.actions),
+                "actions": planned.done,
+                "volume": volume_report(pool, planned.after, surroundings),
             }
             if extra is not None:
-                result.update(extra(after))
+                result.update(extra(planned.after))
             if diff:
-                result["diff"] = {"before": files.summary(), "after": after.summary()}
+                result["diff"] = {"before": planned.files.summary(), "after": planned.after.summary()}
             if warnings:
                 result["warnings"] = warnings
             return result
+
+
+def run_or_report(actions, workspace, check_mode, guard=None):
+    """What ``actions`` did (executed, see _engine/executor.py), or in check mode what they would do."""
+    if check_mode:
+        return [action.text for action in actions]
+    return execute(actions, workspace, guard=guard)
+
+
+def carry_out(plan, surroundings, check_mode):
+    """Execute one volume's plan, the in-use guard on (in check mode: report it); read the volume again after it."""
+    if not plan.actions:
+        return
+    workspace = plan.workspace
+    plan.done = run_or_report(plan.actions, workspace, check_mode,
+                              guard=None if check_mode else InUseGuard(plan.files, surroundings))
+    if not check_mode:
+        plan.after = read_volume(workspace.vm_dir, workspace.vid)
 
 
 def missing_pool_warning(path):

@@ -12,23 +12,22 @@ then executes the items in order and reports each.
 
 from __future__ import annotations
 
+import functools
 import re
 import resource
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_volume_size
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed, execute
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_locks
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.batch import STATES, VolumeRequest, labelled, plan_all, plan_request
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import check_revisions_to_keep
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import read_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml, refuse_qubesd_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.report import volume_report
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import open_task_pool, run_single_volume_task
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import carry_out, open_task_pool, run_single_volume_task
 
 ITEM_KEYS = ("vid", "state", "size", "allow_shrink", "revisions_to_keep")
 # Ansible's spellings of a boolean, for item values that no argument spec has converted.
@@ -146,76 +145,75 @@ def run_volume_batch(params, check_mode, diff, purpose="reflink_volume volumes")
             with volume_locks(pool_dir, [request.vid for request in requests], timeout=params["lock_timeout"],
                               purpose=purpose, create=not check_mode):
                 surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
-                plans = plan_all(requests, workspaces, surroundings, qubes)
-                if check_mode:
-                    for plan in plans:
-                        plan.done = [action.text for action in plan.actions]
-                else:
-                    _execute_all(plans, surroundings, pool)
+                items = plan_all(requests, workspaces, surroundings, qubes, warnings)
+                _carry_out_all(items, surroundings, pool, check_mode)
         finally:
             for workspace in workspaces:
                 workspace.close()
-        result = _result(plans, pool, surroundings, diff)
+        result = _result(items, pool, surroundings, diff)
     if warnings:
         result["warnings"] = warnings
     return result
 
 
-def _execute_all(plans, surroundings, pool):
-    """Execute the plans in order; the first failure stops the batch (a rerun converges)."""
-    for position, plan in enumerate(plans):
-        if not plan.actions:
+def _carry_out_all(items, surroundings, pool, check_mode):
+    """Execute the items' plans in order (in check mode: report them); the first failure stops the batch."""
+    for position, item in enumerate(items):
+        if not item.plan.actions:
             continue
-        workspace = plan.workspace
+        workspace = item.plan.workspace
         try:
             # Afresh: an earlier item may have made or removed this VM directory.
             workspace.open_vm_dir()
-            plan.done = execute(plan.actions, workspace, guard=InUseGuard(plan.files, surroundings))
-            plan.after = read_volume(workspace.vm_dir, plan.request.vid)
+            carry_out(item.plan, surroundings, check_mode)
         except (ReflinkError, OSError) as exc:
-            raise _stopped_at(plans, position, exc, pool, surroundings) from None
+            raise _stopped_at(items, position, exc, pool, surroundings) from None
         finally:
             workspace.close_vm_dir()
 
 
-def _stopped_at(plans, position, exc, pool, surroundings):
-    """The BatchFailed of item ``position``: what was done before it and by it, and the way on."""
-    plan = plans[position]
+def _stopped_at(items, position, exc, pool, surroundings):
+    """The BatchFailed of item ``position``: what was done before it and by it, and the way on (a rerun converges)."""
+    failed = items[position]
     if isinstance(exc, PlanFailed):
-        plan.done = exc.done
-    changed_before = [item for item in plans[:position] if item.actions]
+        failed.plan.done = exc.done
+    changed_before = [item for item in items[:position] if item.plan.actions]
     again = "" if "run the task again" in str(exc) else "; run the task again to finish"
     message = "%s: %s; %s; the items after it were not started%s" % (
-        plan.request.label, exc,
+        failed.request.label, exc,
         "the items before it were done (%s)" % ", ".join(str(item.request.vid) for item in changed_before)
         if changed_before else "no item before it changed anything", again)
-    done = [text for item in plans[:position + 1] for text in item.done]
+    done = [text for item in items[:position + 1] for text in item.plan.done]
     # The item's own plan ran fully when only reading it afterwards failed.
-    changed = bool(changed_before) or (exc.changed if isinstance(exc, PlanFailed) else bool(plan.done))
-    reports = [_item_report(item, pool, surroundings) for item in plans[:position]]
+    changed = bool(changed_before) or (exc.changed if isinstance(exc, PlanFailed) else bool(failed.plan.done))
+    reports = [_item_report(item, pool, surroundings) for item in items[:position]]
     return BatchFailed(message, done, changed, {"volumes": reports})
 
 
-def _item_report(plan, pool, surroundings):
-    report = volume_report(pool, plan.after, surroundings)
-    report["changed"] = bool(plan.actions)
-    report["actions"] = list(plan.done)
-    if plan.request.state == "absent":
-        report["kept_pins"] = sorted(plan.after.pins)
+def _item_report(item, pool, surroundings):
+    report = volume_report(pool, item.plan.after, surroundings)
+    report["changed"] = bool(item.plan.actions)
+    report["actions"] = list(item.plan.done)
+    report.update(_kept_pins(item.request, item.plan.after))
     return report
 
 
-def _result(plans, pool, surroundings, diff):
-    volumes = [_item_report(plan, pool, surroundings) for plan in plans]
+def _kept_pins(request, after):
+    """``kept_pins`` of an item (or task) with state=absent: the pins that stay."""
+    return {"kept_pins": sorted(after.pins)} if request.state == "absent" else {}
+
+
+def _result(items, pool, surroundings, diff):
+    volumes = [_item_report(item, pool, surroundings) for item in items]
     result = {
-        "changed": any(plan.actions for plan in plans),
+        "changed": any(item.plan.actions for item in items),
         "actions": [text for report in volumes for text in report["actions"]],
         "volumes": volumes,
     }
     if diff:
         result["diff"] = {
-            "before": {str(plan.request.vid): plan.files.summary() for plan in plans},
-            "after": {str(plan.request.vid): plan.after.summary() for plan in plans},
+            "before": {str(item.request.vid): item.plan.files.summary() for item in items},
+            "after": {str(item.request.vid): item.plan.after.summary() for item in items},
         }
     return result
 
@@ -259,13 +257,6 @@ def run_volume_task(params, check_mode, diff):
     if params["volumes"] is not None:
         return run_volume_batch(params, check_mode, diff)
     request = volume_request(params)
-
-    def plan(planner, context):
-        return plan_request(request, planner, context["vm_dir_names"],
-                            vm_dir_exists=context["workspace"].vm_dir is not None)
-
-    def kept_pins(after):
-        return {"kept_pins": sorted(after.pins)} if request.state == "absent" else {}
-
     return run_single_volume_task(params, check_mode, diff, "reflink_volume state=%s %s" % (request.state, params["vid"]),
-                                  plan, extra=kept_pins, changes=request.changes)
+                                  functools.partial(plan_request, request),
+                                  extra=functools.partial(_kept_pins, request), changes=request.changes)
