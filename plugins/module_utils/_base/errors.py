@@ -12,7 +12,9 @@ from __future__ import annotations
 
 
 class ReflinkError(Exception):
-    """Base class of every error the core raises on purpose."""
+    """Base class of every error the core raises on purpose; ``way_out``, where set, is what to do next."""
+
+    way_out = None
 
 
 class InvalidArgument(ReflinkError):

@@ -24,7 +24,9 @@ class Action:
     ``completes``: once it ran, the new clean image is in place and the plan's
     job is done, so the executor checks no more (what follows, a new precache or
     a record of the commit, only finishes; withdrawing it would take back the
-    revision that now holds the old data).
+    revision that now holds the old data).  When a plan is withdrawn, a step
+    that is ``kept_after_pruning`` (the new revision a commit makes) stays if a
+    later step ``prunes`` an older revision to make room for it.
     """
 
     text = ""
@@ -32,6 +34,8 @@ class Action:
     long = False
     changes_disk = True
     completes = False
+    prunes = False
+    kept_after_pruning = False
 
     def run(self, workspace):
         raise NotImplementedError

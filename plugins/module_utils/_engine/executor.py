@@ -17,12 +17,16 @@ from ansible_collections.dom0.reflink.plugins.module_utils._state.files import V
 
 
 class PlanFailed(ReflinkError):
-    """An action of a plan failed; ``done`` lists the actions that completed before it."""
+    """An action of a plan failed; ``done`` lists the actions that completed before it.
+
+    ``result``: more keys for the task's failure result (a batch's ``volumes``: what the items before it did).
+    """
 
     def __init__(self, message, done, changed=None):
         super().__init__(message)
         self.done = done
         self.changed = bool(done) if changed is None else changed
+        self.result = {}
 
 
 class PlanWithdrawn(PlanFailed):
@@ -77,7 +81,7 @@ def _withdrawn(exc, ran, done, workspace):
     taken_back = []
     kept = []
     for action in reversed(ran):
-        if getattr(action, "kept_after_pruning", False) and any(getattr(step, "prunes", False) for step in kept):
+        if action.kept_after_pruning and any(step.prunes for step in kept):
             kept.append(action)   # a revision was pruned to make room for this one: it stays
             continue
         try:
@@ -99,7 +103,8 @@ def _withdrawn(exc, ran, done, workspace):
 
 def _way_out(exc):
     """What the user does next: the error's own advice where it has one (a rerun alone would fail the same way)."""
-    return getattr(exc, "way_out", None) or "run the task again to finish, or fix the cause first"
+    way_out = exc.way_out if isinstance(exc, ReflinkError) else None
+    return way_out or "run the task again to finish, or fix the cause first"
 
 
 def _failure_text(action, exc):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass, field
 
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import exclusive_bytes
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, ReflinkError
@@ -25,6 +26,19 @@ from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import 
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import QUBESD_OWNED_KINDS, orphan_reason
 
 
+@dataclass(frozen=True)
+class GcOptions:
+    """What reflink_gc is asked to do, parsed from its options (see _tasks/gc.py)."""
+
+    min_age: int                                  # seconds
+    import_max_age: int                           # seconds
+    revisions_to_keep: int | None                 # None: the volume's own setting decides
+    revisions_to_keep_per_volume: dict = field(default_factory=dict)   # vid str -> revisions to keep
+    rebuild_precache: bool = False
+    remove_orphans: bool = False
+    keep_vids: set | None = None                  # vid strs that should exist, or None: not given
+
+
 def _age(now, info):
     return now - info.mtime_ns / 1e9
 
@@ -32,12 +46,12 @@ def _age(now, info):
 def set_aside_held_files(per_volume):
     """Take out of ``per_volume`` ({key: (vid, actions)}) the removals of files some process holds open.
 
-    A removal is an action with an ``identity`` (st_dev, st_ino) and an ``entry``
-    (its report); a volume left with no action is dropped.  Returns the
-    reports of the removals taken out, for ``skipped_files``.
+    A Removal knows the file it removes by its ``identity`` (st_dev, st_ino);
+    a volume left with no action is dropped.  Returns the reports of the
+    removals taken out, for ``skipped_files``.
     """
     identities = [action.identity for _vid, actions in per_volume.values() for action in actions
-                  if getattr(action, "identity", None) is not None]
+                  if isinstance(action, Removal)]
     holders = open_holders(identities)
     skipped = []
     if not holders:
@@ -46,7 +60,7 @@ def set_aside_held_files(per_volume):
         vid, actions = per_volume[key]
         kept = []
         for action in actions:
-            found = holders.get(getattr(action, "identity", None))
+            found = holders.get(action.identity) if isinstance(action, Removal) else None
             if found is None:
                 kept.append(action)
                 continue
@@ -129,7 +143,7 @@ class GcPlanner:
 
     def plan(self, scan, surroundings, journals, journal_tempfiles):
         options = self.options
-        keep_vids = options["keep_vids"]
+        keep_vids = options.keep_vids
         for files in scan.sorted_volumes():
             vid = files.vid
             key = str(vid)
@@ -152,11 +166,11 @@ class GcPlanner:
             if orphan is not None:
                 self.orphans.append({"vid": key, "size": files.size, "usage": sum(i.usage for i in files.all()),
                                      "reason": orphan})
-                young = [info for info in files.all() if _age(self.now, info) < options["min_age"]]
-                if options["remove_orphans"] and young:
+                young = [info for info in files.all() if _age(self.now, info) < options.min_age]
+                if options.remove_orphans and young:
                     # qvm-create, qvm-clone and a restore make images before qubesd saves qubes.xml.
                     self.orphans[-1]["kept"] = "%s is younger than min_age: a VM being created?" % young[0].name
-                elif options["remove_orphans"]:
+                elif options.remove_orphans:
                     actions = [self.removal(vid, info, "orphan: " + orphan)
                                for info in files.all()]
             if actions:
@@ -166,7 +180,7 @@ class GcPlanner:
         self.plan_vm_dirs(scan)
         self.plan_journals(scan, journals)
         for name, mtime in sorted(journal_tempfiles.items()):
-            if self.now - mtime >= self.options["min_age"]:
+            if self.now - mtime >= self.options.min_age:
                 self.journal_removals.append((name, "stale tempfile of a journal"))
 
     def set_aside_held_files(self):
@@ -176,7 +190,7 @@ class GcPlanner:
     def plan_volume(self, files, surroundings, journal, listed=None):
         options = self.options
         vid = files.vid
-        min_age = options["min_age"]
+        min_age = options.min_age
         actions = []
         for info in files.tempfiles:
             if _age(self.now, info) >= min_age:
@@ -185,7 +199,7 @@ class GcPlanner:
             record, journal_mtime = journal
             claimed = record is not None and record.get("state") == BEGUN
             journal_age = self.now - journal_mtime
-            if claimed and journal_age < options["import_max_age"]:
+            if claimed and journal_age < options.import_max_age:
                 pass  # a begun two-phase import: another program may be writing it
             elif claimed:
                 actions.append(self.removal(vid, files.import_,
@@ -203,7 +217,7 @@ class GcPlanner:
         qubesd_owned = listed is not None and listed.kind in QUBESD_OWNED_KINDS   # no precache of its own
         # Whether the volume has snapshots disabled is its own setting, whatever gc prunes to.
         own_keep = listed.revisions_to_keep if listed is not None else keep
-        if options["rebuild_precache"] and own_keep != SNAPSHOTS_DISABLED and files.clean is not None \
+        if options.rebuild_precache and own_keep != SNAPSHOTS_DISABLED and files.clean is not None \
                 and files.dirty is None and files.precache_state != "fresh" and not qubesd_owned:
             planner = VolumePlanner(files, surroundings)
             actions.append(planner.new_precache())
@@ -217,11 +231,11 @@ class GcPlanner:
         said how many means none is pruned: the volume's owner may keep more
         than gc would guess.
         """
-        per_volume = self.options["revisions_to_keep_per_volume"]
+        per_volume = self.options.revisions_to_keep_per_volume
         if str(vid) in per_volume:
             return per_volume[str(vid)]
-        if self.options["revisions_to_keep"] is not None:
-            return self.options["revisions_to_keep"]
+        if self.options.revisions_to_keep is not None:
+            return self.options.revisions_to_keep
         return listed.revisions_to_keep if listed is not None else None
 
     def plan_vm_dirs(self, scan):
@@ -235,7 +249,7 @@ class GcPlanner:
                 self.vm_dir_removals.append(tuple(rel_dir.split("/")))
 
     def plan_journals(self, scan, journals):
-        import_max_age = self.options["import_max_age"]
+        import_max_age = self.options.import_max_age
         for name, (record, mtime) in sorted(journals.items()):
             vid = None
             if record is not None:

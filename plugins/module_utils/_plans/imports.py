@@ -35,16 +35,16 @@ def _own_image(files, source):
 
 
 def plan_import(planner, workspace, options, source, journal, warnings=None, check_mode=False):
-    """Plan the task of reflink_import; ``options`` holds the parsed module options.
+    """Plan the task of reflink_import; ``options`` (ImportOptions) holds the parsed module options.
 
     ``warnings`` collects what the user should know although the task succeeds.
     """
-    state = options["state"]
+    state = options.state
     files = planner.files
     vid = planner.vid
     rel = planner.rel
-    size = options["size"]
-    keep = options["revisions_to_keep"]
+    size = options.size
+    keep = options.revisions_to_keep
     if state != "present":
         return plan_two_phase(planner, workspace, options, journal, [] if warnings is None else warnings,
                               check_mode)
@@ -58,16 +58,16 @@ def plan_import(planner, workspace, options, source, journal, warnings=None, che
     planner.refuse_if_in_use("import into")
     result_size = size if size is not None else source.size
     planner.check_size(result_size)
-    if not options["force"] and unchanged(workspace.vm_dir, files, source, result_size):
-        if options["checksum"]:
-            verify_clean_checksum(workspace.vm_dir, vid, options["checksum"])
+    if not options.force and unchanged(workspace.vm_dir, files, source, result_size):
+        if options.checksum:
+            verify_clean_checksum(workspace.vm_dir, vid, options.checksum)
         return planner.finish_precache(keep) + stale_journal
     actions = []
     if not files.exists:
         actions.extend(new_volume_actions(planner, workspace))
-    actions.append(Stage(rel, vid.import_, source, result_size, options["fallback"] != "never"))
-    if options["checksum"]:
-        actions.append(VerifyChecksum(rel, vid.import_, options["checksum"]))
-    actions.extend(planner.commit(vid.import_, options["revisions_to_keep"],
+    actions.append(Stage(rel, vid.import_, source, result_size, options.fallback != "never"))
+    if options.checksum:
+        actions.append(VerifyChecksum(rel, vid.import_, options.checksum))
+    actions.extend(planner.commit(vid.import_, options.revisions_to_keep,
                                   files=None if files.exists else VolumeFiles(vid)))
     return actions + stale_journal

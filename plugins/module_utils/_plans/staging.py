@@ -13,6 +13,7 @@ nothing: the import image holds another program's work.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
@@ -40,6 +41,19 @@ from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import
 )
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.markers import MarkImported, read_import_marker
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo, VolumeFiles
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """What reflink_import is asked to do, parsed from its options (see _tasks/imports.py); the one-shot plan
+    (imports.py) and the two-phase plans below both read it."""
+
+    state: str                        # present (one shot), begin, commit or abort
+    size: int | None                  # bytes; None: the source's (or the begun import's) size
+    checksum: str | None              # the expected sha256 in hex, or None
+    force: bool
+    revisions_to_keep: int            # as the planner resolved it for this volume
+    fallback: str                     # errno: copy where a reflink is impossible; never: fail
 
 
 class Stage(Action):
@@ -162,7 +176,7 @@ def one_shot_journal_actions(planner, workspace, journal):
 
 def plan_two_phase(planner, workspace, options, journal, warnings, check_mode):
     """The plan of reflink_import with state begin, commit or abort."""
-    state = options["state"]
+    state = options.state
     if state == "abort":
         return _plan_abort(planner, workspace, journal, warnings, check_mode)
     if state == "commit":
@@ -197,7 +211,7 @@ def _plan_abort(planner, workspace, journal, warnings, check_mode):
 
 def _plan_commit(planner, workspace, options, journal, warnings, check_mode):
     vid, files, rel = planner.vid, planner.files, planner.rel
-    keep = options["revisions_to_keep"]
+    keep = options.revisions_to_keep
     state = _journal_state(journal)
     if state == CORRUPT:
         raise VolumeStateError(_corrupt(vid, "commit cannot check that the import image is the one begun")
@@ -207,7 +221,7 @@ def _plan_commit(planner, workspace, options, journal, warnings, check_mode):
             return planner.finish_precache(keep)  # this commit happened: a rerun changes nothing
         if journal is None and check_mode:
             warnings.append(_planned_only(vid, "commit"))
-            size = options["size"] if options["size"] is not None else files.size
+            size = options.size if options.size is not None else files.size
             assumed = AssumeImportImage(rel, vid.import_, size)
             return _commit_actions(planner, workspace, options, assumed, [], size, None)
         raise VolumeStateError(
@@ -232,7 +246,7 @@ def _plan_commit(planner, workspace, options, journal, warnings, check_mode):
         planner.refuse_if_in_use("commit an import into")
     except VolumeInUse as exc:
         raise VolumeInUse("%s (the begun import stays as it is; state=abort discards it)" % exc) from None
-    size = options["size"]
+    size = options.size
     if size is None and files.import_.size != journal.get("size"):
         raise VolumeStateError(
             "the import image %s is %d bytes, but the import was begun with %s bytes (the writer wrote past "
@@ -241,9 +255,9 @@ def _plan_commit(planner, workspace, options, journal, warnings, check_mode):
             % (rel(vid.import_), files.import_.size, journal.get("size"), files.import_.size))
     target = files.import_.size if size is None else size
     checks = []
-    if options["checksum"]:
+    if options.checksum:
         # Before any change: the data is checked as it will be at the size committed.
-        checks.append(VerifyChecksum(rel, vid.import_, options["checksum"],
+        checks.append(VerifyChecksum(rel, vid.import_, options.checksum,
                                      size=None if target == files.import_.size else target,
                                      staged_by_task=False))
     if target != files.import_.size:
@@ -254,7 +268,7 @@ def _plan_commit(planner, workspace, options, journal, warnings, check_mode):
 def _commit_actions(planner, workspace, options, assumed, checks, target, begun_at):
     """The actions of a two-phase commit of the import image at size ``target``."""
     vid, files, rel = planner.vid, planner.files, planner.rel
-    keep = options["revisions_to_keep"]
+    keep = options.revisions_to_keep
     actions = [assumed] if assumed is not None else []
     actions.extend(checks)
     if not files.exists:
@@ -285,7 +299,7 @@ def _refuse_replaced(planner, journal):
 
 def _plan_begin(planner, workspace, options, journal):
     vid, files, rel = planner.vid, planner.files, planner.rel
-    size = options["size"]
+    size = options.size
     if size is None:
         raise InvalidArgument("state=begin needs size: the size of the image the other program will write")
     state = _journal_state(journal)

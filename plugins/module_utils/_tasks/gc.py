@@ -15,7 +15,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard i
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import LOCKS_DIR, metadata_dir, pool_lock, try_volume_lock
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc import GcPlanner
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc import GcOptions, GcPlanner
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc_steps import (
     Removal,
     execute_reporting,
@@ -32,24 +32,22 @@ from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import 
 
 
 def parse_gc_options(params):
-    options = {
-        "min_age": parse_duration(params["min_age"], "min_age"),
-        "import_max_age": parse_duration(params["import_max_age"], "import_max_age"),
-        "revisions_to_keep": check_revisions_to_keep(params["revisions_to_keep"], optional=True),
-        "revisions_to_keep_per_volume": {},
-        "rebuild_precache": params["rebuild_precache"],
-        "remove_orphans": params["remove_orphans"],
-        "keep_vids": None,
-    }
+    min_age = parse_duration(params["min_age"], "min_age")
+    import_max_age = parse_duration(params["import_max_age"], "import_max_age")
+    revisions_to_keep = check_revisions_to_keep(params["revisions_to_keep"], optional=True)
+    per_volume = {}
     for vid, given in (params.get("revisions_to_keep_per_volume") or {}).items():
         try:
             keep = int(given)
         except (TypeError, ValueError):
             raise InvalidArgument("revisions_to_keep_per_volume[%s] must be an integer" % vid) from None
-        options["revisions_to_keep_per_volume"][str(parse_vid(vid))] = check_revisions_to_keep(keep)
+        per_volume[str(parse_vid(vid))] = check_revisions_to_keep(keep)
+    keep_vids = None
     if params.get("keep_vids") is not None:
-        options["keep_vids"] = {str(parse_vid(vid)) for vid in params["keep_vids"]}
-    return options
+        keep_vids = {str(parse_vid(vid)) for vid in params["keep_vids"]}
+    return GcOptions(min_age=min_age, import_max_age=import_max_age, revisions_to_keep=revisions_to_keep,
+                     revisions_to_keep_per_volume=per_volume, rebuild_precache=params["rebuild_precache"],
+                     remove_orphans=params["remove_orphans"], keep_vids=keep_vids)
 
 
 def run_gc_task(params, check_mode):
@@ -58,7 +56,7 @@ def run_gc_task(params, check_mode):
     only = [parse_vid(vid) for vid in params["vids"]] if params.get("vids") else None
     path = params["pool"]
     qubes = read_qubes_xml(params.get("qubes_xml"), path)
-    if options["remove_orphans"] and options["keep_vids"] is None and qubes is None:
+    if options.remove_orphans and options.keep_vids is None and qubes is None:
         raise InvalidArgument("remove_orphans needs keep_vids (the list of volumes that should exist), or a "
                               "qubes.xml (qubes_xml) that lists this pool")
     now = time.time()

@@ -17,15 +17,15 @@ from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum impor
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.imports import plan_import
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import read_journal
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.sources import open_source_path, open_source_volume
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.staging import ImportOptions
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import check_revisions_to_keep
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import run_single_volume_task
 
 
 def run_import_task(params, check_mode, diff):
     """reflink_import: open and lock the source, then plan and run like every volume task."""
-    options = dict(params)
-    options["size"] = None if params["size"] is None else parse_volume_size(params["size"])
-    options["checksum"] = parse_checksum(params["checksum"])
+    size = None if params["size"] is None else parse_volume_size(params["size"])
+    checksum = parse_checksum(params["checksum"])
     given_keep = check_revisions_to_keep(params["revisions_to_keep"], optional=True)
     vid = parse_vid(params["vid"])
     if params["state"] != "present" and (params["src"] or params["src_vid"]):
@@ -52,7 +52,8 @@ def run_import_task(params, check_mode, diff):
 
         def plan(planner, context):
             workspace = context.workspace
-            options["revisions_to_keep"] = planner.revisions_to_keep(given_keep)
+            options = ImportOptions(state=params["state"], size=size, checksum=checksum, force=params["force"],
+                                    revisions_to_keep=planner.revisions_to_keep(given_keep), fallback=params["fallback"])
             return plan_import(planner, workspace, options, source, read_journal(workspace.pool_dir, vid),
                                context.warnings, check_mode)
 
@@ -61,4 +62,5 @@ def run_import_task(params, check_mode, diff):
             return {"import_image": os.path.join(params["pool"], vid.vm_dir, vid.import_) if present else None}
 
         return run_single_volume_task(params, check_mode, diff, "reflink_import state=%s %s" % (params["state"], vid),
-                               plan, extra=import_image, changes=None if params["state"] == "abort" else "import into")
+                                      plan, extra=import_image,
+                                      changes=None if params["state"] == "abort" else "import into")

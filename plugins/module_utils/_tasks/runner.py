@@ -126,7 +126,7 @@ def main_wrapper(module, work):
         result = work()
     except PlanFailed as exc:
         # A batch's failure also says what each item done before it left (``result``).
-        module.fail_json(msg=str(exc), actions=exc.done, changed=exc.changed, **getattr(exc, "result", {}))
+        module.fail_json(msg=str(exc), actions=exc.done, changed=exc.changed, **exc.result)
     except ReflinkError as exc:
         module.fail_json(msg=str(exc), actions=[], changed=False)
     except OSError as exc:
