@@ -294,27 +294,22 @@ skipped_files:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.arguments import POOL_TASK, ArgumentSpec
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.gc import run_gc_task
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import QUBES_XML_ARGUMENT_SPEC, main_wrapper
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import main_wrapper
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec={
-            "pool": {"type": "path", "required": True},
-            "vids": {"type": "list", "elements": "str"},
-            "keep_vids": {"type": "list", "elements": "str"},
-            "remove_orphans": {"type": "bool", "default": False},
-            "min_age": {"type": "raw", "default": "1h"},
-            "import_max_age": {"type": "raw", "default": "1d"},
-            "revisions_to_keep": {"type": "int"},
-            "revisions_to_keep_per_volume": {"type": "dict", "default": {}},
-            "rebuild_precache": {"type": "bool", "default": False},
-            "lock_timeout": {"type": "int", "default": 60},
-            **QUBES_XML_ARGUMENT_SPEC,
-        },
-        supports_check_mode=True,
-    )
+def main() -> None:
+    module = POOL_TASK.merge(ArgumentSpec({
+        "vids": {"type": "list", "elements": "str"},
+        "keep_vids": {"type": "list", "elements": "str"},
+        "remove_orphans": {"type": "bool", "default": False},
+        "min_age": {"type": "raw", "default": "1h"},
+        "import_max_age": {"type": "raw", "default": "1d"},
+        "revisions_to_keep": {"type": "int"},
+        "revisions_to_keep_per_volume": {"type": "dict", "default": {}},
+        "rebuild_precache": {"type": "bool", "default": False},
+    })).create_module(AnsibleModule)
     main_wrapper(module, lambda: run_gc_task(module.params, module.check_mode))
 
 

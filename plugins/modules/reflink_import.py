@@ -180,27 +180,23 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.arguments import VOLUME_TASK, ArgumentSpec
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.imports import run_import_task
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import main_wrapper, volume_argument_spec
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import main_wrapper
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=volume_argument_spec(
-            state={"type": "str", "default": "present", "choices": ["present", "begin", "commit", "abort"]},
-            src={"type": "path"},
-            src_vid={"type": "str"},
-            src_pool={"type": "path"},
-            size={"type": "raw"},
-            checksum={"type": "str"},
-            force={"type": "bool", "default": False},
-            revisions_to_keep={"type": "int"},
-            fallback={"type": "str", "default": "errno", "choices": ["errno", "never"]},
-        ),
-        mutually_exclusive=[["src", "src_vid"]],
-        required_by={"src_pool": "src_vid"},
-        supports_check_mode=True,
-    )
+def main() -> None:
+    module = VOLUME_TASK.merge(ArgumentSpec({
+        "state": {"type": "str", "default": "present", "choices": ["present", "begin", "commit", "abort"]},
+        "src": {"type": "path"},
+        "src_vid": {"type": "str"},
+        "src_pool": {"type": "path"},
+        "size": {"type": "raw"},
+        "checksum": {"type": "str"},
+        "force": {"type": "bool", "default": False},
+        "revisions_to_keep": {"type": "int"},
+        "fallback": {"type": "str", "default": "errno", "choices": ["errno", "never"]},
+    }, mutually_exclusive=[["src", "src_vid"]], required_by={"src_pool": "src_vid"})).create_module(AnsibleModule)
     main_wrapper(module, lambda: run_import_task(module.params, module.check_mode, module._diff))
 
 

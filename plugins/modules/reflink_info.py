@@ -225,20 +225,15 @@ missing:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.arguments import POOL_TASK, ArgumentSpec
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.info import run_info_task
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import QUBES_XML_ARGUMENT_SPEC, main_wrapper
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import main_wrapper
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec={
-            "pool": {"type": "path", "required": True},
-            "vids": {"type": "list", "elements": "str"},
-            "lock_timeout": {"type": "int", "default": 60},
-            **QUBES_XML_ARGUMENT_SPEC,
-        },
-        supports_check_mode=True,
-    )
+def main() -> None:
+    module = POOL_TASK.merge(ArgumentSpec({
+        "vids": {"type": "list", "elements": "str"},
+    })).create_module(AnsibleModule)
     main_wrapper(module, lambda: run_info_task(module.params, module.check_mode))
 
 

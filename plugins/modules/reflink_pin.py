@@ -134,20 +134,18 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.arguments import VOLUME_TASK, ArgumentSpec
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.pin import run_pin_task
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import main_wrapper, volume_argument_spec
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import main_wrapper
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=volume_argument_spec(
-            name={"type": "str", "required": True},
-            revision={"type": "raw", "default": "clean"},
-            state={"type": "str", "default": "present", "choices": ["present", "absent"]},
-            force={"type": "bool", "default": False},
-        ),
-        supports_check_mode=True,
-    )
+def main() -> None:
+    module = VOLUME_TASK.merge(ArgumentSpec({
+        "name": {"type": "str", "required": True},
+        "revision": {"type": "raw", "default": "clean"},
+        "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+        "force": {"type": "bool", "default": False},
+    })).create_module(AnsibleModule)
     main_wrapper(module, lambda: run_pin_task(module.params, module.check_mode, module._diff))
 
 

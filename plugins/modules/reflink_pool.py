@@ -118,21 +118,17 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.arguments import LOCK_TIMEOUT, QUBES_XML, ArgumentSpec
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.pool import run_pool_task
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import QUBES_XML_ARGUMENT_SPEC, main_wrapper
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import main_wrapper
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec={
-            "path": {"type": "path", "required": True, "aliases": ["pool"]},
-            "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
-            "require_reflink": {"type": "bool", "default": True},
-            "lock_timeout": {"type": "int", "default": 60},
-            **QUBES_XML_ARGUMENT_SPEC,
-        },
-        supports_check_mode=True,
-    )
+def main() -> None:
+    module = ArgumentSpec({
+        "path": {"type": "path", "required": True, "aliases": ["pool"]},
+        "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+        "require_reflink": {"type": "bool", "default": True},
+    }).merge(LOCK_TIMEOUT).merge(QUBES_XML).create_module(AnsibleModule)
     main_wrapper(module, lambda: run_pool_task(module.params, module.check_mode, module._diff))
 
 

@@ -102,20 +102,17 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.arguments import VOLUME_TASK, ArgumentSpec
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.revert import run_revert_task
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import main_wrapper, volume_argument_spec
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import main_wrapper
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=volume_argument_spec(
-            revision={"type": "raw"},
-            pin={"type": "str"},
-            discard_dirty={"type": "bool", "default": False},
-        ),
-        mutually_exclusive=[("revision", "pin")],
-        supports_check_mode=True,
-    )
+def main() -> None:
+    module = VOLUME_TASK.merge(ArgumentSpec({
+        "revision": {"type": "raw"},
+        "pin": {"type": "str"},
+        "discard_dirty": {"type": "bool", "default": False},
+    }, mutually_exclusive=[("revision", "pin")])).create_module(AnsibleModule)
     main_wrapper(module, lambda: run_revert_task(module.params, module.check_mode, module._diff))
 
 

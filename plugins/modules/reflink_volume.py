@@ -293,25 +293,22 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import main_wrapper, volume_argument_spec
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.arguments import VOLUME_TASK, ArgumentSpec
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import main_wrapper
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.volume import run_volume_task
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=volume_argument_spec(
-            vid={"type": "str"},
-            volumes={"type": "list", "elements": "dict"},
-            state={"type": "str", "default": "present", "choices": ["present", "absent", "stopped"]},
-            size={"type": "raw"},
-            allow_shrink={"type": "bool", "default": False},
-            remove_pins={"type": "bool", "default": False},
-            revisions_to_keep={"type": "int"},
-        ),
-        mutually_exclusive=[("vid", "volumes")],
-        required_one_of=[("vid", "volumes")],
-        supports_check_mode=True,
-    )
+def main() -> None:
+    module = VOLUME_TASK.merge(ArgumentSpec({
+        "vid": {"type": "str"},
+        # Items are checked by run_volume_task, not by Ansible's suboptions (see _tasks/volume.py).
+        "volumes": {"type": "list", "elements": "dict"},
+        "state": {"type": "str", "default": "present", "choices": ["present", "absent", "stopped"]},
+        "size": {"type": "raw"},
+        "allow_shrink": {"type": "bool", "default": False},
+        "remove_pins": {"type": "bool", "default": False},
+        "revisions_to_keep": {"type": "int"},
+    }, mutually_exclusive=[("vid", "volumes")], required_one_of=[("vid", "volumes")])).create_module(AnsibleModule)
     main_wrapper(module, lambda: run_volume_task(module.params, module.check_mode, module._diff))
 
 

@@ -26,28 +26,6 @@ from ansible_collections.dom0.reflink.plugins.module_utils._state.files import r
 from ansible_collections.dom0.reflink.plugins.module_utils._state.report import volume_report
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
 
-# The option every module has (documented in the doc fragment dom0.reflink.qubes_xml).
-QUBES_XML_ARGUMENT_SPEC = {
-    "qubes_xml": {"type": "str", "default": "auto"},
-}
-
-# The options shared by the volume modules (documented in the doc fragments
-# dom0.reflink.volume and dom0.reflink.qubes_xml).
-VOLUME_ARGUMENT_SPEC = {
-    "pool": {"type": "path", "required": True},
-    "vid": {"type": "str", "required": True},
-    "lock_timeout": {"type": "int", "default": 60},
-    **QUBES_XML_ARGUMENT_SPEC,
-}
-
-
-def volume_argument_spec(**extra):
-    """The shared options plus the module's own."""
-    spec = dict(VOLUME_ARGUMENT_SPEC)
-    spec.update(extra)
-    return spec
-
-
 def run_single_volume_task(params, check_mode, diff, purpose, plan, extra=None, changes="change"):
     """Run one volume module's task and return its result dict.
 

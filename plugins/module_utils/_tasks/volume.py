@@ -29,7 +29,20 @@ from ansible_collections.dom0.reflink.plugins.module_utils._state.report import 
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import carry_out, open_task_pool, run_single_volume_task
 
-ITEM_KEYS = ("vid", "state", "size", "allow_shrink", "revisions_to_keep")
+# The keys of a ``volumes`` item, as the module documents them (suboptions), in the shape of an Ansible option
+# spec.  They are checked here, item by item, and not by Ansible: given as suboptions in the module's argument
+# spec, Ansible refuses a bad item before the module runs, with messages that name neither the item nor its
+# vid and do not say that nothing was changed ("Unsupported parameters for (basic.py) module: volumes.sise",
+# "value of state must be one of: present, absent, stopped, got: gone found in volumes"), and a suboption
+# spec cannot let an unknown key through.  A key set to null counts as omitted: the task's own value applies.
+ITEM_OPTIONS = {
+    "vid": {"type": "str", "required": True},
+    "state": {"type": "str", "choices": list(STATES)},
+    "size": {"type": "raw"},
+    "allow_shrink": {"type": "bool"},
+    "revisions_to_keep": {"type": "int"},
+}
+ITEM_KEYS = tuple(ITEM_OPTIONS)
 # Ansible's spellings of a boolean, for item values that no argument spec has converted.
 _TRUE = frozenset(("yes", "on", "1", "true", "y", "t"))
 _FALSE = frozenset(("no", "off", "0", "false", "n", "f"))
