@@ -110,7 +110,7 @@ help:
 	@echo '  make test-powercut  power cuts replayed from a block-level write log (tests/powercut), ~4 min'
 	@echo '  make test-fleet  three SSH hosts, a user with sudo, forks 3, pipelining on/off (tests/fleet), ~2-3 min'
 	@echo '  make sanity      ansible-test sanity (SANITY_ARGS="--test NAME" to narrow)'
-	@echo '  make lint        ruff, yamllint, ansible-lint (production), changelog and docs lint'
+	@echo '  make lint        ruff, mypy (strict on the core), yamllint, ansible-lint (production), changelog and docs lint'
 	@echo '  make package-test  build the tarball, install it offline, run a module from it'
 	@echo '  make molecule    molecule test of extensions/molecule/* (MOLECULE_ARGS="-s default" for one)'
 	@echo '  make compat      scenario default with ansible-core 2.16, and with modules on Python 3.13'
@@ -231,9 +231,13 @@ sanity: venv collection
 		ansible-test sanity --venv --python $(SANITY_PYTHON) --color no $(SANITY_ARGS)
 
 # Linters of the whole tree.  ansible-lint and antsibull-docs look the
-# collection up by name: they get the copy in build/collections.
+# collection up by name: they get the copy in build/collections; so does mypy
+# (mypy.ini: strict on plugins/module_utils), which needs the files under the
+# package names they are imported by.
 lint: venv collection
 	cd "$(ROOT)" && "$(VENV_BIN)/ruff" check --no-cache .
+	cd "$(COLLECTIONS_PATH)" && "$(VENV_BIN)/mypy" --config-file "$(ROOT)/mypy.ini" --cache-dir "$(ROOT)/build/mypy-cache" \
+		-p ansible_collections.dom0.reflink.plugins.module_utils -p ansible_collections.dom0.reflink.plugins.modules
 	cd "$(ROOT)" && "$(VENV_BIN)/yamllint" --strict .
 	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/antsibull-changelog" lint
 	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" \

@@ -14,7 +14,7 @@ from __future__ import annotations
 class ReflinkError(Exception):
     """Base class of every error the core raises on purpose; ``way_out``, where set, is what to do next."""
 
-    way_out = None
+    way_out: str | None = None
 
 
 class InvalidArgument(ReflinkError):
@@ -40,7 +40,7 @@ class VolumeStateError(ReflinkError):
 class ChecksumMismatch(ReflinkError):
     """Data to import does not have the digest the user gave; ``way_out`` says what to do next."""
 
-    def __init__(self, message, way_out):
+    def __init__(self, message: str, way_out: str) -> None:
         super().__init__(message)
         self.way_out = way_out
 
@@ -52,6 +52,6 @@ class LockTimeout(ReflinkError):
 class CloneError(ReflinkError):
     """Cloning or copying an image failed with an error that must not be masked."""
 
-    def __init__(self, message, errno=None):
+    def __init__(self, message: str, errno: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno

@@ -14,6 +14,7 @@ import datetime
 import functools
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
 
@@ -59,8 +60,11 @@ IMPORT = "import"
 REVISION = "revision"
 PIN = "pin"
 
+# A revision as users name it: its id, or "latest".
+Revision = int | Literal["latest"]
 
-def _check_component(value, what):
+
+def _check_component(value: object, what: str) -> None:
     if not isinstance(value, str) or value == "":
         raise InvalidArgument("%s must be a non-empty name" % what)
     if "\0" in value:
@@ -86,49 +90,49 @@ class Vid:
     vm: str
     volume: str
 
-    def __str__(self):
+    def __str__(self) -> str:
         return "%s/%s/%s" % (self.prefix, self.vm, self.volume)
 
     @property
-    def vm_dir(self):
+    def vm_dir(self) -> str:
         """The VM directory, relative to the pool."""
         return "%s/%s" % (self.prefix, self.vm)
 
-    def rel(self, name):
+    def rel(self, name: str) -> str:
         """``name``, a file of this volume's VM directory, as a path relative to the pool (how messages name it)."""
         return "%s/%s" % (self.vm_dir, name)
 
     @property
-    def clean(self):
+    def clean(self) -> str:
         return self.volume + ".img"
 
     @property
-    def dirty(self):
+    def dirty(self) -> str:
         return self.volume + "-dirty.img"
 
     @property
-    def precache(self):
+    def precache(self) -> str:
         return self.volume + "-precache.img"
 
     @property
-    def import_(self):
+    def import_(self) -> str:
         return self.volume + "-import.img"
 
-    def revision(self, number, timestamp):
+    def revision(self, number: int, timestamp: str) -> str:
         """File name of revision ``number``; ``timestamp`` as made by format_timestamp."""
         return "%s.img.%d@%s" % (self.volume, number, timestamp)
 
-    def pin(self, name):
+    def pin(self, name: str) -> str:
         """File name of the pin ``name`` (a name checked by _pins.check_pin_name)."""
         return "%s.img.pin-%s" % (self.volume, name)
 
     @property
-    def lock_name(self):
+    def lock_name(self) -> str:
         """Name of this volume's lock file: Qubes' escaping, so it is readable and unique."""
         return escape_vid(str(self)) + ".lock"
 
 
-def parse_vid(value):
+def parse_vid(value: object) -> Vid:
     """Validate ``value`` and return a :class:`Vid`; raise InvalidArgument otherwise."""
     if not isinstance(value, str) or value == "":
         raise InvalidArgument("vid must be a non-empty string like 'appvms/<vm>/<volume>'")
@@ -161,18 +165,18 @@ def parse_vid(value):
     return Vid(prefix, vm, volume)
 
 
-def escape_vid(text):
+def escape_vid(text: str) -> str:
     """Qubes' escaping of a path-like name into one component: '-' -> '--', '/' -> '-'."""
     return text.replace("-", "--").replace("/", "-")
 
 
-def format_timestamp(mtime):
+def format_timestamp(mtime: float) -> str:
     """Revision timestamp of a clean image with mtime ``mtime`` (seconds since the epoch), UTC."""
     moment = datetime.datetime.fromtimestamp(int(mtime), tz=datetime.timezone.utc)
     return moment.strftime(_TIMESTAMP_FORMAT)
 
 
-def parse_timestamp(text):
+def parse_timestamp(text: str) -> int:
     """Seconds since the epoch of a revision timestamp string; InvalidArgument if malformed."""
     try:
         moment = datetime.datetime.strptime(text, _TIMESTAMP_FORMAT)
@@ -194,7 +198,7 @@ class ImageName:
     pin: str | None = None  # the pin's name, for a PIN
 
     @property
-    def final_name(self):
+    def final_name(self) -> str:
         """The name this file has (or will have once renamed, for a tempfile)."""
         if self.kind == CLEAN:
             return self.volume + ".img"
@@ -205,13 +209,13 @@ class ImageName:
         return "%s-%s.img" % (self.volume, self.kind)
 
     @property
-    def junk_revision(self):
+    def junk_revision(self) -> bool:
         """A revision file whose number is not a decimal integer (Qubes crashes on it)."""
         return self.kind == REVISION and self.revision is None
 
 
 @functools.lru_cache(maxsize=4096)
-def classify(filename):
+def classify(filename: str) -> ImageName | None:
     """Return the :class:`ImageName` of ``filename``, or None for a file that is no image."""
     match = _IMAGE_RE.match(filename)
     if match is None:
@@ -244,7 +248,13 @@ def classify(filename):
     )
 
 
-def parse_revision(value):
+def timestamp_of(filename: str) -> str | None:
+    """The timestamp in a revision's file name (with its Z), None for a file that is no revision."""
+    image = classify(filename)
+    return image.timestamp if image is not None else None
+
+
+def parse_revision(value: object) -> Revision:
     """A revision as users give it: "latest", or a positive integer (also as a string)."""
     if isinstance(value, str) and value.strip().lower() == "latest":
         return "latest"

@@ -29,7 +29,7 @@ _SIZE_HELP = "an integer number of bytes or a number with K, M, G, T (or KiB, Mi
 MAX_SIZE = 2 ** 63 - 1
 
 
-def parse_size(value, what="size"):
+def parse_size(value: object, what: str = "size") -> int:
     """Bytes of ``value``: an int, or a string such as ``20G``, ``512MiB``, ``1.5G``.
 
     Suffixes are powers of 1024 and case-insensitive; a fractional result is
@@ -55,7 +55,7 @@ def parse_size(value, what="size"):
         raise InvalidArgument("%s %r is not %s" % (what, value, _SIZE_HELP)) from None
 
 
-def _in_range(value, what):
+def _in_range(value: int, what: str) -> int:
     if value < 0:
         raise InvalidArgument("%s must not be negative (got %d)" % (what, value))
     if value > MAX_SIZE:
@@ -63,7 +63,7 @@ def _in_range(value, what):
     return value
 
 
-def parse_volume_size(value, what="size"):
+def parse_volume_size(value: object, what: str = "size") -> int:
     """Like parse_size, for the size of a volume: zero bytes is no volume at all."""
     size = parse_size(value, what)
     if size == 0:
@@ -71,7 +71,7 @@ def parse_volume_size(value, what="size"):
     return size
 
 
-def parse_duration(value, what="duration"):
+def parse_duration(value: object, what: str = "duration") -> int:
     """Seconds of ``value``: an int, or a string such as ``90``, ``30m``, ``2h``, ``1d``."""
     if isinstance(value, bool):
         raise InvalidArgument("%s must be a number of seconds or a number with s, m, h or d" % what)
@@ -88,7 +88,7 @@ def parse_duration(value, what="duration"):
         "%s %r is not a number of seconds or a number with s, m, h or d (e.g. 30m, 2h, 1d)" % (what, value))
 
 
-def format_size(value):
+def format_size(value: int) -> str:
     """A short human form of a byte count, for messages (``1.5 GiB``)."""
     for unit, factor in (("TiB", 1024 ** 4), ("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024)):
         if value >= factor:

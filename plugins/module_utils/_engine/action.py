@@ -13,8 +13,18 @@ it ran, how (``done``: e.g. whether a clone was a reflink or a copy).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
-class Action:
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo
+
+# Where an action runs: a volume's Workspace (file actions), or nothing (a pool-level Step).
+W = TypeVar("W")
+# A file of the VM directory as a path relative to the pool, for the texts of actions (Vid.rel).
+Rel = Callable[[str], str]
+
+
+class Action(Generic[W]):
     """One step of a plan.  Subclasses set ``text`` and implement run/simulate.
 
     ``destructive``: the step replaces or removes an image, so the executor checks
@@ -37,31 +47,31 @@ class Action:
     prunes = False
     kept_after_pruning = False
 
-    def run(self, workspace):
+    def run(self, workspace: W) -> None:
         raise NotImplementedError
 
-    def simulate(self, files):
+    def simulate(self, files: dict[str, FileInfo]) -> None:
         """Apply the action to ``files`` (a dict name -> FileInfo of the VM directory)."""
 
-    def undo(self, workspace):
+    def undo(self, workspace: W) -> str | None:
         """After a later step failed: take back what is useless alone; return what was done, or None."""
         return None
 
-    def withdraw(self, workspace):
+    def withdraw(self, workspace: W) -> str | None:
         """The plan stopped because the volume became in use: take back what should not stay; like undo."""
         return self.undo(workspace)
 
     @property
-    def done(self):
+    def done(self) -> str:
         return self.text
 
 
-class Step(Action):
+class Step(Action[None]):
     """A pool-level step: a sentence and the function that does it."""
 
-    def __init__(self, text, function):
+    def __init__(self, text: str, function: Callable[[], object]) -> None:
         self.text = text
         self.function = function
 
-    def run(self, workspace):
+    def run(self, workspace: None) -> None:
         self.function()

@@ -11,7 +11,10 @@ as the plan would leave them, for check mode and diff mode.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, W
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import VolumeBecameInUse
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
 
@@ -22,22 +25,22 @@ class PlanFailed(ReflinkError):
     ``result``: more keys for the task's failure result (a batch's ``volumes``: what the items before it did).
     """
 
-    def __init__(self, message, done, changed=None):
+    def __init__(self, message: str, done: list[str], changed: bool | None = None) -> None:
         super().__init__(message)
         self.done = done
         self.changed = bool(done) if changed is None else changed
-        self.result = {}
+        self.result: dict[str, object] = {}
 
 
 class PlanWithdrawn(PlanFailed):
     """The volume became in use while the plan ran; what it had done is taken back where it should be."""
 
-    def __init__(self, message, done, changed, reasons):
+    def __init__(self, message: str, done: list[str], changed: bool, reasons: list[str]) -> None:
         super().__init__(message, done, changed)
         self.reasons = reasons
 
 
-def execute(actions, workspace, guard=None):
+def execute(actions: Sequence[Action[W]], workspace: W, guard: Callable[[W], None] | None = None) -> list[str]:
     """Run ``actions`` in order; on failure undo what can be undone and raise PlanFailed.
 
     Undoing is best effort and only for steps whose effect would otherwise
@@ -49,8 +52,8 @@ def execute(actions, workspace, guard=None):
     before each destructive one (see _inuse_guard.py); when it raises
     VolumeBecameInUse the plan is withdrawn and PlanWithdrawn is raised.
     """
-    done = []
-    ran = []
+    done: list[str] = []
+    ran: list[Action[W]] = []
     for action in actions:
         if guard is not None and (action.destructive or (ran and ran[-1].long)):
             try:
@@ -77,9 +80,9 @@ def execute(actions, workspace, guard=None):
     return done
 
 
-def _withdrawn(exc, ran, done, workspace):
+def _withdrawn(exc: VolumeBecameInUse, ran: list[Action[W]], done: list[str], workspace: W) -> PlanWithdrawn:
     taken_back = []
-    kept = []
+    kept: list[Action[W]] = []
     for action in reversed(ran):
         if action.kept_after_pruning and any(step.prunes for step in kept):
             kept.append(action)   # a revision was pruned to make room for this one: it stays
@@ -101,13 +104,13 @@ def _withdrawn(exc, ran, done, workspace):
     return PlanWithdrawn(message, done, bool(kept), exc.reasons)
 
 
-def _way_out(exc):
+def _way_out(exc: BaseException) -> str:
     """What the user does next: the error's own advice where it has one (a rerun alone would fail the same way)."""
     way_out = exc.way_out if isinstance(exc, ReflinkError) else None
     return way_out or "run the task again to finish, or fix the cause first"
 
 
-def _failure_text(action, exc):
+def _failure_text(action: Action[W], exc: ReflinkError | OSError | OverflowError) -> str:
     if isinstance(exc, ReflinkError):
         return "%s; failed at step '%s'" % (exc, action.text)
     if isinstance(exc, OverflowError):
@@ -116,7 +119,7 @@ def _failure_text(action, exc):
     return "step '%s' failed: %s%s" % (action.text, exc.strerror or exc, where)
 
 
-def _undo(actions, workspace):
+def _undo(actions: Sequence[Action[W]], workspace: W) -> str:
     undone = []
     for action in actions:
         try:
@@ -128,7 +131,7 @@ def _undo(actions, workspace):
     return "; undone: %s" % ", ".join(undone) if undone else ""
 
 
-def simulate(files, actions):
+def simulate(files: VolumeFiles, actions: Sequence[Action[W]]) -> VolumeFiles:
     """The VolumeFiles that ``actions`` would leave, computed without touching the disk."""
     listing = {info.name: info for info in files.all_with_pins()}
     for action in actions:

@@ -8,78 +8,80 @@ from __future__ import annotations
 import fcntl
 import os
 
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Rel
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo
 
 LOOP_SET_CAPACITY = 0x4C07
 
 
-class MakeVmDir(Action):
-    def __init__(self, vid):
+class MakeVmDir(Action[Workspace]):
+    def __init__(self, vid: Vid) -> None:
         self.vid = vid
         self.text = "create VM directory %s" % vid.vm_dir
 
-    def run(self, workspace):
+    def run(self, workspace: Workspace) -> None:
         workspace.ensure_vm_dir()
 
-    def undo(self, workspace):
+    def undo(self, workspace: Workspace) -> str | None:
         if workspace.vm_dir is not None and not workspace.vm_dir.names():
             workspace.remove_vm_dir_if_empty()
             return "removed the new, empty VM directory %s" % self.vid.vm_dir
         return None
 
 
-class RemoveVmDirIfEmpty(Action):
-    def __init__(self, vid):
+class RemoveVmDirIfEmpty(Action[Workspace]):
+    def __init__(self, vid: Vid) -> None:
         self.vid = vid
         self.text = "remove VM directory %s (now empty)" % vid.vm_dir
 
-    def run(self, workspace):
+    def run(self, workspace: Workspace) -> None:
         workspace.remove_vm_dir_if_empty()
 
 
-class CreateSparse(Action):
-    def __init__(self, rel, name, size):
+class CreateSparse(Action[Workspace]):
+    def __init__(self, rel: Rel, name: str, size: int) -> None:
         self.name = name
         self.size = size
         self.text = "create sparse image %s of %d bytes" % (rel(name), size)
 
-    def run(self, workspace):
-        workspace.vm_dir.write_new_file(self.name, lambda fd: os.ftruncate(fd, self.size))
+    def run(self, workspace: Workspace) -> None:
+        workspace.vm().write_new_file(self.name, lambda fd: os.ftruncate(fd, self.size))
 
-    def simulate(self, files):
+    def simulate(self, files: dict[str, FileInfo]) -> None:
         files[self.name] = FileInfo(self.name, self.size, 0)
 
 
-class Clone(Action):
+class Clone(Action[Workspace]):
     """A new inode ``dst`` with ``src``'s content (reflink, or sparse copy where the gate allows)."""
 
     long = True
 
-    def __init__(self, rel, src, dst, why, size=None, copy_mtime=False):
+    def __init__(self, rel: Rel, src: str, dst: str, why: str, size: int | None = None, copy_mtime: bool = False) -> None:
         self.destructive = self.completes = src == dst   # a new inode of clean replaces the old one (resize)
         self.src = src
         self.dst = dst
         self.size = size
         self.copy_mtime = copy_mtime
-        self.how = None
+        self.how: str | None = None
         self.text = "%s: %s from %s" % (why, rel(dst), rel(src))
         if size is not None:
             self.text += ", size %d bytes" % size
 
-    def run(self, workspace):
-        self.how = clone.clone_file(workspace.vm_dir, self.src, workspace.vm_dir, self.dst,
+    def run(self, workspace: Workspace) -> None:
+        self.how = clone.clone_file(workspace.vm(), self.src, workspace.vm(), self.dst,
                                     dst_size=self.size, copy_mtime=self.copy_mtime)
 
-    def simulate(self, files):
+    def simulate(self, files: dict[str, FileInfo]) -> None:
         source = files[self.src]
         size = source.size if self.size is None else self.size
         mtime = source.mtime_ns if self.copy_mtime else -1
         files[self.dst] = FileInfo(self.dst, size, source.usage, mtime)
 
     @property
-    def done(self):
+    def done(self) -> str:
         if self.how == clone.COPY:
             return self.text + " (sparse copy: reflink not possible here)"
         return self.text + (" (%s)" % self.how if self.how else "")
@@ -91,7 +93,7 @@ class KeepAsRevision(Clone):
     # Once a later step pruned an older revision, this one counts in its place: it stays.
     kept_after_pruning = True
 
-    def withdraw(self, workspace):
+    def withdraw(self, workspace: Workspace) -> str | None:
         # Left behind, it would be a duplicate of clean that qubesd's next commit adds to again,
         # pushing a real revision out.
         if self.how is not None and workspace.vm_dir is not None and workspace.vm_dir.unlink(self.dst, missing_ok=True):
@@ -99,34 +101,34 @@ class KeepAsRevision(Clone):
         return None
 
 
-class Rename(Action):
+class Rename(Action[Workspace]):
     destructive = True
     completes = True   # every Rename of a plan puts the new clean image in place (commit, revert)
 
-    def __init__(self, rel, src, dst, why):
+    def __init__(self, rel: Rel, src: str, dst: str, why: str) -> None:
         self.src = src
         self.dst = dst
         self.text = "%s: rename %s to %s" % (why, rel(src), rel(dst))
 
-    def run(self, workspace):
-        workspace.vm_dir.rename(self.src, self.dst)
+    def run(self, workspace: Workspace) -> None:
+        workspace.vm().rename(self.src, self.dst)
 
-    def simulate(self, files):
+    def simulate(self, files: dict[str, FileInfo]) -> None:
         info = files.pop(self.src)
         files[self.dst] = FileInfo(self.dst, info.size, info.usage, info.mtime_ns, info.ino, info.dev)
 
 
-class Remove(Action):
+class Remove(Action[Workspace]):
     destructive = True
 
-    def __init__(self, rel, name, why):
+    def __init__(self, rel: Rel, name: str, why: str) -> None:
         self.name = name
         self.text = "remove %s (%s)" % (rel(name), why)
 
-    def run(self, workspace):
-        workspace.vm_dir.unlink(self.name, missing_ok=True)
+    def run(self, workspace: Workspace) -> None:
+        workspace.vm().unlink(self.name, missing_ok=True)
 
-    def simulate(self, files):
+    def simulate(self, files: dict[str, FileInfo]) -> None:
         files.pop(self.name, None)
 
 
@@ -139,59 +141,59 @@ class Prune(Remove):
 class RemovePrecache(Remove):
     """Remove a precache that is about to go stale; if the task fails, make it anew from clean."""
 
-    def __init__(self, rel, vid):
+    def __init__(self, rel: Rel, vid: Vid) -> None:
         super().__init__(rel, vid.precache, "the precache is about to go stale")
         self.vid = vid
 
-    def undo(self, workspace):
+    def undo(self, workspace: Workspace) -> str | None:
         if workspace.vm_dir is None or workspace.vm_dir.lstat(self.vid.clean) is None:
             return None
         clone.clone_file(workspace.vm_dir, self.vid.clean, workspace.vm_dir, self.vid.precache, copy_mtime=True)
         return "made the precache %s anew" % self.vid.precache
 
-    def withdraw(self, workspace):
+    def withdraw(self, workspace: Workspace) -> str | None:
         # A started VM has no precache (qubesd renamed it to its dirty image): do not make one under it.
         if workspace.vm_dir is not None and workspace.vm_dir.lstat(self.vid.dirty) is not None:
             return None
         return self.undo(workspace)
 
 
-class Fsync(Action):
+class Fsync(Action[Workspace]):
     long = True
     changes_disk = False
 
-    def __init__(self, rel, name):
+    def __init__(self, rel: Rel, name: str) -> None:
         self.name = name
         self.text = "flush %s to disk" % rel(name)
 
-    def run(self, workspace):
-        fd = workspace.vm_dir.open_file(self.name, os.O_RDONLY)
+    def run(self, workspace: Workspace) -> None:
+        fd = workspace.vm().open_file(self.name, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
 
 
-class ResizeInPlace(Action):
-    def __init__(self, rel, name, size):
+class ResizeInPlace(Action[Workspace]):
+    def __init__(self, rel: Rel, name: str, size: int) -> None:
         self.name = name
         self.size = size
         self.text = "resize %s in place to %d bytes" % (rel(name), size)
 
-    def run(self, workspace):
-        workspace.vm_dir.truncate(self.name, self.size)
+    def run(self, workspace: Workspace) -> None:
+        workspace.vm().truncate(self.name, self.size)
 
-    def simulate(self, files):
+    def simulate(self, files: dict[str, FileInfo]) -> None:
         info = files[self.name]
         files[self.name] = FileInfo(self.name, self.size, min(info.usage, self.size), info.mtime_ns, info.ino, info.dev)
 
 
-class SetLoopCapacity(Action):
-    def __init__(self, device):
+class SetLoopCapacity(Action[Workspace]):
+    def __init__(self, device: str) -> None:
         self.device = device
         self.text = "tell loop device %s its backing file's new size" % device
 
-    def run(self, workspace):
+    def run(self, workspace: Workspace) -> None:
         fd = os.open(self.device, os.O_RDONLY | os.O_CLOEXEC)
         try:
             fcntl.ioctl(fd, LOOP_SET_CAPACITY, 0)

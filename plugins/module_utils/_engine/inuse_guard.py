@@ -17,14 +17,16 @@ from __future__ import annotations
 import dataclasses
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import VolumeInUse
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles, read_volume
-from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import loop_devices, qubes_running_names
+from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings, loop_devices, qubes_running_names
 
 
 class VolumeBecameInUse(VolumeInUse):
     """The volume became in use while a plan ran: the plan is withdrawn."""
 
-    def __init__(self, vid, reasons):
+    def __init__(self, vid: Vid, reasons: list[str]) -> None:
         super().__init__("volume %s became in use while this task ran (%s): its VM was started, most likely by "
                          "qubesd" % (vid, "; ".join(reasons)))
         self.vid = vid
@@ -39,17 +41,17 @@ class InUseGuard:
     running-state files.
     """
 
-    def __init__(self, files, surroundings):
+    def __init__(self, files: VolumeFiles, surroundings: Surroundings) -> None:
         """``files`` and ``surroundings``: what the plan was made from."""
         self.planned_files = files
         self.planned = surroundings
         self.checks = 0
 
-    def reread_surroundings(self):
+    def reread_surroundings(self) -> Surroundings:
         # dataclasses.replace keeps whatever else Surroundings knows (the pool itself, its Qubes name).
         return dataclasses.replace(self.planned, loops=loop_devices(), running=qubes_running_names())
 
-    def new_reasons(self, workspace):
+    def new_reasons(self, workspace: Workspace | None) -> list[str]:
         vid = self.planned_files.vid
         vm_dir = workspace.vm_dir if workspace is not None else None
         files = read_volume(vm_dir, vid) if vm_dir is not None else VolumeFiles(vid)
@@ -62,7 +64,7 @@ class InUseGuard:
             reasons.append("the dirty image %s appeared" % files.dirty.name)
         return reasons
 
-    def __call__(self, workspace):
+    def __call__(self, workspace: Workspace) -> None:
         self.checks += 1
         reasons = self.new_reasons(workspace)
         if reasons:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Rel
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.xattrs import read_xattr, set_xattr
 
 # Extended attribute that marks a clean image as the result of a revert, so
@@ -25,12 +27,12 @@ REVERT_MARKER = "user.dom0-reflink.reverted-to"
 PIN_MARKER_PREFIX = "pin-"
 
 
-def pin_marker(name):
+def pin_marker(name: str) -> str:
     """What a revert to pin ``name`` records on the clean image it makes."""
     return PIN_MARKER_PREFIX + name
 
 
-def read_revert_marker(directory, name):
+def read_revert_marker(directory: Directory, name: str) -> int | str | None:
     """What a revert recorded on ``directory/name``: a revision id, ``"pin-<name>"``, or None."""
     try:
         value = (read_xattr(directory, name, REVERT_MARKER) or b"").decode("ascii")
@@ -41,31 +43,31 @@ def read_revert_marker(directory, name):
     return value if value.startswith(PIN_MARKER_PREFIX) else None
 
 
-def write_revert_marker(fd, value):
+def write_revert_marker(fd: int, value: int | str) -> bool:
     """Record ``value`` (a revision id or ``"pin-<name>"``) on the open file ``fd``; False without xattrs."""
     # Without xattrs a rerun of the same revert is not recognised; the revert itself is unaffected.
     return set_xattr(fd, REVERT_MARKER, str(value).encode("ascii"))
 
 
-class MarkReverted(Action):
+class MarkReverted(Action[Workspace]):
     """Record on the revision file (before it becomes clean) which revision it was."""
 
-    def __init__(self, rel, name, revision):
+    def __init__(self, rel: Rel, name: str, revision: int) -> None:
         self.name = name
         self.revision = revision
         self.text = "mark %s as revision %d restored" % (rel(name), revision)
 
-    def run(self, workspace):
-        fd = workspace.vm_dir.open_file(self.name, os.O_RDONLY)
+    def run(self, workspace: Workspace) -> None:
+        fd = workspace.vm().open_file(self.name, os.O_RDONLY)
         try:
             if write_revert_marker(fd, self.revision):
                 os.fsync(fd)
         finally:
             os.close(fd)
 
-    def withdraw(self, workspace):
+    def withdraw(self, workspace: Workspace) -> str | None:
         # The file stays a revision: it must not claim to be a restored one.
-        fd = workspace.vm_dir.open_file(self.name, os.O_RDONLY)
+        fd = workspace.vm().open_file(self.name, os.O_RDONLY)
         try:
             os.removexattr(fd, REVERT_MARKER)
         except OSError:
@@ -88,7 +90,7 @@ class MarkReverted(Action):
 IMPORT_MARKER = "user.dom0-reflink.imported"
 
 
-def read_import_marker(vm_dir, name):
+def read_import_marker(vm_dir: Directory | None, name: str) -> str | None:
     """The value recorded on ``vm_dir/name`` by a two-phase commit ("committed"), or None."""
     if vm_dir is None or vm_dir.regular_lstat(name) is None:
         return None
@@ -96,25 +98,25 @@ def read_import_marker(vm_dir, name):
     return None if value is None else value.decode("ascii", "replace")
 
 
-class MarkImported(Action):
+class MarkImported(Action[Workspace]):
     """Mark the import image, before it becomes clean, as a committed two-phase import."""
 
-    def __init__(self, rel, name, begun_at=None):
+    def __init__(self, rel: Rel, name: str, begun_at: str | None = None) -> None:
         self.name = name
         self.text = "mark %s as a committed two-phase import" % rel(name)
         if begun_at:
             self.text += " (begun at %s)" % begun_at
 
-    def run(self, workspace):
+    def run(self, workspace: Workspace) -> None:
         # No fsync of its own: the commit flushes the import image right after this step.
-        fd = workspace.vm_dir.open_file(self.name, os.O_RDONLY)
+        fd = workspace.vm().open_file(self.name, os.O_RDONLY)
         try:
             # Without xattrs only the journal's record (until gc drops it) recognises a rerun.
             set_xattr(fd, IMPORT_MARKER, b"committed")
         finally:
             os.close(fd)
 
-    def undo(self, workspace):
+    def undo(self, workspace: Workspace) -> str | None:
         # The commit did not happen: the image is not a committed import.
         if workspace.vm_dir is not None:
             fd = workspace.vm_dir.open_file(self.name, os.O_RDONLY)

@@ -17,8 +17,10 @@ import functools
 import os
 import platform
 import stat
+from collections.abc import Callable, Iterator
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 
 FALLBACK_ERRNOS = frozenset((errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV))
 
@@ -57,7 +59,7 @@ WRITE_PIECE = 128 * 1024
 _ioctl = fcntl.ioctl
 
 
-def file_size(fd):
+def file_size(fd: int) -> int:
     """Size of an open regular file or block device (whose st_size is 0)."""
     st = os.fstat(fd)
     if stat.S_ISBLK(st.st_mode):
@@ -65,9 +67,9 @@ def file_size(fd):
     return st.st_size
 
 
-def ficlone_request():
+def ficlone_request() -> int:
     """The FICLONE ioctl request number for this machine; CloneError if unknown."""
-    value = getattr(fcntl, "FICLONE", None)
+    value: int | None = getattr(fcntl, "FICLONE", None)
     if value is not None:
         return value
     machine = platform.machine()
@@ -81,17 +83,17 @@ def ficlone_request():
 
 
 @functools.cache
-def _ficlone_number():
+def _ficlone_number() -> int:
     # Looked up once per process: with it, a clone is one syscall and no Python to speak of.
     return ficlone_request()
 
 
-def ficlone(dst_fd, src_fd):
+def ficlone(dst_fd: int, src_fd: int) -> None:
     """Make ``dst_fd`` share all of ``src_fd``'s extents (raises OSError as the ioctl does)."""
     _ioctl(dst_fd, _ficlone_number(), src_fd)
 
 
-def data_segments(fd, end, start=0):
+def data_segments(fd: int, end: int, start: int = 0) -> Iterator[tuple[int, int]]:
     """The ``(start, end)`` ranges of ``fd`` below ``end`` that hold data, via SEEK_DATA/SEEK_HOLE.
 
     A file (or block device) that cannot say where its holes are is one data range.
@@ -114,7 +116,7 @@ def data_segments(fd, end, start=0):
         position = data_end
 
 
-def sparse_copy(src_fd, dst_fd, length):
+def sparse_copy(src_fd: int, dst_fd: int, length: int) -> int:
     """Copy the first ``length`` bytes of ``src_fd`` into the empty ``dst_fd``, sparsely.
 
     Only data segments (SEEK_DATA/SEEK_HOLE) are read; within them a chunk that
@@ -130,7 +132,7 @@ def sparse_copy(src_fd, dst_fd, length):
     return written
 
 
-def _copy_segment(src_fd, dst_fd, start, end, view):
+def _copy_segment(src_fd: int, dst_fd: int, start: int, end: int, view: memoryview) -> int:
     written = 0
     offset = start
     while offset < end:
@@ -149,7 +151,8 @@ def _copy_segment(src_fd, dst_fd, start, end, view):
     return written
 
 
-def fill_from(dst_fd, src_fd, *, dst_size=None, allow_copy=True, describe=None):
+def fill_from(dst_fd: int, src_fd: int, *, dst_size: int | None = None, allow_copy: bool = True,
+              describe: tuple[str, str] | None = None) -> str:
     """Fill the new, empty file ``dst_fd`` with the content of ``src_fd``.
 
     Clone when the filesystem can (FICLONE); where the errno gate allows, copy
@@ -169,12 +172,12 @@ def fill_from(dst_fd, src_fd, *, dst_size=None, allow_copy=True, describe=None):
             raise CloneError(
                 "cloning %s to %s failed: %s (errno %s); this is not a 'reflink not supported' "
                 "error, so no copy was attempted" % (source, destination, exc.strerror,
-                                                     errno.errorcode.get(exc.errno, exc.errno)),
+                                                     _errno_name(exc.errno)),
                 exc.errno) from None
         if not allow_copy:
             raise CloneError(
                 "cannot reflink %s to %s (%s) and copying is not allowed (fallback: never)"
-                % (source, destination, errno.errorcode.get(exc.errno, exc.errno)), exc.errno) from None
+                % (source, destination, _errno_name(exc.errno)), exc.errno) from None
         src_size = file_size(src_fd)
         sparse_copy(src_fd, dst_fd, src_size if dst_size is None else min(src_size, dst_size))
         how = COPY
@@ -187,14 +190,19 @@ def fill_from(dst_fd, src_fd, *, dst_size=None, allow_copy=True, describe=None):
     return how
 
 
-def copy_times(src_fd, dst_fd):
+def _errno_name(number: int | None) -> object:
+    """``EIO`` for 5: the symbolic name of an errno, for messages (the number where it has none)."""
+    return errno.errorcode.get(number, number) if number is not None else None
+
+
+def copy_times(src_fd: int, dst_fd: int) -> None:
     """Give ``dst_fd`` the access and modification times of ``src_fd`` (nanoseconds)."""
     st = os.fstat(src_fd)
     os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def clone_file(src_dir, src_name, dst_dir, dst_name, *, dst_size=None, copy_mtime=False, allow_copy=True,
-               finish=None):
+def clone_file(src_dir: Directory, src_name: str, dst_dir: Directory, dst_name: str, *, dst_size: int | None = None,
+               copy_mtime: bool = False, allow_copy: bool = True, finish: Callable[[int], object] | None = None) -> str:
     """Make ``dst_dir/dst_name`` a new inode with the content of ``src_dir/src_name``.
 
     The destination is written by :meth:`Directory.write_new_file` (atomic,
@@ -204,7 +212,7 @@ def clone_file(src_dir, src_name, dst_dir, dst_name, *, dst_size=None, copy_mtim
     """
     src_fd = src_dir.open_file(src_name, os.O_RDONLY)
     try:
-        def fill(dst_fd):
+        def fill(dst_fd: int) -> str:
             how = fill_from(dst_fd, src_fd, dst_size=dst_size, allow_copy=allow_copy,
                             describe=(src_dir.join(src_name), dst_dir.join(dst_name)))
             if copy_mtime:

@@ -33,9 +33,9 @@ _BATCH = 512
 _READ_CHUNK = 4 * 1024 * 1024
 
 
-def extent_map(fd):
+def extent_map(fd: int) -> list[tuple[int, int, int]] | None:
     """Merged (logical, physical, length) extents of ``fd``, or None if FIEMAP cannot vouch for them."""
-    extents = []
+    extents: list[tuple[int, int, int]] = []
     start = 0
     while True:
         request = bytearray(_FIEMAP_HEADER.size + _BATCH * _FIEMAP_EXTENT.size)
@@ -63,12 +63,12 @@ def extent_map(fd):
             start = logical + length
 
 
-def _ranges_with_data(fd, length):
+def _ranges_with_data(fd: int, length: int) -> list[tuple[int, int]]:
     return list(data_segments(fd, length))
 
 
-def _union(left, right):
-    merged = []
+def _union(left: list[tuple[int, int]], right: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
     for start, end in sorted(left + right):
         if merged and start <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], end))
@@ -77,7 +77,7 @@ def _union(left, right):
     return merged
 
 
-def _equal_reads(left_fd, right_fd, start, end):
+def _equal_reads(left_fd: int, right_fd: int, start: int, end: int) -> bool:
     offset = start
     while offset < end:
         want = min(_READ_CHUNK, end - offset)
@@ -89,7 +89,7 @@ def _equal_reads(left_fd, right_fd, start, end):
     return True
 
 
-def same_content(left_fd, right_fd):
+def same_content(left_fd: int, right_fd: int) -> bool:
     """Whether the two open files have the same size and bytes."""
     left_st, right_st = os.fstat(left_fd), os.fstat(right_fd)
     size = file_size(left_fd)
@@ -105,13 +105,13 @@ def same_content(left_fd, right_fd):
     return all(_equal_reads(left_fd, right_fd, start, end) for start, end in ranges)
 
 
-def prefix_matches(image_fd, source_fd, length):
+def prefix_matches(image_fd: int, source_fd: int, length: int) -> bool:
     """Whether the first ``length`` bytes of both files are equal (for an import with a size)."""
     ranges = _union(_ranges_with_data(image_fd, length), _ranges_with_data(source_fd, length))
     return all(_equal_reads(image_fd, source_fd, start, end) for start, end in ranges)
 
 
-def all_zero(fd, start, end):
+def all_zero(fd: int, start: int, end: int) -> bool:
     """Whether bytes [start, end) of ``fd`` read as zeros (holes count as zeros, unread)."""
     for data_start, data_end in data_segments(fd, end, start):
         offset = data_start
@@ -125,7 +125,7 @@ def all_zero(fd, start, end):
     return True
 
 
-def data_is_absent(fd):
+def data_is_absent(fd: int) -> bool:
     """True when ``fd`` has no data extent at all (SEEK_DATA finds none)."""
     try:
         os.lseek(fd, 0, os.SEEK_DATA)
@@ -139,7 +139,7 @@ def data_is_absent(fd):
 _EXTENT_SHARED = 0x2000
 
 
-def exclusive_bytes(fd):
+def exclusive_bytes(fd: int) -> int:
     """Bytes of ``fd``'s extents that FIEMAP does not flag as shared (what removing it frees)."""
     total = 0
     start = 0

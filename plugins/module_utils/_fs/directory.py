@@ -21,18 +21,22 @@ import errno
 import os
 import secrets
 import stat
+from collections.abc import Callable
+from typing import TypeVar
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import PoolError, UnsafePath
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import TEMPFILE_SUFFIX_LEN
 
 FILE_MODE = 0o600
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_O_TMPFILE = getattr(os, "O_TMPFILE", None)
+_O_TMPFILE: int | None = getattr(os, "O_TMPFILE", None)
 # linkat(2) of an unnamed file without CAP_DAC_READ_SEARCH goes through /proc.
 _PROC_FD = "/proc/self/fd"
 
+T = TypeVar("T")
 
-def _kind_of(mode):
+
+def _kind_of(mode: int) -> str:
     if stat.S_ISLNK(mode):
         return "a symlink"
     if stat.S_ISDIR(mode):
@@ -53,19 +57,19 @@ class AbsentDirectory:
 
     exists = False
 
-    def __init__(self, path):
+    def __init__(self, path: str) -> None:
         self.path = path
 
-    def open_dir(self, name, create=False, mode=0o755):
+    def open_dir(self, name: str, create: bool = False, mode: int = 0o755) -> Directory | None:
         """None: nothing exists below a missing pool (and nothing can be made there)."""
         if not create:
             return None
         raise PoolError("pool directory %s does not exist; create it with dom0.reflink.reflink_pool" % self.path)
 
-    def __enter__(self):
+    def __enter__(self) -> AbsentDirectory:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         pass
 
 
@@ -74,14 +78,14 @@ class Directory:
 
     exists = True
 
-    def __init__(self, fd, path):
-        self.fd = fd
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd: int | None = fd
         self.path = path
 
     # -- opening ----------------------------------------------------------
 
     @classmethod
-    def open_pool(cls, path):
+    def open_pool(cls, path: str) -> Directory:
         """Open the pool directory itself (symlinks in ``path`` are followed, as qubesd does)."""
         try:
             fd = os.open(path, _DIR_FLAGS)
@@ -93,7 +97,7 @@ class Directory:
             raise PoolError("cannot open pool directory %s: %s" % (path, exc.strerror)) from None
         return cls(fd, path)
 
-    def open_dir(self, name, create=False, mode=0o755):
+    def open_dir(self, name: str, create: bool = False, mode: int = 0o755) -> Directory | None:
         """Open subdirectory ``name``; with ``create`` make it first if it is missing.
 
         Returns None when it is missing and ``create`` is false.
@@ -116,7 +120,7 @@ class Directory:
                     % (self.join(name), _kind_of(found.st_mode) if found else "not a directory")) from None
         raise PoolError("directory %s vanished while it was being created" % self.join(name))
 
-    def has_subdir(self, name):
+    def has_subdir(self, name: str) -> bool:
         """Whether subdirectory ``name`` exists (UnsafePath if it is a symlink or a file)."""
         directory = self.open_dir(name)
         if directory is None:
@@ -124,37 +128,43 @@ class Directory:
         directory.close()
         return True
 
-    def close(self):
+    def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self):
+    def __enter__(self) -> Directory:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def join(self, name):
+    def join(self, name: str) -> str:
         return os.path.join(self.path, name)
+
+    def _open_fd(self) -> int:
+        if self.fd is None:
+            raise ValueError("directory %s is closed" % self.path)
+        return self.fd
 
     # -- reading ----------------------------------------------------------
 
-    def names(self):
+    def names(self) -> list[str]:
         """Names in the directory (one getdents pass, no stat)."""
         # listdir(fd) reads through a duplicate that shares the directory
         # offset: rewind, or a second listing of the same fd comes back empty.
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        return os.listdir(self.fd)
+        fd = self._open_fd()
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.listdir(fd)
 
-    def lstat(self, name):
+    def lstat(self, name: str) -> os.stat_result | None:
         """``lstat`` of ``name``, or None if it does not exist."""
         try:
             return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
 
-    def regular_lstat(self, name):
+    def regular_lstat(self, name: str) -> os.stat_result | None:
         """Like :meth:`lstat`, but anything other than a regular file is an UnsafePath error."""
         found = self.lstat(name)
         if found is not None and not stat.S_ISREG(found.st_mode):
@@ -162,7 +172,7 @@ class Directory:
                              % (self.join(name), _kind_of(found.st_mode)))
         return found
 
-    def open_file(self, name, flags, mode=FILE_MODE):
+    def open_file(self, name: str, flags: int, mode: int = FILE_MODE) -> int:
         """``open`` a regular file with O_NOFOLLOW; a symlink is reported as UnsafePath."""
         try:
             return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
@@ -173,15 +183,15 @@ class Directory:
 
     # -- durable changes --------------------------------------------------
 
-    def fsync(self):
-        os.fsync(self.fd)
+    def fsync(self) -> None:
+        os.fsync(self._open_fd())
 
-    def rename(self, src, dst, sync=True):
+    def rename(self, src: str, dst: str, sync: bool = True) -> None:
         os.rename(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         if sync:
             self.fsync()
 
-    def unlink(self, name, sync=True, missing_ok=False):
+    def unlink(self, name: str, sync: bool = True, missing_ok: bool = False) -> bool:
         try:
             os.unlink(name, dir_fd=self.fd)
         except FileNotFoundError:
@@ -192,17 +202,17 @@ class Directory:
             self.fsync()
         return True
 
-    def mkdir(self, name, mode=0o755, sync=True):
+    def mkdir(self, name: str, mode: int = 0o755, sync: bool = True) -> None:
         os.mkdir(name, mode, dir_fd=self.fd)
         if sync:
             self.fsync()
 
-    def rmdir(self, name, sync=True):
+    def rmdir(self, name: str, sync: bool = True) -> None:
         os.rmdir(name, dir_fd=self.fd)
         if sync:
             self.fsync()
 
-    def rmdir_if_empty(self, name):
+    def rmdir_if_empty(self, name: str) -> bool:
         """Remove subdirectory ``name`` if it is empty; False, and nothing done, if it is not (or is gone)."""
         try:
             self.rmdir(name)
@@ -213,11 +223,11 @@ class Directory:
             return False
         return True
 
-    def link_open_file(self, fd, name):
+    def link_open_file(self, fd: int, name: str) -> None:
         """Give the open file ``fd`` (e.g. an unnamed O_TMPFILE file) the name ``name``."""
         os.link(os.path.join(_PROC_FD, str(fd)), name, dst_dir_fd=self.fd, follow_symlinks=True)
 
-    def truncate(self, name, size):
+    def truncate(self, name: str, size: int) -> None:
         """Change the size of an existing file in place and make it durable."""
         fd = self.open_file(name, os.O_WRONLY)
         try:
@@ -226,7 +236,7 @@ class Directory:
         finally:
             os.close(fd)
 
-    def file_size_fits(self, size):
+    def file_size_fits(self, size: int) -> bool:
         """Whether a file in this directory can have ``size`` bytes (tried on an unnamed file).
 
         True also when it cannot be told (no O_TMPFILE, a read-only filesystem):
@@ -248,7 +258,7 @@ class Directory:
             os.close(fd)
         return True
 
-    def write_new_file(self, name, fill, mode=FILE_MODE):
+    def write_new_file(self, name: str, fill: Callable[[int], T], mode: int = FILE_MODE) -> T:
         """Atomically (re)place ``name`` by a new file whose content ``fill(fd)`` writes.
 
         The file is written unnamed (O_TMPFILE) where the filesystem allows it,
@@ -272,7 +282,7 @@ class Directory:
             if tmp_name is not None:
                 self.unlink(tmp_name, sync=False, missing_ok=True)
 
-    def open_unnamed(self, name, mode=FILE_MODE):
+    def open_unnamed(self, name: str, mode: int = FILE_MODE) -> tuple[int, str | None]:
         """Open a new file for writing that will be called ``name``.
 
         Returns ``(fd, None)`` for an unnamed O_TMPFILE file, or ``(fd,
@@ -292,7 +302,7 @@ class Directory:
             except FileExistsError:
                 continue
 
-    def _link_to_temp_name(self, fd, name):
+    def _link_to_temp_name(self, fd: int, name: str) -> str:
         while True:
             tmp_name = temp_name(name)
             try:
@@ -302,19 +312,23 @@ class Directory:
                 continue
 
 
-def temp_name(final_name):
+def temp_name(final_name: str) -> str:
     """A fresh tempfile name for ``final_name``: ``<final_name>~`` and 8 random characters."""
     # Hex digits are a subset of the alphabet qubesd's tempfiles use (TEMPFILE_ALPHABET), and
     # take one getrandom call where picking eight characters takes about twenty.
     return "%s~%s" % (final_name, secrets.token_hex(TEMPFILE_SUFFIX_LEN // 2))
 
 
-def allocated_bytes(st):
+def allocated_bytes(st: os.stat_result) -> int:
     """Bytes the filesystem allocated to a file (``st_blocks`` is in 512-byte units)."""
     return st.st_blocks * 512
 
 
-def remove_tree(parent, name):
+# A pool's directory: open, or one that does not exist yet (check mode plans a task against it as an empty pool).
+PoolDirectory = Directory | AbsentDirectory
+
+
+def remove_tree(parent: Directory, name: str) -> None:
     """Remove the directory ``parent/name`` and everything in it, without following symlinks."""
     directory = parent.open_dir(name)
     if directory is None:

@@ -9,11 +9,12 @@ import os
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import FALLBACK_ERRNOS, ficlone
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 
 _MOUNTINFO = "/proc/self/mountinfo"
 
 
-def filesystem_type(path):
+def filesystem_type(path: str) -> str:
     """Type of the filesystem holding ``path`` (from the longest matching mount point)."""
     real = os.path.realpath(path)
     best, fstype = "", "unknown"
@@ -30,7 +31,7 @@ def filesystem_type(path):
     return fstype
 
 
-def filesystem_report(path, reflink):
+def filesystem_report(path: str, reflink: bool | None) -> dict[str, object]:
     """The ``pool`` dict: path, filesystem type, reflink support, size and usage in bytes."""
     st = os.statvfs(path)
     return {
@@ -42,7 +43,7 @@ def filesystem_report(path, reflink):
     }
 
 
-def probe_reflink(directory):
+def probe_reflink(directory: Directory) -> bool:
     """Whether files in ``directory`` (a Directory) can be reflinked.
 
     Two unnamed files (named tempfiles where O_TMPFILE is missing, removed
@@ -52,7 +53,7 @@ def probe_reflink(directory):
     """
     created = []
 
-    def new_file():
+    def new_file() -> int:
         fd, name = directory.open_unnamed(".reflink-probe")
         if name is not None:
             created.append(name)

@@ -14,11 +14,12 @@ inode: ``os.stat`` on ``/proc/<pid>/fd/<n>`` reaches the open file itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 PROC = "/proc"
 
 
-def _command(proc, pid):
+def _command(proc: str, pid: str) -> str:
     try:
         with open(os.path.join(proc, pid, "comm"), encoding="utf-8", errors="replace") as handle:
             return handle.read().rstrip("\n")
@@ -26,7 +27,7 @@ def _command(proc, pid):
         return "?"   # it exited meanwhile
 
 
-def open_holders(identities, proc=PROC):
+def open_holders(identities: Iterable[tuple[int, int]], proc: str = PROC) -> dict[tuple[int, int], list[tuple[int, str]]]:
     """``{(st_dev, st_ino): [(pid, command), ...]}`` for those of ``identities`` some process holds open.
 
     This process itself is left out.  Processes that exit during the walk, and
@@ -34,7 +35,7 @@ def open_holders(identities, proc=PROC):
     be held against a removal, and as root every process can be seen.
     """
     wanted = set(identities)
-    found = {}
+    found: dict[tuple[int, int], list[tuple[int, str]]] = {}
     if not wanted:
         return found
     own = str(os.getpid())
@@ -66,6 +67,6 @@ def open_holders(identities, proc=PROC):
     return found
 
 
-def describe_holders(holders):
+def describe_holders(holders: Iterable[tuple[int, str]]) -> str:
     """``pid 123 (qubesd), pid 456 (dd)``."""
     return ", ".join("pid %d (%s)" % (pid, command) for pid, command in holders)

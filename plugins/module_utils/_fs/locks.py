@@ -20,8 +20,11 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Iterable, Iterator
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import LockTimeout
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory, PoolDirectory
 
 METADATA_DIR = ".reflink"
 LOCKS_DIR = "locks"
@@ -31,13 +34,13 @@ _POLL_START = 0.01
 _POLL_MAX = 0.25
 
 
-def metadata_dir(pool_dir, create):
+def metadata_dir(pool_dir: PoolDirectory, create: bool) -> Directory | None:
     """``<pool>/.reflink`` as a Directory (mode 0700), or None if missing and not ``create``."""
     return pool_dir.open_dir(METADATA_DIR, create=create, mode=0o700)
 
 
 @contextlib.contextmanager
-def metadata_subdir(pool_dir, name, create=False):
+def metadata_subdir(pool_dir: PoolDirectory, name: str, create: bool = False) -> Iterator[Directory | None]:
     """``<pool>/.reflink/<name>`` (mode 0700) for the ``with`` block; None if missing and not ``create``."""
     meta = metadata_dir(pool_dir, create)
     if meta is None:
@@ -52,7 +55,7 @@ def metadata_subdir(pool_dir, name, create=False):
             yield subdir
 
 
-def _holders(st):
+def _holders(st: os.stat_result) -> list[int]:
     """Pids holding a flock on the file with stat ``st``, from /proc/locks.
 
     Matched by inode number: on btrfs, stat's st_dev is the subvolume's
@@ -72,7 +75,7 @@ def _holders(st):
     return pids
 
 
-def _describe_holders(fd, path):
+def _describe_holders(fd: int, path: str) -> str:
     st = os.fstat(fd)
     pids = _holders(st)
     try:
@@ -101,22 +104,23 @@ def _describe_holders(fd, path):
 class Lock:
     """A held flock; release with :meth:`release` or by leaving the ``with`` block."""
 
-    def __init__(self, fd):
+    def __init__(self, fd: int | None) -> None:
         self.fd = fd
 
-    def release(self):
+    def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)  # closing the last descriptor drops the flock
             self.fd = None
 
-    def __enter__(self):
+    def __enter__(self) -> Lock:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
 
-def acquire(directory, name, *, exclusive, timeout, purpose, what, create=True, deadline=None):
+def acquire(directory: Directory, name: str, *, exclusive: bool, timeout: float, purpose: str, what: str,
+            create: bool = True, deadline: float | None = None) -> Lock | None:
     """Take the flock on ``directory/name`` within ``timeout`` seconds (or by ``deadline``, a monotonic time).
 
     Returns a :class:`Lock`, or None when ``create`` is false and the lock file
@@ -165,7 +169,8 @@ def acquire(directory, name, *, exclusive, timeout, purpose, what, create=True, 
 
 
 @contextlib.contextmanager
-def pool_lock(pool_dir, *, exclusive, timeout, purpose, create=True):
+def pool_lock(pool_dir: PoolDirectory, *, exclusive: bool, timeout: float, purpose: str,
+              create: bool = True) -> Iterator[None]:
     """Hold the pool lock (shared or exclusive) for the ``with`` block."""
     with metadata_subdir(pool_dir, LOCKS_DIR, create) as locks:
         lock = None
@@ -179,7 +184,8 @@ def pool_lock(pool_dir, *, exclusive, timeout, purpose, create=True):
                 lock.release()
 
 
-def volume_lock(pool_dir, vid, *, timeout, purpose, create=True, exclusive=True):
+def volume_lock(pool_dir: PoolDirectory, vid: Vid, *, timeout: float, purpose: str, create: bool = True,
+                exclusive: bool = True) -> contextlib.AbstractContextManager[None]:
     """Hold the pool lock shared and the volume lock of ``vid`` for the ``with`` block.
 
     ``exclusive=False`` takes the volume lock shared, for reading a source volume.
@@ -188,7 +194,7 @@ def volume_lock(pool_dir, vid, *, timeout, purpose, create=True, exclusive=True)
                     timeout=timeout, purpose=purpose, create=create)
 
 
-def try_volume_lock(locks_dir, vid):
+def try_volume_lock(locks_dir: Directory, vid: Vid) -> Lock | None:
     """Take ``vid``'s lock exclusively without waiting; None if it is held or absent (for gc)."""
     try:
         fd = locks_dir.open_file(vid.lock_name, os.O_RDWR)
@@ -202,7 +208,8 @@ def try_volume_lock(locks_dir, vid):
     return Lock(fd)
 
 
-def volume_locks(pool_dir, vids, *, timeout, purpose, create=True):
+def volume_locks(pool_dir: PoolDirectory, vids: Iterable[Vid], *, timeout: float, purpose: str,
+                 create: bool = True) -> contextlib.AbstractContextManager[None]:
     """Hold the pool lock shared and the locks of all ``vids`` (exclusive) for the ``with`` block.
 
     The volume locks are taken in vid order, as every batch takes them, so two
@@ -219,7 +226,8 @@ def volume_locks(pool_dir, vids, *, timeout, purpose, create=True):
 
 
 @contextlib.contextmanager
-def _holding(pool_dir, wanted, *, timeout, purpose, create):
+def _holding(pool_dir: PoolDirectory, wanted: list[tuple[str, bool, str]], *, timeout: float, purpose: str,
+             create: bool) -> Iterator[None]:
     """Take the locks ``wanted`` ((name, exclusive, what), in that order) and hold them for the ``with`` block.
 
     One deadline of ``timeout`` seconds covers them all; they are released in the reverse order.

@@ -12,8 +12,10 @@ from __future__ import annotations
 import errno
 import os
 
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 
-def read_xattr(directory, name, key):
+
+def read_xattr(directory: Directory, name: str, key: str) -> bytes | None:
     """The bytes of extended attribute ``key`` of ``directory/name``; None when it has none (or no xattrs here)."""
     fd = directory.open_file(name, os.O_RDONLY)
     try:
@@ -24,7 +26,7 @@ def read_xattr(directory, name, key):
         os.close(fd)
 
 
-def set_xattr(fd, key, value):
+def set_xattr(fd: int, key: str, value: bytes) -> bool:
     """Set extended attribute ``key`` of the open file ``fd`` to ``value`` (bytes); False without xattrs here."""
     try:
         os.setxattr(fd, key, value)

@@ -14,22 +14,30 @@ execution, the result) is in _tasks/volume.py.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import PoolError, ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import PlanContext, VolumePlan, plan_volume
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import Actions, PlanContext, VolumePlan, VolumePlanner, plan_volume
+from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import QubesPool
+from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
 
 STATES = ("present", "absent", "stopped")
 # What each state does to the volume's data, for the refusal of a qubesd-owned volume (None: only removes).
 CHANGES = {"present": "create or resize", "stopped": "commit", "absent": None}
+
+T = TypeVar("T")
 
 
 @dataclass
 class VolumeRequest:
     """What one volume should become: a task's options, or one item of ``volumes`` over them."""
 
-    vid: object
+    vid: Vid
     state: str = "present"
     size: int | None = None
     allow_shrink: bool = False
@@ -38,11 +46,11 @@ class VolumeRequest:
     label: str = ""       # how an error names the item ("" for a single-volume task)
 
     @property
-    def changes(self):
+    def changes(self) -> str | None:
         return CHANGES[self.state]
 
 
-def plan_request(request, planner, context):
+def plan_request(request: VolumeRequest, planner: VolumePlanner, context: PlanContext) -> Actions:
     """The actions that bring one volume to ``request`` (the one place for what each state means)."""
     keep = planner.revisions_to_keep(request.revisions_to_keep)
     if request.state == "absent":
@@ -56,8 +64,8 @@ def plan_request(request, planner, context):
 class _VmDirState:
     """A VM directory as the items planned so far leave it: whether it exists and what it holds."""
 
-    listing: list          # its names on disk when the batch first looked (never changes)
-    names: set             # its names after the items planned so far
+    listing: list[str]     # its names on disk when the batch first looked (never changes)
+    names: set[str]        # its names after the items planned so far
     exists: bool
 
 
@@ -69,7 +77,7 @@ class BatchItem:
     plan: VolumePlan
 
 
-def labelled(request, function, *args):
+def labelled(request: VolumeRequest, function: Callable[..., T], *args: object) -> T:
     """``function(*args)`` while planning; its refusal names the item that caused it (nothing changed yet)."""
     try:
         return function(*args)
@@ -86,14 +94,16 @@ def labelled(request, function, *args):
         raise error from None
 
 
-def plan_all(requests, workspaces, surroundings, qubes, warnings):
+def plan_all(requests: list[VolumeRequest], workspaces: list[Workspace], surroundings: Surroundings,
+             qubes: QubesPool | None, warnings: list[str]) -> list[BatchItem]:
     """Plan every item in order, each against the VM directories the earlier ones leave."""
-    vm_dirs = {}
+    vm_dirs: dict[str, _VmDirState] = {}
     return [labelled(request, _plan_one, request, workspace, vm_dirs, surroundings, qubes, warnings)
             for request, workspace in zip(requests, workspaces, strict=True)]
 
 
-def _plan_one(request, workspace, vm_dirs, surroundings, qubes, warnings):
+def _plan_one(request: VolumeRequest, workspace: Workspace, vm_dirs: dict[str, _VmDirState], surroundings: Surroundings,
+              qubes: QubesPool | None, warnings: list[str]) -> BatchItem:
     """One item's plan; ``vm_dirs`` (vm_dir -> _VmDirState) records what it leaves for the items after it."""
     workspace.open_vm_dir()
     state = vm_dirs.get(request.vid.vm_dir)

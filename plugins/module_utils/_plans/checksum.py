@@ -14,19 +14,22 @@ import hashlib
 import os
 import re
 
-from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     ChecksumMismatch,
     InvalidArgument,
     ReflinkError,
 )
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Rel
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 
 _CHECKSUM_RE = re.compile(r"sha256:([0-9a-fA-F]{64})\Z")
 _HASH_CHUNK = 4 * 1024 * 1024
 
 
-def parse_checksum(value):
+def parse_checksum(value: object) -> str | None:
     """The lower-case hex digest of ``sha256:<hex>``, or None for no checksum."""
     if value is None:
         return None
@@ -36,7 +39,7 @@ def parse_checksum(value):
     return match.group(1).lower()
 
 
-def sha256_of(fd, size=None):
+def sha256_of(fd: int, size: int | None = None) -> str:
     """SHA-256 of the file as it would be truncated or extended to ``size`` (default: its size).
 
     Holes, and what an extension would add, are hashed as zeros without being read.
@@ -61,7 +64,7 @@ def sha256_of(fd, size=None):
     return digest.hexdigest()
 
 
-def verify_clean_checksum(vm_dir, vid, expected):
+def verify_clean_checksum(vm_dir: Directory, vid: Vid, expected: str) -> None:
     """For an import that changes nothing: the data is the clean image's, so check that."""
     fd = vm_dir.open_file(vid.clean, os.O_RDONLY)
     try:
@@ -77,7 +80,7 @@ def verify_clean_checksum(vm_dir, vid, expected):
             % (expected, actual, way_out), way_out)
 
 
-class VerifyChecksum(Action):
+class VerifyChecksum(Action[Workspace]):
     """Compare an import image (as it will be at ``size``) with the expected SHA-256; fail on a mismatch.
 
     ``staged_by_task``: the image is this task's own staging (one shot), useless
@@ -88,7 +91,7 @@ class VerifyChecksum(Action):
     long = True
     changes_disk = False
 
-    def __init__(self, rel, name, expected, size=None, staged_by_task=True):
+    def __init__(self, rel: Rel, name: str, expected: str, size: int | None = None, staged_by_task: bool = True) -> None:
         self.rel = rel
         self.name = name
         self.expected = expected
@@ -98,8 +101,8 @@ class VerifyChecksum(Action):
         if size is not None:
             self.text += " at %d bytes" % size
 
-    def run(self, workspace):
-        fd = workspace.vm_dir.open_file(self.name, os.O_RDONLY)
+    def run(self, workspace: Workspace) -> None:
+        fd = workspace.vm().open_file(self.name, os.O_RDONLY)
         try:
             actual = sha256_of(fd, self.size)
         finally:
@@ -108,7 +111,7 @@ class VerifyChecksum(Action):
             return
         found = "checksum mismatch: expected sha256:%s, found sha256:%s" % (self.expected, actual)
         if self.staged_by_task:
-            workspace.vm_dir.unlink(self.name, missing_ok=True)
+            workspace.vm().unlink(self.name, missing_ok=True)
             raise ChecksumMismatch(
                 "%s in the staged data; the staged image was removed and the volume is unchanged" % found,
                 "check the source and the checksum, then run the task again")

@@ -15,15 +15,24 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import Any
 
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import exclusive_bytes
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, ReflinkError
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc_steps import Removal
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.holders import describe_holders, open_holders
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import BEGUN, journal_name
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import exclusive_bytes
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.holders import describe_holders, open_holders
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc_steps import Removal
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import BEGUN, journal_name
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import JournalRecord
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import SNAPSHOTS_DISABLED, VolumePlanner
-from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import QUBESD_OWNED_KINDS, orphan_reason
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo, VolumeFiles
+from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import QUBESD_OWNED_KINDS, QubesPool, QubesVolume, orphan_reason
+from ansible_collections.dom0.reflink.plugins.module_utils._state.scan import PoolScan
+from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
 
 
 @dataclass(frozen=True)
@@ -33,17 +42,17 @@ class GcOptions:
     min_age: int                                  # seconds
     import_max_age: int                           # seconds
     revisions_to_keep: int | None                 # None: the volume's own setting decides
-    revisions_to_keep_per_volume: dict = field(default_factory=dict)   # vid str -> revisions to keep
+    revisions_to_keep_per_volume: dict[str, int] = field(default_factory=dict)   # vid str -> revisions to keep
     rebuild_precache: bool = False
     remove_orphans: bool = False
-    keep_vids: set | None = None                  # vid strs that should exist, or None: not given
+    keep_vids: set[str] | None = None                  # vid strs that should exist, or None: not given
 
 
-def _age(now, info):
+def _age(now: float, info: FileInfo) -> float:
     return now - info.mtime_ns / 1e9
 
 
-def set_aside_held_files(per_volume):
+def set_aside_held_files(per_volume: dict[str, tuple[Vid, list[Action[Workspace]]]]) -> list[dict[str, Any]]:
     """Take out of ``per_volume`` ({key: (vid, actions)}) the removals of files some process holds open.
 
     A Removal knows the file it removes by its ``identity`` (st_dev, st_ino);
@@ -53,15 +62,15 @@ def set_aside_held_files(per_volume):
     identities = [action.identity for _vid, actions in per_volume.values() for action in actions
                   if isinstance(action, Removal)]
     holders = open_holders(identities)
-    skipped = []
+    skipped: list[dict[str, Any]] = []
     if not holders:
         return skipped
     for key in list(per_volume):
         vid, actions = per_volume[key]
-        kept = []
+        kept: list[Action[Workspace]] = []
         for action in actions:
             found = holders.get(action.identity) if isinstance(action, Removal) else None
-            if found is None:
+            if found is None or not isinstance(action, Removal):
                 kept.append(action)
                 continue
             skipped.append({
@@ -80,24 +89,24 @@ def set_aside_held_files(per_volume):
 class GcPlanner:
     """Works out, volume by volume, what gc removes (or rebuilds), and what it reports."""
 
-    def __init__(self, pool_dir, options, now, qubes=None):
+    def __init__(self, pool_dir: Directory, options: GcOptions, now: float, qubes: QubesPool | None = None) -> None:
         self.pool_dir = pool_dir
         self.options = options
         self.now = now
         self.qubes = qubes          # the QubesPool from qubes.xml, or None
-        self.per_volume = {}        # vid str -> list of actions
-        self.vm_dir_removals = []   # (prefix, vm)
-        self.journal_removals = []  # (journal file name, reason)
-        self.orphans = []
-        self.pending_commit = []
-        self.orphaned_pins = []     # pins whose volume has neither a clean nor a dirty image; never removed
-        self.skipped = []
-        self.skipped_files = []     # removals left out because a process holds the file open
-        self.planned_files = {}     # vid str -> VolumeFiles the volume's actions were planned from
-        self._open_vm_dir = None    # (vm_dir, Directory or None), see _vm_dir
-        self._prefix_dirs = {}      # prefix -> Directory or None
+        self.per_volume: dict[str, tuple[Vid, list[Action[Workspace]]]] = {}   # vid str -> (vid, actions)
+        self.vm_dir_removals: list[tuple[str, str]] = []   # (prefix, vm)
+        self.journal_removals: list[tuple[str, str]] = []  # (journal file name, reason)
+        self.orphans: list[dict[str, Any]] = []
+        self.pending_commit: list[dict[str, Any]] = []
+        self.orphaned_pins: list[dict[str, Any]] = []     # pins whose volume has neither a clean nor a dirty image; never removed
+        self.skipped: list[dict[str, Any]] = []
+        self.skipped_files: list[dict[str, Any]] = []     # removals left out because a process holds the file open
+        self.planned_files: dict[str, VolumeFiles] = {}     # vid str -> VolumeFiles the volume's actions were planned from
+        self._open_vm_dir: tuple[str, Directory | None] | None = None    # (vm_dir, Directory or None), see _vm_dir
+        self._prefix_dirs: dict[str, Directory | None] = {}      # prefix -> Directory or None
 
-    def exclusive(self, vid, info):
+    def exclusive(self, vid: Vid, info: FileInfo) -> int | None:
         try:
             vm_dir = self._vm_dir(vid)
             if vm_dir is None:
@@ -115,7 +124,7 @@ class GcPlanner:
         finally:
             os.close(fd)
 
-    def _vm_dir(self, vid):
+    def _vm_dir(self, vid: Vid) -> Directory | None:
         """The open VM directory of ``vid``: volumes come sorted, so one open at a time is enough."""
         if self._open_vm_dir is None or self._open_vm_dir[0] != vid.vm_dir:
             self._close_vm_dir()
@@ -125,12 +134,12 @@ class GcPlanner:
             self._open_vm_dir = (vid.vm_dir, prefix_dir.open_dir(vid.vm) if prefix_dir is not None else None)
         return self._open_vm_dir[1]
 
-    def _close_vm_dir(self):
+    def _close_vm_dir(self) -> None:
         if self._open_vm_dir is not None and self._open_vm_dir[1] is not None:
             self._open_vm_dir[1].close()
         self._open_vm_dir = None
 
-    def close(self):
+    def close(self) -> None:
         """Close the directories opened for FIEMAP reads (once planning is done)."""
         self._close_vm_dir()
         for directory in self._prefix_dirs.values():
@@ -138,10 +147,11 @@ class GcPlanner:
                 directory.close()
         self._prefix_dirs.clear()
 
-    def removal(self, vid, info, reason):
+    def removal(self, vid: Vid, info: FileInfo, reason: str) -> Removal:
         return Removal(vid, info, reason, self.exclusive(vid, info))
 
-    def plan(self, scan, surroundings, journals, journal_tempfiles):
+    def plan(self, scan: PoolScan, surroundings: Surroundings, journals: dict[str, tuple[JournalRecord | None, float]],
+             journal_tempfiles: dict[str, float]) -> None:
         options = self.options
         keep_vids = options.keep_vids
         for files in scan.sorted_volumes():
@@ -183,15 +193,16 @@ class GcPlanner:
             if self.now - mtime >= self.options.min_age:
                 self.journal_removals.append((name, "stale tempfile of a journal"))
 
-    def set_aside_held_files(self):
+    def set_aside_held_files(self) -> None:
         """Drop the removals of files that a process holds open (one walk of /proc for the whole run)."""
         self.skipped_files.extend(set_aside_held_files(self.per_volume))
 
-    def plan_volume(self, files, surroundings, journal, listed=None):
+    def plan_volume(self, files: VolumeFiles, surroundings: Surroundings, journal: tuple[JournalRecord | None, float],
+                    listed: QubesVolume | None = None) -> list[Action[Workspace]]:
         options = self.options
         vid = files.vid
         min_age = options.min_age
-        actions = []
+        actions: list[Action[Workspace]] = []
         for info in files.tempfiles:
             if _age(self.now, info) >= min_age:
                 actions.append(self.removal(vid, info, "stale tempfile, older than min_age"))
@@ -211,7 +222,7 @@ class GcPlanner:
         keep = self.revisions_to_keep_of(vid, listed)
         excess = 0 if keep is None else len(files.revisions) - max(keep, 0)
         for number, info in files.revisions[:max(excess, 0)]:
-            actions.append(self.removal(vid, info, "revision %d is beyond revisions_to_keep=%d" % (number, keep)))
+            actions.append(self.removal(vid, info, "revision %d is beyond revisions_to_keep=%s" % (number, keep)))
         if files.precache is not None and files.precache_state == "stale":
             actions.append(self.removal(vid, files.precache, "stale precache (mtime or size differs from clean)"))
         qubesd_owned = listed is not None and listed.kind in QUBESD_OWNED_KINDS   # no precache of its own
@@ -223,7 +234,7 @@ class GcPlanner:
             actions.append(planner.new_precache())
         return actions
 
-    def revisions_to_keep_of(self, vid, listed=None):
+    def revisions_to_keep_of(self, vid: Vid, listed: QubesVolume | None = None) -> int | None:
         """How many revisions of ``vid`` gc keeps, or None: prune none of them.
 
         The per-volume value, else the option, else the volume's own setting in
@@ -238,17 +249,18 @@ class GcPlanner:
             return self.options.revisions_to_keep
         return listed.revisions_to_keep if listed is not None else None
 
-    def plan_vm_dirs(self, scan):
+    def plan_vm_dirs(self, scan: PoolScan) -> None:
         """VM directories that are (or will be, after the removals) empty."""
-        removed = {}
+        removed: dict[str, set[str]] = {}
         for vid, actions in self.per_volume.values():
             removed.setdefault(vid.vm_dir, set()).update(
                 action.name for action in actions if isinstance(action, Removal))
         for rel_dir, entries in sorted(scan.vm_dirs.items()):
             if set(entries) <= removed.get(rel_dir, set()):
-                self.vm_dir_removals.append(tuple(rel_dir.split("/")))
+                prefix, _slash, vm = rel_dir.partition("/")
+                self.vm_dir_removals.append((prefix, vm))
 
-    def plan_journals(self, scan, journals):
+    def plan_journals(self, scan: PoolScan, journals: dict[str, tuple[JournalRecord | None, float]]) -> None:
         import_max_age = self.options.import_max_age
         for name, (record, mtime) in sorted(journals.items()):
             vid = None
@@ -257,7 +269,7 @@ class GcPlanner:
                     vid = parse_vid(record.get("vid", ""))
                 except InvalidArgument:
                     vid = None
-            if vid is None:
+            if vid is None or record is None:
                 self.journal_removals.append((name, "unreadable journal"))
                 continue
             files = scan.volumes.get(str(vid))

@@ -10,20 +10,26 @@ and how one volume's part of it is executed and reported.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Step
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import JOURNALS_DIR, journals_dir, load_record
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Step
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed, PlanWithdrawn, execute
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import JOURNALS_DIR, JournalRecord, journals_dir, load_record
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo
 
 
 class Removal(act.Remove):
     """A gc removal: the Remove action plus what the report says about it."""
 
-    def __init__(self, vid, info, reason, exclusive):
+    def __init__(self, vid: Vid, info: FileInfo, reason: str, exclusive: int | None) -> None:
         super().__init__(vid.rel, info.name, reason)
         self.identity = (info.dev, info.ino)   # to match against the files processes hold open
-        self.entry = {
+        self.entry: dict[str, Any] = {
             "file": vid.rel(info.name),
             "reason": reason,
             "bytes": info.usage,
@@ -32,17 +38,17 @@ class Removal(act.Remove):
             self.entry["exclusive_bytes"] = exclusive
         self.replaced = False
 
-    def run(self, workspace):
+    def run(self, workspace: Workspace) -> None:
         # Remove the file the scan saw, not whatever has its name now (qubesd may have begun a new
         # import of the volume since, and that file may be held open by its writer).
-        st = workspace.vm_dir.lstat(self.name)
+        st = workspace.vm().lstat(self.name)
         if st is not None and (st.st_dev, st.st_ino) != self.identity:
             self.replaced = True
             return
         super().run(workspace)
 
     @property
-    def done(self):
+    def done(self) -> str:
         if self.replaced:
             return "left %s alone: it was replaced by another file since gc read the pool" % self.entry["file"]
         return self.text
@@ -51,10 +57,10 @@ class Removal(act.Remove):
 _JOURNAL_TEMPFILE_RE = re.compile(r".+\.json~[a-z0-9_]{8}\Z")
 
 
-def read_journals(pool_dir):
+def read_journals(pool_dir: Directory) -> tuple[dict[str, tuple[JournalRecord | None, float]], dict[str, float]]:
     """The journals of ``.reflink/imports/``: ({name: (record or None if unreadable, mtime)}, {tempfile: mtime})."""
-    found = {}
-    tempfiles = {}
+    found: dict[str, tuple[JournalRecord | None, float]] = {}
+    tempfiles: dict[str, float] = {}
     with journals_dir(pool_dir) as journals:
         if journals is None:
             return found, tempfiles
@@ -72,8 +78,8 @@ def read_journals(pool_dir):
     return found, tempfiles
 
 
-def remove_vm_dir_step(pool_dir, prefix, vm):
-    def remove():
+def remove_vm_dir_step(pool_dir: Directory, prefix: str, vm: str) -> Step:
+    def remove() -> None:
         prefix_dir = pool_dir.open_dir(prefix)   # never through a symlink planted since the scan
         if prefix_dir is None:
             return
@@ -82,15 +88,16 @@ def remove_vm_dir_step(pool_dir, prefix, vm):
     return Step("remove empty VM directory %s/%s" % (prefix, vm), remove)
 
 
-def remove_journal_step(pool_dir, name, reason):
-    def remove():
+def remove_journal_step(pool_dir: Directory, name: str, reason: str) -> Step:
+    def remove() -> None:
         with journals_dir(pool_dir) as journals:
             if journals is not None:
                 journals.unlink(name, missing_ok=True)
     return Step("remove journal .reflink/%s/%s (%s)" % (JOURNALS_DIR, name, reason), remove)
 
 
-def execute_reporting(volume_actions, workspace, removed, actions, skipped, guard):
+def execute_reporting(volume_actions: list[Action[Workspace]], workspace: Workspace, removed: list[dict[str, Any]],
+                      actions: list[str], skipped: list[dict[str, Any]], guard: Callable[[Workspace], None]) -> None:
     """Execute one volume's actions, adding what was done to ``actions`` and ``removed``.
 
     A volume whose VM qubesd started meanwhile is left as it is now and reported in ``skipped``.
@@ -111,6 +118,6 @@ def execute_reporting(volume_actions, workspace, removed, actions, skipped, guar
     removed.extend(_entries(volume_actions))
 
 
-def _entries(volume_actions):
+def _entries(volume_actions: list[Action[Workspace]]) -> list[dict[str, Any]]:
     """The report entries of the removals among ``volume_actions`` that did remove their file."""
     return [action.entry for action in volume_actions if isinstance(action, Removal) and not action.replaced]

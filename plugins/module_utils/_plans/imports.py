@@ -12,29 +12,35 @@ checksums in ``checksum.py``, the sources of the data in ``sources.py``.
 
 from __future__ import annotations
 
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum import (
     VerifyChecksum,
     verify_clean_checksum,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import JournalRecord
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.sources import Source
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.sources import unchanged
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.staging import (
+    ImportOptions,
     Stage,
     new_volume_actions,
     one_shot_journal_actions,
     plan_two_phase,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.sources import unchanged
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import Actions, VolumePlanner
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
 
 
-def _own_image(files, source):
+def _own_image(files: VolumeFiles, source: Source) -> str | None:
     for info in (files.clean, files.dirty):
-        if info is not None and source is not None and source.identity == (info.dev, info.ino):
+        if info is not None and source.identity == (info.dev, info.ino):
             return info.name
     return None
 
 
-def plan_import(planner, workspace, options, source, journal, warnings=None, check_mode=False):
+def plan_import(planner: VolumePlanner, workspace: Workspace, options: ImportOptions, source: Source | None,
+                journal: JournalRecord | None, warnings: list[str] | None = None, check_mode: bool = False) -> Actions:
     """Plan the task of reflink_import; ``options`` (ImportOptions) holds the parsed module options.
 
     ``warnings`` collects what the user should know although the task succeeds.
@@ -50,19 +56,22 @@ def plan_import(planner, workspace, options, source, journal, warnings=None, che
                               check_mode)
     # One shot.
     stale_journal = one_shot_journal_actions(planner, workspace, journal)
-    if source is None and size is None:
+    if size is not None:
+        result_size = size
+    elif source is not None:
+        result_size = source.size
+    else:
         raise InvalidArgument("give src or src_vid (the data to import), or size alone to import an empty image")
-    own = _own_image(files, source)
-    if own is not None:
+    own = _own_image(files, source) if source is not None else None
+    if source is not None and own is not None:
         raise InvalidArgument("the source %s is the volume's own image %s" % (source.description, own))
     planner.refuse_if_in_use("import into")
-    result_size = size if size is not None else source.size
     planner.check_size(result_size)
     if not options.force and unchanged(workspace.vm_dir, files, source, result_size):
         if options.checksum:
-            verify_clean_checksum(workspace.vm_dir, vid, options.checksum)
+            verify_clean_checksum(workspace.vm(), vid, options.checksum)
         return planner.finish_precache(keep) + stale_journal
-    actions = []
+    actions: Actions = []
     if not files.exists:
         actions.extend(new_volume_actions(planner, workspace))
     actions.append(Stage(rel, vid.import_, source, result_size, options.fallback != "never"))

@@ -11,30 +11,38 @@ written like every new file (tempfile, fsync, rename, fsync of the directory).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from typing import Any
 
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import metadata_subdir
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import escape_vid
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory, PoolDirectory
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import metadata_subdir
 
 JOURNALS_DIR = "imports"
 BEGUN = "begun"
 COMMITTED = "committed"
+# A journal record: a JSON object.
+JournalRecord = dict[str, Any]
+
 CORRUPT = "corrupt"  # never written: what read_journal returns for a record it cannot parse
 
 
-def journal_name(vid):
+def journal_name(vid: Vid) -> str:
     return escape_vid(str(vid)) + ".json"
 
 
-def journals_dir(pool_dir, create=False):
+def journals_dir(pool_dir: PoolDirectory, create: bool = False) -> contextlib.AbstractContextManager[Directory | None]:
     """``<pool>/.reflink/imports`` as a Directory for the ``with`` block (None if missing and not ``create``)."""
     return metadata_subdir(pool_dir, JOURNALS_DIR, create)
 
 
-def load_record(journals, name):
+def load_record(journals: Directory, name: str) -> Any:
     """The JSON record in ``journals/name`` (OSError if unreadable, ValueError if corrupt)."""
     fd = journals.open_file(name, os.O_RDONLY)
     try:
@@ -43,7 +51,7 @@ def load_record(journals, name):
         os.close(fd)
 
 
-def read_journal(pool_dir, vid):
+def read_journal(pool_dir: PoolDirectory, vid: Vid) -> JournalRecord | None:
     """The journal record of ``vid``'s two-phase import, or None.
 
     A journal that cannot be parsed reads as ``{"state": CORRUPT}``: the plans
@@ -59,36 +67,37 @@ def read_journal(pool_dir, vid):
     return record if isinstance(record, dict) else {"state": CORRUPT}
 
 
-class WriteJournal(Action):
-    def __init__(self, pool_dir, vid, record, text):
+class WriteJournal(Action[Workspace]):
+    def __init__(self, pool_dir: PoolDirectory, vid: Vid, record: JournalRecord, text: str) -> None:
         self.pool_dir = pool_dir
         self.vid = vid
         self.record = record
         self.text = text
 
-    def run(self, workspace):
+    def run(self, workspace: Workspace) -> None:
         record = dict(self.record)
         record["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if record.get("state") == BEGUN and workspace.vm_dir is not None:
-            found = workspace.vm_dir.lstat(self.vid.import_)
+            found = workspace.vm().lstat(self.vid.import_)
             record["import_ino"] = found.st_ino if found else None
         if record.get("state") == COMMITTED and workspace.vm_dir is not None:
-            found = workspace.vm_dir.lstat(self.vid.clean)
+            found = workspace.vm().lstat(self.vid.clean)
             record["clean_ino"] = found.st_ino if found else None
         data = json.dumps(record, sort_keys=True).encode()
         with journals_dir(self.pool_dir, create=True) as journals:
-            journals.write_new_file(journal_name(self.vid), lambda fd: os.write(fd, data))
+            if journals is not None:   # always: it is made when missing
+                journals.write_new_file(journal_name(self.vid), lambda fd: os.write(fd, data))
 
 
-class RemoveJournal(Action):
-    def __init__(self, pool_dir, vid, why=None):
+class RemoveJournal(Action[Workspace]):
+    def __init__(self, pool_dir: PoolDirectory, vid: Vid, why: str | None = None) -> None:
         self.pool_dir = pool_dir
         self.vid = vid
         self.text = "remove the import journal of %s" % vid
         if why:
             self.text += " (%s)" % why
 
-    def run(self, workspace):
+    def run(self, workspace: Workspace) -> None:
         with journals_dir(self.pool_dir) as journals:
             if journals is not None:
                 journals.unlink(journal_name(self.vid), missing_ok=True)

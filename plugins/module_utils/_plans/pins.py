@@ -14,19 +14,26 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
+from typing import Literal
 
-from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
-from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, VolumeStateError
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import PIN_NAME_PATTERN, parse_revision, parse_timestamp
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import PIN_NAME_PATTERN, Revision, parse_revision, parse_timestamp
+from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Rel
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import Actions, VolumePlanner
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo
 
 _PIN_NAME_RE = re.compile(PIN_NAME_PATTERN)
 
-CLEAN_SOURCE = "clean"
+CLEAN_SOURCE: Literal["clean"] = "clean"
+# What a pin is made from: "clean", "latest" or a revision id.
+PinSource = Revision | Literal["clean"]
 
 
-def check_pin_name(value):
+def check_pin_name(value: object) -> str:
     """``value`` if it is a valid pin name; InvalidArgument (nothing done yet) otherwise."""
     # fullmatch, not match with '$': '$' would accept a name ending in a newline.
     if not isinstance(value, str) or _PIN_NAME_RE.fullmatch(value) is None:
@@ -36,7 +43,7 @@ def check_pin_name(value):
     return value
 
 
-def parse_pin_source(value):
+def parse_pin_source(value: object) -> PinSource:
     """What to pin, as users give it: "clean" (also None), "latest", or a revision id."""
     if value is None or (isinstance(value, str) and value.strip().lower() == CLEAN_SOURCE):
         return CLEAN_SOURCE
@@ -47,8 +54,8 @@ def parse_pin_source(value):
                               % (value,)) from None
 
 
-def _set_mtime(mtime_ns):
-    def finish(fd):
+def _set_mtime(mtime_ns: int) -> Callable[[int], None]:
+    def finish(fd: int) -> None:
         os.utime(fd, ns=(mtime_ns, mtime_ns))
     return finish
 
@@ -56,15 +63,15 @@ def _set_mtime(mtime_ns):
 class MakePin(act.Clone):
     """A new pin (or, with force, the replacement of one): a clone whose mtime is the data's time."""
 
-    def __init__(self, rel, src, dst, mtime_ns, why):
+    def __init__(self, rel: Rel, src: str, dst: str, mtime_ns: int, why: str) -> None:
         super().__init__(rel, src, dst, why)
         self.mtime_ns = mtime_ns
 
-    def run(self, workspace):
-        self.how = clone.clone_file(workspace.vm_dir, self.src, workspace.vm_dir, self.dst,
+    def run(self, workspace: Workspace) -> None:
+        self.how = clone.clone_file(workspace.vm(), self.src, workspace.vm(), self.dst,
                                     finish=_set_mtime(self.mtime_ns))
 
-    def simulate(self, files):
+    def simulate(self, files: dict[str, FileInfo]) -> None:
         source = files[self.src]
         files[self.dst] = FileInfo(self.dst, source.size, source.usage, self.mtime_ns)
 
@@ -77,13 +84,13 @@ class RemovePin(act.Remove):
 class PinPlanner:
     """Plans for the pins of one volume, on top of its VolumePlanner."""
 
-    def __init__(self, planner):
+    def __init__(self, planner: VolumePlanner) -> None:
         self.planner = planner
         self.files = planner.files
         self.vid = planner.vid
         self.rel = planner.rel
 
-    def source(self, revision):
+    def source(self, revision: PinSource) -> tuple[str, int, str]:
         """``(file name, mtime_ns of its data, description)`` of what ``revision`` names; refused if absent."""
         files = self.files
         if revision == CLEAN_SOURCE:
@@ -92,14 +99,14 @@ class PinPlanner:
                 raise InvalidArgument("volume %s has no clean image to pin%s" % (self.vid, why))
             return files.clean.name, files.clean.mtime_ns, CLEAN_SOURCE
         number = files.revisions[-1][0] if revision == "latest" and files.revisions else revision
-        info = dict(files.revisions).get(number)
-        if info is None:
+        info = dict(files.revisions).get(number) if isinstance(number, int) else None
+        if info is None or not isinstance(number, int):
             known = ", ".join(str(item) for item, _info in files.revisions) or "none"
             raise InvalidArgument("volume %s has no revision %s to pin (revisions: %s)" % (self.vid, number, known))
         # qubesd gives a revision the time of its copy as mtime; its name holds the data's time.
-        return info.name, parse_timestamp(files.revision_timestamp(number)) * 10 ** 9, "revision %d" % number
+        return info.name, parse_timestamp(files.revision_timestamp(number) or "") * 10 ** 9, "revision %d" % number
 
-    def present(self, name, revision, force):
+    def present(self, name: str, revision: PinSource, force: bool) -> tuple[Actions, str]:
         """Actions that make pin ``name`` hold ``revision``'s content, and the pinned source's description."""
         src, mtime_ns, description = self.source(revision)
         pin_file = self.vid.pin(name)
@@ -115,10 +122,10 @@ class PinPlanner:
         return [MakePin(self.rel, src, pin_file, mtime_ns, "replace pin %s (force) by %s" % (name, description))], \
             description
 
-    def size_of(self, name):
+    def size_of(self, name: str) -> int:
         return next(info.size for info in self.files.all() if info.name == name)
 
-    def absent(self, name):
+    def absent(self, name: str) -> Actions:
         existing = self.files.pins.get(name)
         if existing is None:
             return []

@@ -15,7 +15,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import META
 from ansible_collections.dom0.reflink.plugins.module_utils._state.scan import PoolScan
 
 
-def open_pool_or_parent(path):
+def open_pool_or_parent(path: str) -> tuple[Directory | None, bool]:
     """Open the pool, or (if it does not exist yet) check its parent; returns (Directory|None, exists)."""
     try:
         return Directory.open_pool(path), True
@@ -29,15 +29,15 @@ def open_pool_or_parent(path):
     return None, False
 
 
-def image_files_in(scan):
+def image_files_in(scan: PoolScan) -> list[str]:
     """Relative paths of every image file found by ``scan``."""
-    found = []
+    found: list[str] = []
     for volume in scan.sorted_volumes():
         found.extend(volume.vid.rel(info.name) for info in volume.all_with_pins())
     return found
 
 
-def foreign_entries(pool_dir, scan):
+def foreign_entries(pool_dir: Directory, scan: PoolScan) -> list[str]:
     """Entries that removing the pool would have to destroy although they are not ours."""
     foreign = []
     for name in pool_dir.names():
@@ -49,14 +49,14 @@ def foreign_entries(pool_dir, scan):
     return sorted(foreign)
 
 
-def _mkdir_step(text, parent_path, name):
-    def make():
+def _mkdir_step(text: str, parent_path: str, name: str) -> Step:
+    def make() -> None:
         with Directory.open_pool(parent_path) as parent:
             parent.mkdir(name, 0o755)
     return Step(text, make)
 
 
-def plan_present(path, pool_dir):
+def plan_present(path: str, pool_dir: Directory | None) -> list[Step]:
     """Steps that create the pool directory (one level) and its two prefix directories."""
     steps = []
     if pool_dir is None:
@@ -68,7 +68,7 @@ def plan_present(path, pool_dir):
     return steps
 
 
-def plan_absent(path, pool_dir):
+def plan_absent(path: str, pool_dir: Directory) -> list[Step]:
     """Steps that remove a pool holding no image file and nothing foreign; refuses otherwise."""
     scan = PoolScan.read(pool_dir)
     images = image_files_in(scan)
@@ -89,7 +89,7 @@ def plan_absent(path, pool_dir):
         if pool_dir.has_subdir(prefix):
             steps.append(_rmdir_step("remove %s/" % os.path.join(path, prefix), path, prefix))
     if pool_dir.lstat(METADATA_DIR) is not None:
-        def remove_metadata():
+        def remove_metadata() -> None:
             with Directory.open_pool(path) as pool:
                 remove_tree(pool, METADATA_DIR)
         steps.append(Step("remove %s/ (locks and journals)" % os.path.join(path, METADATA_DIR), remove_metadata))
@@ -98,8 +98,8 @@ def plan_absent(path, pool_dir):
     return steps
 
 
-def _rmdir_step(text, parent_path, name):
-    def remove():
+def _rmdir_step(text: str, parent_path: str, name: str) -> Step:
+    def remove() -> None:
         with Directory.open_pool(parent_path) as parent:
             parent.rmdir(name)
     return Step(text, remove)

@@ -9,28 +9,30 @@ import os
 import stat
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
 from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone, compare
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
 
 
 class Source:
     """Open data to import: a file or block device on the host, or a volume's clean image."""
 
-    def __init__(self, fd, description):
-        self.fd = fd
+    def __init__(self, fd: int, description: str) -> None:
+        self.fd = fd   # -1 once closed
         self.description = description
         st = os.fstat(fd)
         self.identity = (st.st_dev, st.st_ino)
         self.size = clone.file_size(fd)
         self.usage = st.st_blocks * 512
 
-    def close(self):
-        if self.fd is not None:
+    def close(self) -> None:
+        if self.fd >= 0:
             os.close(self.fd)
-            self.fd = None
+            self.fd = -1
 
 
-def open_source_path(path):
+def open_source_path(path: str) -> Source:
     """Open ``path`` for reading; only a regular file or a block device is accepted."""
     try:
         # O_NONBLOCK: a FIFO must be refused, not waited on.
@@ -56,7 +58,7 @@ def open_source_path(path):
     return Source(fd, path)
 
 
-def open_source_volume(pool_path, vid):
+def open_source_volume(pool_path: str, vid: Vid) -> Source:
     """Open the clean image of volume ``vid`` of the pool at ``pool_path``."""
     with Directory.open_pool(pool_path) as pool_dir:
         prefix = pool_dir.open_dir(vid.prefix)
@@ -74,9 +76,9 @@ def open_source_volume(pool_path, vid):
 
 # -- comparing with the current clean image -------------------------------
 
-def unchanged(vm_dir, files, source, size):
+def unchanged(vm_dir: Directory | None, files: VolumeFiles, source: Source | None, size: int) -> bool:
     """Whether importing ``source`` (None: zeros) at ``size`` would give the current clean image."""
-    if files.clean is None or files.dirty is not None or files.clean.size != size:
+    if vm_dir is None or files.clean is None or files.dirty is not None or files.clean.size != size:
         return False
     clean_fd = vm_dir.open_file(files.vid.clean, os.O_RDONLY)
     try:

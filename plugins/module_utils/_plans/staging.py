@@ -15,31 +15,36 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import (
-    Fsync,
-    MakeVmDir,
-    Remove,
-    ResizeInPlace,
-)
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum import VerifyChecksum
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     InvalidArgument,
     ReflinkError,
     VolumeInUse,
     VolumeStateError,
 )
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Rel
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import (
+    Fsync,
+    MakeVmDir,
+    Remove,
+    ResizeInPlace,
+)
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.markers import MarkImported, read_import_marker
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum import VerifyChecksum
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import (
     BEGUN,
     COMMITTED,
     CORRUPT,
     JOURNALS_DIR,
+    JournalRecord,
     RemoveJournal,
     WriteJournal,
     journal_name,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.markers import MarkImported, read_import_marker
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.sources import Source
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import Actions, VolumePlanner
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo, VolumeFiles
 
 
@@ -56,38 +61,38 @@ class ImportOptions:
     fallback: str                     # errno: copy where a reflink is impossible; never: fail
 
 
-class Stage(Action):
+class Stage(Action[Workspace]):
     """Write the import image: the source's data at the wanted size, or an all-zero sparse image."""
 
     long = True
 
-    def __init__(self, rel, name, source, size, allow_copy):
+    def __init__(self, rel: Rel, name: str, source: Source | None, size: int, allow_copy: bool) -> None:
         self.name = name
         self.source = source
         self.size = size
         self.allow_copy = allow_copy
-        self.how = None
-        self.found_before = None   # (st_dev, st_ino) of an import image there before this step
+        self.how: str | None = None
+        self.found_before: tuple[int, int] | None = None   # (st_dev, st_ino) of an import image there before this step
         if source is None:
             self.text = "stage an empty (all-zero) sparse image %s of %d bytes" % (rel(name), size)
         else:
             self.text = "stage %s in %s, size %d bytes" % (source.description, rel(name), size)
 
-    def run(self, workspace):
-        destination = workspace.vm_dir.join(self.name)
+    def run(self, workspace: Workspace) -> None:
+        destination = workspace.vm().join(self.name)
 
-        def fill(fd):
+        def fill(fd: int) -> str:
             if self.source is None:
                 os.ftruncate(fd, self.size)
                 return clone.EMPTY
             return clone.fill_from(fd, self.source.fd, dst_size=self.size, allow_copy=self.allow_copy,
                                    describe=(self.source.description, destination))
 
-        found = workspace.vm_dir.lstat(self.name)
+        found = workspace.vm().lstat(self.name)
         self.found_before = (found.st_dev, found.st_ino) if found is not None else None
-        self.how = workspace.vm_dir.write_new_file(self.name, fill)
+        self.how = workspace.vm().write_new_file(self.name, fill)
 
-    def undo(self, workspace):
+    def undo(self, workspace: Workspace) -> str | None:
         # Until the commit renames it, the staged image is of no use alone.  A Stage that failed
         # before its rename leaves the import image that was there before it (it may be qubesd's).
         if workspace.vm_dir is None:
@@ -100,12 +105,12 @@ class Stage(Action):
             return "removed the staged image %s" % self.name
         return None
 
-    def simulate(self, files):
+    def simulate(self, files: dict[str, FileInfo]) -> None:
         usage = 0 if self.source is None else min(self.source.usage, self.size)
         files[self.name] = FileInfo(self.name, self.size, usage)
 
     @property
-    def done(self):
+    def done(self) -> str:
         if self.how == clone.COPY:
             return self.text + " (sparse copy: reflink not possible here)"
         if self.how == clone.REFLINK:
@@ -113,9 +118,9 @@ class Stage(Action):
         return self.text
 
 
-def new_volume_actions(planner, workspace, keep_import=False):
+def new_volume_actions(planner: VolumePlanner, workspace: Workspace, keep_import: bool = False) -> Actions:
     """For a volume that does not exist yet: clear leftovers of an earlier one, make its VM directory."""
-    actions = []
+    actions: Actions = []
     for action in planner.remove_everything("leftover of an earlier volume with this vid"):
         if not (keep_import and action.name == planner.vid.import_):
             actions.append(action)
@@ -124,39 +129,39 @@ def new_volume_actions(planner, workspace, keep_import=False):
     return actions
 
 
-class AssumeImportImage(Action):
+class AssumeImportImage(Action[Workspace]):
     """Check mode only: the import image that a begin planned earlier in the same check-mode run would make."""
 
-    def __init__(self, rel, name, size):
+    def __init__(self, rel: Rel, name: str, size: int) -> None:
         self.name = name
         self.size = size
         # Check mode cannot know the size that begin was given: the commit's size, else the volume's.
         self.text = ("take %s as a state=begin planned earlier in this check-mode run leaves it, at %d bytes "
                      "(the size given to commit, else the volume's current size)" % (rel(name), size))
 
-    def run(self, workspace):
+    def run(self, workspace: Workspace) -> None:
         raise ReflinkError("internal error: a check-mode assumption was executed")
 
-    def simulate(self, files):
+    def simulate(self, files: dict[str, FileInfo]) -> None:
         files[self.name] = FileInfo(self.name, self.size, 0)
 
 
-def _journal_state(journal):
+def _journal_state(journal: JournalRecord | None) -> str | None:
     return journal.get("state") if journal is not None else None
 
 
-def _corrupt(vid, what):
+def _corrupt(vid: Vid, what: str) -> str:
     return ("the journal of a two-phase import of %s (.reflink/%s/%s) cannot be read, so %s: state=abort "
             "removes it and the import image" % (vid, JOURNALS_DIR, journal_name(vid), what))
 
 
-def _planned_only(vid, state):
+def _planned_only(vid: Vid, state: str) -> str:
     return ("no two-phase import of %s is begun: check mode planned this %s as if a state=begin earlier in "
             "this check-mode run had made the import image (check mode records nothing); a real run does "
             "this after a real begin, and fails without one" % (vid, state))
 
 
-def one_shot_journal_actions(planner, workspace, journal):
+def one_shot_journal_actions(planner: VolumePlanner, workspace: Workspace, journal: JournalRecord | None) -> Actions:
     """What a one-shot import does about a two-phase import's journal: refuse, or drop a stale one."""
     vid, files = planner.vid, planner.files
     state = _journal_state(journal)
@@ -165,6 +170,7 @@ def one_shot_journal_actions(planner, workspace, journal):
                                              "pending") + "; then import again")
     if state != BEGUN:
         return []
+    assert journal is not None   # the state BEGUN was read from it
     if files.import_ is not None:
         raise VolumeStateError(
             "a two-phase import of %s was begun at %s and its import image %s may hold data another program "
@@ -174,7 +180,8 @@ def one_shot_journal_actions(planner, workspace, journal):
                           % journal.get("written", "?"))]
 
 
-def plan_two_phase(planner, workspace, options, journal, warnings, check_mode):
+def plan_two_phase(planner: VolumePlanner, workspace: Workspace, options: ImportOptions, journal: JournalRecord | None,
+                   warnings: list[str], check_mode: bool) -> Actions:
     """The plan of reflink_import with state begin, commit or abort."""
     state = options.state
     if state == "abort":
@@ -184,7 +191,8 @@ def plan_two_phase(planner, workspace, options, journal, warnings, check_mode):
     return _plan_begin(planner, workspace, options, journal)
 
 
-def _plan_abort(planner, workspace, journal, warnings, check_mode):
+def _plan_abort(planner: VolumePlanner, workspace: Workspace, journal: JournalRecord | None, warnings: list[str],
+                check_mode: bool) -> Actions:
     vid, files, rel = planner.vid, planner.files, planner.rel
     state = _journal_state(journal)
     if state == CORRUPT:
@@ -204,12 +212,13 @@ def _plan_abort(planner, workspace, journal, warnings, check_mode):
                 "claims it (it may be qubesd's own import in progress); reflink_gc removes it once it is "
                 "older than min_age" % (vid, rel(vid.import_)))
         return []
-    actions = [Remove(rel, vid.import_, why)] if files.import_ is not None else []
+    actions: Actions = [Remove(rel, vid.import_, why)] if files.import_ is not None else []
     actions.append(RemoveJournal(workspace.pool_dir, vid))
     return actions
 
 
-def _plan_commit(planner, workspace, options, journal, warnings, check_mode):
+def _plan_commit(planner: VolumePlanner, workspace: Workspace, options: ImportOptions, journal: JournalRecord | None,
+                 warnings: list[str], check_mode: bool) -> Actions:
     vid, files, rel = planner.vid, planner.files, planner.rel
     keep = options.revisions_to_keep
     state = _journal_state(journal)
@@ -221,13 +230,14 @@ def _plan_commit(planner, workspace, options, journal, warnings, check_mode):
             return planner.finish_precache(keep)  # this commit happened: a rerun changes nothing
         if journal is None and check_mode:
             warnings.append(_planned_only(vid, "commit"))
-            size = options.size if options.size is not None else files.size
-            assumed = AssumeImportImage(rel, vid.import_, size)
-            return _commit_actions(planner, workspace, options, assumed, [], size, None)
+            assumed_size = options.size if options.size is not None else files.size
+            assumed = AssumeImportImage(rel, vid.import_, assumed_size)
+            return _commit_actions(planner, workspace, options, assumed, [], assumed_size, None)
         raise VolumeStateError(
             "no two-phase import of %s is begun (none was, state=abort ended it, or reflink_gc removed one "
             "begun longer ago than its import_max_age): run state=begin first, have the data written into "
             "the import_image it returns, then commit" % vid)
+    assert journal is not None   # the state BEGUN was read from it
     begun_at = journal.get("written", "?")
     if files.import_ is None and files.clean is not None and files.clean.ino == journal.get("import_ino"):
         # The commit's rename happened and the task died before it recorded it: finish.
@@ -254,7 +264,7 @@ def _plan_commit(planner, workspace, options, journal, warnings, check_mode):
             "it) to commit it at that size, or state=abort to discard it"
             % (rel(vid.import_), files.import_.size, journal.get("size"), files.import_.size))
     target = files.import_.size if size is None else size
-    checks = []
+    checks: Actions = []
     if options.checksum:
         # Before any change: the data is checked as it will be at the size committed.
         checks.append(VerifyChecksum(rel, vid.import_, options.checksum,
@@ -265,15 +275,16 @@ def _plan_commit(planner, workspace, options, journal, warnings, check_mode):
     return _commit_actions(planner, workspace, options, None, checks, target, begun_at)
 
 
-def _commit_actions(planner, workspace, options, assumed, checks, target, begun_at):
+def _commit_actions(planner: VolumePlanner, workspace: Workspace, options: ImportOptions,
+                    assumed: AssumeImportImage | None, checks: Actions, target: int, begun_at: str | None) -> Actions:
     """The actions of a two-phase commit of the import image at size ``target``."""
     vid, files, rel = planner.vid, planner.files, planner.rel
     keep = options.revisions_to_keep
-    actions = [assumed] if assumed is not None else []
+    actions: Actions = [assumed] if assumed is not None else []
     actions.extend(checks)
     if not files.exists:
         actions.extend(new_volume_actions(planner, workspace, keep_import=True))
-    current = files.import_.size if assumed is None else target
+    current = files.import_.size if files.import_ is not None and assumed is None else target
     if target != current:
         actions.append(ResizeInPlace(rel, vid.import_, target))
     actions.append(MarkImported(rel, vid.import_, begun_at))
@@ -284,10 +295,10 @@ def _commit_actions(planner, workspace, options, assumed, checks, target, begun_
     return actions
 
 
-def _refuse_replaced(planner, journal):
+def _refuse_replaced(planner: VolumePlanner, journal: JournalRecord) -> None:
     vid, files, rel = planner.vid, planner.files, planner.rel
     begun_ino = journal.get("import_ino")
-    if begun_ino is not None and begun_ino != files.import_.ino:
+    if begun_ino is not None and files.import_ is not None and begun_ino != files.import_.ino:
         raise VolumeStateError(
             "the import image %s is not the file that state=begin created (inode %d, begun as inode %d): it "
             "was replaced, perhaps by another program's import (qubesd's qvm-volume import makes its own), so "
@@ -297,7 +308,8 @@ def _refuse_replaced(planner, journal):
             % (rel(vid.import_), files.import_.ino, begun_ino))
 
 
-def _plan_begin(planner, workspace, options, journal):
+def _plan_begin(planner: VolumePlanner, workspace: Workspace, options: ImportOptions,
+                journal: JournalRecord | None) -> Actions:
     vid, files, rel = planner.vid, planner.files, planner.rel
     size = options.size
     if size is None:
@@ -308,6 +320,7 @@ def _plan_begin(planner, workspace, options, journal):
                                + "; then begin again")
     journal_text = "record the begun import of %s in the pool's journal" % vid
     if state == BEGUN:
+        assert journal is not None   # the state BEGUN was read from it
         if files.import_ is not None:
             _refuse_replaced(planner, journal)
             if journal.get("size") == size:
@@ -321,7 +334,7 @@ def _plan_begin(planner, workspace, options, journal):
                         "a record of this begin" % (vid, journal.get("written", "?")))
     planner.refuse_if_in_use("import into")
     planner.check_size(size)
-    actions = [] if workspace.vm_dir is not None else [MakeVmDir(vid)]
+    actions: Actions = [] if workspace.vm_dir is not None else [MakeVmDir(vid)]
     actions.append(Stage(rel, vid.import_, None, size, allow_copy=True))
     actions.append(WriteJournal(workspace.pool_dir, vid, {"vid": str(vid), "state": BEGUN, "size": size},
                                 journal_text))

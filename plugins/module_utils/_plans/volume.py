@@ -17,19 +17,28 @@ revert.py, pins in pins.py.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal, overload
 
-from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import same_content
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     InvalidArgument,
     VolumeInUse,
     VolumeStateError,
 )
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import format_timestamp
+from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import simulate
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import read_volume
-from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import loop_size
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import same_content
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles, read_volume
+from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import QubesPool, QubesVolume
+from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings, loop_size
+
+# The actions of a volume's plan, in the order they run.
+Actions = list[Action[Workspace]]
 
 # revisions_to_keep: -1 means "snapshots disabled": no revision, no precache.
 SNAPSHOTS_DISABLED = -1
@@ -39,7 +48,15 @@ SNAPSHOTS_DISABLED = -1
 DEFAULT_REVISIONS_TO_KEEP = 1
 
 
-def check_revisions_to_keep(value, optional=False):
+@overload
+def check_revisions_to_keep(value: object, optional: Literal[False] = False) -> int: ...
+
+
+@overload
+def check_revisions_to_keep(value: object, optional: bool) -> int | None: ...
+
+
+def check_revisions_to_keep(value: object, optional: bool = False) -> int | None:
     """``value`` if it is a valid revisions_to_keep (None too, when ``optional``: not given)."""
     if value is None and optional:
         return None
@@ -51,7 +68,8 @@ def check_revisions_to_keep(value, optional=False):
 class VolumePlanner:
     """Plans for one volume, given its files and what surrounds it."""
 
-    def __init__(self, files, surroundings, vm_dir=None, prefix_dir=None, qubes=None):
+    def __init__(self, files: VolumeFiles, surroundings: Surroundings, vm_dir: Directory | None = None,
+                 prefix_dir: Directory | None = None, qubes: QubesVolume | None = None) -> None:
         self.files = files
         self.vid = files.vid
         self.surroundings = surroundings
@@ -60,7 +78,7 @@ class VolumePlanner:
         self.prefix_dir = prefix_dir
         self.qubes = qubes    # the QubesVolume qubes.xml lists for this vid, or None
 
-    def revisions_to_keep(self, given):
+    def revisions_to_keep(self, given: int | None) -> int:
         """``given`` if the task sets it, else the volume's own value from qubes.xml, else Qubes' default."""
         if given is not None:
             return given
@@ -68,7 +86,7 @@ class VolumePlanner:
             return self.qubes.revisions_to_keep
         return DEFAULT_REVISIONS_TO_KEEP
 
-    def check_size(self, size):
+    def check_size(self, size: int) -> None:
         """Refuse, before any change, a size larger than the filesystem's largest file."""
         where = self.vm_dir or self.prefix_dir
         if where is not None and not where.file_size_fits(size):
@@ -77,7 +95,7 @@ class VolumePlanner:
 
     # -- building blocks ---------------------------------------------------
 
-    def refuse_if_in_use(self, what):
+    def refuse_if_in_use(self, what: str) -> None:
         reasons = self.surroundings.in_use_reasons(self.files)
         if reasons:
             if self.surroundings.running_reasons(self.files):
@@ -88,11 +106,11 @@ class VolumePlanner:
             raise VolumeInUse("cannot %s volume %s: it is in use (%s); %s"
                               % (what, self.vid, "; ".join(reasons), way_out))
 
-    def new_precache(self):
+    def new_precache(self) -> act.Clone:
         return act.Clone(self.rel, self.vid.clean, self.vid.precache, "refresh precache",
                          copy_mtime=True)
 
-    def remove_everything(self, why):
+    def remove_everything(self, why: str) -> list[act.Remove]:
         """Remove actions for every file of the volume (the dirty image last)."""
         files = self.files
         ordered = list(files.tempfiles)
@@ -102,7 +120,7 @@ class VolumePlanner:
         ordered.extend(info for info in (files.clean, files.precache, files.dirty) if info)
         return [act.Remove(self.rel, info.name, why) for info in ordered]
 
-    def newest_revision_is_clean(self, files):
+    def newest_revision_is_clean(self, files: VolumeFiles) -> bool:
         """Whether the newest revision already holds the clean image.
 
         That is what a commit or revert leaves when it is killed after making
@@ -118,11 +136,14 @@ class VolumePlanner:
             return False
         return self.same_content_of(info.name, self.vid.clean)
 
-    def same_content_of(self, left, right):
+    def same_content_of(self, left: str, right: str) -> bool:
         """Whether the files ``left`` and ``right`` of the VM directory hold the same bytes."""
-        left_fd = self.vm_dir.open_file(left, os.O_RDONLY)
+        vm_dir = self.vm_dir
+        if vm_dir is None:   # no VM directory: neither file is there
+            return False
+        left_fd = vm_dir.open_file(left, os.O_RDONLY)
         try:
-            right_fd = self.vm_dir.open_file(right, os.O_RDONLY)
+            right_fd = vm_dir.open_file(right, os.O_RDONLY)
             try:
                 return same_content(left_fd, right_fd)
             finally:
@@ -130,26 +151,26 @@ class VolumePlanner:
         finally:
             os.close(left_fd)
 
-    def keep_clean_as_revision(self, files, why):
+    def keep_clean_as_revision(self, files: VolumeFiles, why: str) -> tuple[Actions, int]:
         """Actions that keep the current clean image as the next revision; how many were added (0 or 1)."""
         if files.clean is None or self.newest_revision_is_clean(files):
             return [], 0
         name = self.vid.revision(files.next_revision(), format_timestamp(files.clean.mtime_ns // 10 ** 9))
         return [act.KeepAsRevision(self.rel, self.vid.clean, name, why)], 1
 
-    def finish_precache(self, keep):
+    def finish_precache(self, keep: int) -> Actions:
         """Make a missing or stale precache of a stopped volume: how an interrupted commit converges."""
         files = self.files
         if files.dirty is not None or files.clean is None or keep == SNAPSHOTS_DISABLED \
                 or files.precache_state == "fresh":
             return []
-        actions = []
+        actions: Actions = []
         if files.precache is not None:
             actions.append(act.Remove(self.rel, self.vid.precache, "stale precache"))
         actions.append(self.new_precache())
         return actions
 
-    def commit(self, staged, keep, files=None):
+    def commit(self, staged: str, keep: int, files: VolumeFiles | None = None) -> Actions:
         """Make the file ``staged`` the new clean image, as qubesd's commit does.
 
         ``files`` is the volume as it will be when the commit starts (default:
@@ -158,7 +179,7 @@ class VolumePlanner:
         """
         vid = self.vid
         files = files or self.files
-        actions = []
+        actions: Actions = []
         if staged == vid.dirty:
             actions.append(act.Fsync(self.rel, staged))
         added = 0
@@ -178,10 +199,10 @@ class VolumePlanner:
 
     # -- operations --------------------------------------------------------
 
-    def create(self, size, keep, vm_dir_exists):
+    def create(self, size: int, keep: int, vm_dir_exists: bool) -> Actions:
         """A new origin volume: no leftover of an earlier one, a sparse clean, its precache."""
         self.check_size(size)
-        actions = self.remove_everything("leftover of an earlier volume with this vid")
+        actions: Actions = list(self.remove_everything("leftover of an earlier volume with this vid"))
         if not vm_dir_exists:
             actions.append(act.MakeVmDir(self.vid))
         actions.append(act.CreateSparse(self.rel, self.vid.clean, size))
@@ -189,7 +210,7 @@ class VolumePlanner:
             actions.append(self.new_precache())
         return actions
 
-    def resize(self, size, allow_shrink, keep):
+    def resize(self, size: int, allow_shrink: bool, keep: int) -> Actions:
         files = self.files
         current = files.size
         if size == current:
@@ -204,7 +225,7 @@ class VolumePlanner:
             if size < current and running:
                 raise VolumeInUse("cannot shrink volume %s while it is running (%s)"
                                   % (self.vid, "; ".join(running)))
-            actions = [act.ResizeInPlace(self.rel, self.vid.dirty, size)]
+            actions: Actions = [act.ResizeInPlace(self.rel, self.vid.dirty, size)]
             for device in self.surroundings.loops_of(self.vid, self.vid.dirty):
                 actions.append(act.SetLoopCapacity(device))
             return actions
@@ -218,7 +239,7 @@ class VolumePlanner:
             actions.append(act.Remove(self.rel, self.vid.precache, "stale precache"))
         return actions
 
-    def present(self, size, allow_shrink, keep, vm_dir_exists):
+    def present(self, size: int | None, allow_shrink: bool, keep: int, vm_dir_exists: bool) -> Actions:
         files = self.files
         if not files.exists:
             if size is None:
@@ -230,13 +251,15 @@ class VolumePlanner:
             return self.loops_catch_up()
         return self.finish_precache(keep)
 
-    def loops_catch_up(self):
+    def loops_catch_up(self) -> Actions:
         """Loop devices still at an older size of the dirty image: a resize was killed before telling them."""
         dirty = self.files.dirty
+        if dirty is None:   # called for a volume with a dirty image only
+            return []
         return [act.SetLoopCapacity(device) for device in self.surroundings.loops_of(self.vid, self.vid.dirty)
                 if loop_size(device) not in (None, dirty.size)]
 
-    def stopped(self, keep):
+    def stopped(self, keep: int) -> Actions:
         if self.files.dirty is None:
             return self.finish_precache(keep)
         running = self.surroundings.running_reasons(self.files)
@@ -245,7 +268,7 @@ class VolumePlanner:
                               % (self.vid, "; ".join(running)))
         return self.commit(self.vid.dirty, keep)
 
-    def absent(self, vm_dir_names, remove_pins=False):
+    def absent(self, vm_dir_names: list[str], remove_pins: bool = False) -> Actions:
         """Remove the volume; its pins stay (and so its VM directory) unless ``remove_pins``."""
         everything = self.files.all()
         if remove_pins:
@@ -253,7 +276,7 @@ class VolumePlanner:
         if not everything:
             return []
         self.refuse_if_in_use("remove")
-        actions = self.remove_everything("volume removed")
+        actions: Actions = list(self.remove_everything("volume removed"))
         if remove_pins:
             actions.extend(act.Remove(self.rel, self.files.pins[name].name, "pin removed with its volume (remove_pins)")
                            for name in sorted(self.files.pins))
@@ -266,24 +289,29 @@ class VolumePlanner:
 class PlanContext:
     """What a task's plan function gets besides the planner: where it plans, and what it may add to."""
 
-    workspace: object        # the Workspace: pool, prefix and VM directory
-    vm_dir_names: list       # the VM directory's entries (in a batch: as the items before leave them)
+    workspace: Workspace     # pool, prefix and VM directory
+    vm_dir_names: list[str]  # the VM directory's entries (in a batch: as the items before leave them)
     vm_dir_exists: bool      # whether the VM directory exists (in a batch: once the items before have run)
-    warnings: list           # each becomes a module warning
+    warnings: list[str]      # each becomes a module warning
 
 
 @dataclass
 class VolumePlan:
     """One volume's plan and what became of it."""
 
-    workspace: object
-    files: object            # the VolumeFiles the plan was made from
-    actions: list
-    after: object            # the VolumeFiles the plan leaves: simulated, read again once executed
-    done: list = field(default_factory=list)   # what it did (check mode: what it would do)
+    workspace: Workspace
+    files: VolumeFiles       # what the plan was made from
+    actions: Actions
+    after: VolumeFiles       # what the plan leaves: simulated, read again once executed
+    done: list[str] = field(default_factory=list)   # what it did (check mode: what it would do)
 
 
-def plan_volume(workspace, surroundings, qubes, plan, warnings, listing=None, context=None):
+# A task's plan function: the actions that bring the volume where the task wants it.
+PlanFunction = Callable[[VolumePlanner, PlanContext], Actions]
+
+
+def plan_volume(workspace: Workspace, surroundings: Surroundings, qubes: QubesPool | None, plan: PlanFunction,
+                warnings: list[str], listing: list[str] | None = None, context: PlanContext | None = None) -> VolumePlan:
     """Read the volume of ``workspace`` (its VM directory opened by the caller) and plan it: ``plan(planner, context)``.
 
     ``listing``: the VM directory's entries if the caller listed it already;

@@ -11,11 +11,13 @@ simulated listing of a check-mode plan, so both report alike.
 
 from __future__ import annotations
 
+import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import allocated_bytes
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory, allocated_bytes
 
 # Precache states.
 FRESH = "fresh"
@@ -35,10 +37,10 @@ class FileInfo:
     dev: int = 0
 
     @classmethod
-    def from_stat(cls, name, st):
+    def from_stat(cls, name: str, st: os.stat_result) -> FileInfo:
         return cls(name, st.st_size, allocated_bytes(st), st.st_mtime_ns, st.st_ino, st.st_dev)
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "size": self.size, "usage": self.usage}
 
 
@@ -51,13 +53,13 @@ class VolumeFiles:
     dirty: FileInfo | None = None
     precache: FileInfo | None = None
     import_: FileInfo | None = None
-    revisions: list = field(default_factory=list)        # [(id, FileInfo)], sorted by id
-    junk_revisions: list = field(default_factory=list)   # [FileInfo]
-    tempfiles: list = field(default_factory=list)        # [FileInfo]
-    pins: dict = field(default_factory=dict)             # pin name -> FileInfo
+    revisions: list[tuple[int, FileInfo]] = field(default_factory=list)   # (id, FileInfo), sorted by id
+    junk_revisions: list[FileInfo] = field(default_factory=list)
+    tempfiles: list[FileInfo] = field(default_factory=list)
+    pins: dict[str, FileInfo] = field(default_factory=dict)             # pin name -> FileInfo
 
     @classmethod
-    def from_infos(cls, vid, infos):
+    def from_infos(cls, vid: names.Vid, infos: Iterable[FileInfo]) -> VolumeFiles:
         """Classify ``infos`` (FileInfo of files in the VM directory; others are ignored)."""
         files = cls(vid)
         for info in infos:
@@ -65,7 +67,7 @@ class VolumeFiles:
         files.revisions.sort(key=lambda item: item[0])
         return files
 
-    def add(self, info, image):
+    def add(self, info: FileInfo, image: names.ImageName | None) -> None:
         """Record ``info`` if ``image`` (its classified name) belongs to this volume."""
         if image is None or image.volume != self.vid.volume:
             return
@@ -84,10 +86,10 @@ class VolumeFiles:
             self.precache = info
         elif image.kind == names.IMPORT:
             self.import_ = info
-        elif image.kind == names.PIN:
+        elif image.kind == names.PIN and image.pin is not None:
             self.pins[image.pin] = info
 
-    def all(self):
+    def all(self) -> list[FileInfo]:
         """Every file of the volume but its pins, as FileInfo.
 
         Pins are left out on purpose: whatever works on "the volume's files"
@@ -99,33 +101,33 @@ class VolumeFiles:
         found.extend(self.tempfiles)
         return found
 
-    def all_with_pins(self):
+    def all_with_pins(self) -> list[FileInfo]:
         """Every file of the volume, pins included."""
         return self.all() + [self.pins[name] for name in sorted(self.pins)]
 
-    def pin_report(self):
+    def pin_report(self) -> list[dict[str, object]]:
         """The ``pins`` list of the volume dict: name, size and the pinned data's time, by name."""
         return [{"name": name, "size": self.pins[name].size,
                  "timestamp": names.format_timestamp(self.pins[name].mtime_ns // 10 ** 9)}
                 for name in sorted(self.pins)]
 
     @property
-    def exists(self):
+    def exists(self) -> bool:
         return self.clean is not None or self.dirty is not None
 
     @property
-    def size(self):
+    def size(self) -> int:
         """The volume's size: dirty's if it exists, else clean's, else 0 (absent)."""
         image = self.dirty or self.clean
         return image.size if image else 0
 
     @property
-    def usage(self):
+    def usage(self) -> int:
         image = self.dirty or self.clean
         return image.usage if image else 0
 
     @property
-    def precache_state(self):
+    def precache_state(self) -> str:
         if self.precache is None:
             return MISSING
         if self.clean is not None and (self.precache.mtime_ns, self.precache.size) == (
@@ -133,16 +135,16 @@ class VolumeFiles:
             return FRESH
         return STALE
 
-    def next_revision(self):
+    def next_revision(self) -> int:
         return self.revisions[-1][0] + 1 if self.revisions else 1
 
-    def revision_timestamp(self, revision_id):
+    def revision_timestamp(self, revision_id: int) -> str | None:
         for number, info in self.revisions:
             if number == revision_id:
-                return names.classify(info.name).timestamp
+                return names.timestamp_of(info.name)
         return None
 
-    def summary(self):
+    def summary(self) -> dict[str, object]:
         """What diff mode shows of the volume: its files and revision ids."""
         return {
             "vid": str(self.vid),
@@ -152,7 +154,8 @@ class VolumeFiles:
         }
 
 
-def scan_names(vm_dir, entries, wanted_volume=None):
+def scan_names(vm_dir: Directory, entries: Iterable[str],
+               wanted_volume: str | None = None) -> tuple[list[FileInfo], list[str]]:
     """FileInfo of every regular image file among ``entries`` of ``vm_dir``.
 
     Returns ``(infos, unsafe)``: ``unsafe`` lists the image-like names that are
@@ -175,7 +178,7 @@ def scan_names(vm_dir, entries, wanted_volume=None):
     return infos, unsafe
 
 
-def read_volume(vm_dir, vid, entries=None):
+def read_volume(vm_dir: Directory | None, vid: names.Vid, entries: Iterable[str] | None = None) -> VolumeFiles:
     """The VolumeFiles of ``vid`` in the open VM directory ``vm_dir`` (None: VM dir missing).
 
     ``entries``: the directory's names if the caller listed it already (a batch

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import os
 import xml.parsers.expat
-from xml.etree import ElementTree
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import NoReturn
+from xml.etree import ElementTree
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
 
 DEFAULT_PATH = "/var/lib/qubes/qubes.xml"
 AUTO = "auto"
@@ -46,18 +50,18 @@ class QubesVolume:
     """One ``<volume>`` of a domain, in the managed pool."""
 
     vid: str
-    vm: str
+    vm: str | None          # None when its domain names no VM
     volume: str
     kind: str
     revisions_to_keep: int
     source: str | None
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, object]:
         return {"vm": self.vm, "volume": self.volume, "kind": self.kind,
                 "revisions_to_keep": self.revisions_to_keep}
 
     @property
-    def save_on_stop(self):
+    def save_on_stop(self) -> bool:
         return self.kind in (ORIGIN, ORIGIN_SNAPSHOT)
 
 
@@ -68,13 +72,13 @@ class QubesPool:
     name: str
     revisions_to_keep: int
     path: str                                     # the qubes.xml it came from
-    volumes: dict = field(default_factory=dict)   # vid string -> QubesVolume
+    volumes: dict[str, QubesVolume] = field(default_factory=dict)   # vid string -> QubesVolume
 
-    def volume(self, vid):
+    def volume(self, vid: Vid | str) -> QubesVolume | None:
         return self.volumes.get(str(vid))
 
 
-def read_qubes_xml(setting, pool_path):
+def read_qubes_xml(setting: str | None, pool_path: str) -> QubesPool | None:
     """The QubesPool of ``pool_path`` per ``setting`` (``auto``, ``none`` or a path), or None.
 
     None means nothing is known: ``none``, ``auto`` without the default file,
@@ -99,7 +103,7 @@ def read_qubes_xml(setting, pool_path):
     return find_pool(root, pool_path, path)
 
 
-def _refuse_declaration(*_args):
+def _refuse_declaration(*_args: object) -> NoReturn:
     raise _Declaration()
 
 
@@ -107,7 +111,7 @@ class _Declaration(Exception):
     pass
 
 
-def parse_safely(data, path):
+def parse_safely(data: bytes, path: str) -> ElementTree.Element:
     """The root element of the XML ``data``; refuses a DOCTYPE or entity declaration, and bad XML."""
     # The byte search refuses the usual shapes at once; the expat pass catches what a byte search
     # cannot (another encoding), stopping at the declaration, before any entity is expanded.
@@ -137,13 +141,13 @@ def parse_safely(data, path):
     return root
 
 
-def _same_dir(dir_path, pool_path):
+def _same_dir(dir_path: str, pool_path: str) -> bool:
     if os.path.abspath(dir_path) == os.path.abspath(pool_path):
         return True
     return os.path.realpath(dir_path) == os.path.realpath(pool_path)
 
 
-def _int_attribute(element, name, path, default):
+def _int_attribute(element: ElementTree.Element, name: str, path: str, default: int) -> int:
     text = element.get(name)
     if text is None:
         return default
@@ -157,12 +161,12 @@ def _int_attribute(element, name, path, default):
     return value
 
 
-def _flag(element, name):
+def _flag(element: ElementTree.Element, name: str) -> bool:
     # qubesd writes Python's str() of a bool.
     return element.get(name, "False") == "True"
 
 
-def volume_kind(element):
+def volume_kind(element: ElementTree.Element) -> str:
     snap_on_start = _flag(element, "snap_on_start")
     save_on_stop = _flag(element, "save_on_stop")
     if snap_on_start and save_on_stop:
@@ -174,7 +178,7 @@ def volume_kind(element):
     return VOLATILE
 
 
-def find_pool(root, pool_path, path):
+def find_pool(root: ElementTree.Element, pool_path: str, path: str) -> QubesPool | None:
     """The QubesPool of ``pool_path`` in the parsed qubes.xml ``root``, or None if none matches."""
     pool_element = None
     for candidate in root.iterfind("pools/pool"):
@@ -185,7 +189,7 @@ def find_pool(root, pool_path, path):
             break
     if pool_element is None:
         return None
-    name = pool_element.get("name")
+    name = pool_element.get("name") or ""   # never empty: checked above
     pool = QubesPool(name, _int_attribute(pool_element, "revisions_to_keep", path, _QUBES_DEFAULT_REVISIONS), path)
     for domain in root.iterfind("domains/domain"):
         vm = None
@@ -207,10 +211,10 @@ def find_pool(root, pool_path, path):
     return pool
 
 
-def refuse_qubesd_volume(pool, vid, what):
+def refuse_qubesd_volume(pool: QubesPool | None, vid: Vid, what: str) -> None:
     """Refuse to ``what`` a volume qubes.xml lists as a snapshot or volatile volume (qubesd discards their files)."""
     volume = pool.volume(vid) if pool is not None else None
-    if volume is None or volume.kind not in QUBESD_OWNED_KINDS:
+    if pool is None or volume is None or volume.kind not in QUBESD_OWNED_KINDS:
         return
     if volume.kind == SNAPSHOT:
         origin = volume.source or "its template's volume"
@@ -223,7 +227,7 @@ def refuse_qubesd_volume(pool, vid, what):
         "discards at every start and stop; nothing was changed" % (what, vid, pool.path, volume.vm))
 
 
-def orphan_reason(pool, vid, keep_vids):
+def orphan_reason(pool: QubesPool | None, vid: Vid | str, keep_vids: Collection[str] | None) -> str | None:
     """Why gc counts the volume ``vid`` (not in use) as an orphan, or None when it is a known volume."""
     key = str(vid)
     if keep_vids is not None:
@@ -239,7 +243,8 @@ def orphan_reason(pool, vid, keep_vids):
     return None
 
 
-def missing_volumes(pool, present, only=None):
+def missing_volumes(pool: QubesPool | None, present: Mapping[str, VolumeFiles],
+                    only: Collection[str] | None = None) -> list[dict[str, str | None]]:
     """The volumes qubes.xml lists with save_on_stop whose clean and dirty images are both gone.
 
     ``present`` maps vid string -> VolumeFiles; ``only`` limits to these vid strings.

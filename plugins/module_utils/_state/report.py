@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
+from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
 
 
-def volume_report(pool_path, files, surroundings):
+def volume_report(pool_path: str, files: VolumeFiles, surroundings: Surroundings) -> dict[str, object]:
     """The ``volume`` dict every module returns."""
     running = surroundings.running_reasons(files)
     reasons = surroundings.in_use_reasons(files, running)
@@ -20,7 +22,7 @@ def volume_report(pool_path, files, surroundings):
         "size": files.size,
         "usage": files.usage,
         "revisions": [
-            {"id": number, "timestamp": names.classify(info.name).timestamp}
+            {"id": number, "timestamp": names.timestamp_of(info.name)}
             for number, info in files.revisions
         ],
         "state": surroundings.state(files, running),

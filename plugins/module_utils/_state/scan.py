@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, PoolError, UnsafePath
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles, scan_names
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo, VolumeFiles, scan_names
 
 
 class PoolScan:
@@ -19,13 +20,13 @@ class PoolScan:
     "directories" that are symlinks or files.
     """
 
-    def __init__(self):
-        self.volumes = {}
-        self.vm_dirs = {}
-        self.unsafe = []
+    def __init__(self) -> None:
+        self.volumes: dict[str, VolumeFiles] = {}
+        self.vm_dirs: dict[str, list[str]] = {}
+        self.unsafe: list[str] = []
 
     @classmethod
-    def read(cls, pool_dir, only_vids=None):
+    def read(cls, pool_dir: Directory, only_vids: list[names.Vid] | None = None) -> PoolScan:
         scan = cls()
         wanted_dirs = None
         if only_vids is not None:
@@ -47,7 +48,7 @@ class PoolScan:
                 scan.volumes.setdefault(str(vid), VolumeFiles(vid))
         return scan
 
-    def read_vm_dir(self, prefix_dir, prefix, vm):
+    def read_vm_dir(self, prefix_dir: Directory, prefix: str, vm: str) -> None:
         rel_dir = "%s/%s" % (prefix, vm)
         try:
             vm_dir = prefix_dir.open_dir(vm)
@@ -61,10 +62,11 @@ class PoolScan:
             self.vm_dirs[rel_dir] = entries
             infos, unsafe = scan_names(vm_dir, entries)
         self.unsafe.extend("%s/%s" % (rel_dir, name) for name in unsafe)
-        by_volume = {}
+        by_volume: dict[str, list[FileInfo]] = {}
         for info in infos:
             image = names.classify(info.name)
-            by_volume.setdefault(image.volume, []).append(info)
+            if image is not None:   # always: scan_names keeps image names only
+                by_volume.setdefault(image.volume, []).append(info)
         for volume, volume_infos in by_volume.items():
             try:
                 vid = names.parse_vid("%s/%s/%s" % (prefix, vm, volume))
@@ -74,11 +76,11 @@ class PoolScan:
                 continue
             self.volumes[str(vid)] = VolumeFiles.from_infos(vid, volume_infos)
 
-    def sorted_volumes(self):
+    def sorted_volumes(self) -> list[VolumeFiles]:
         return [self.volumes[key] for key in sorted(self.volumes)]
 
 
-def require_pool(pool_dir):
+def require_pool(pool_dir: Directory) -> None:
     """Refuse a directory that is not a pool, before any lock file is made in it."""
     if not any(pool_dir.has_subdir(prefix) for prefix in names.PREFIXES):
         raise PoolError("%s is not a pool: it has neither appvms/ nor vm-templates/; "

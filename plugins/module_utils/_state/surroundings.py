@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
 
 QUBES_RUNNING_GLOB = "/var/run/qubes/volume-running-*"
 _SYS_BLOCK = "/sys/block"
@@ -25,9 +26,9 @@ RUNNING = "running"
 DIRTY = "dirty"
 
 
-def loop_devices():
+def loop_devices() -> dict[str, list[str]]:
     """Map of backing file path -> list of loop devices (``/dev/loopN``) backed by it."""
-    backed = {}
+    backed: dict[str, list[str]] = {}
     try:
         entries = os.listdir(_SYS_BLOCK)
     except OSError:
@@ -47,7 +48,7 @@ def loop_devices():
     return backed
 
 
-def loop_size(device):
+def loop_size(device: str) -> int | None:
     """Size in bytes the loop device ``/dev/loopN`` presents now, or None if unknown."""
     try:
         with open(os.path.join(_SYS_BLOCK, os.path.basename(device), "size"), encoding="ascii") as handle:
@@ -56,12 +57,12 @@ def loop_size(device):
         return None
 
 
-def qubes_running_names():
+def qubes_running_names() -> set[str]:
     """What follows ``volume-running-`` in each of qubesd's running-state files: escaped "<pool>:<vid>"."""
     return {os.path.basename(path)[len("volume-running-"):] for path in glob.glob(QUBES_RUNNING_GLOB)}
 
 
-def _vid_of_running_name(escaped):
+def _vid_of_running_name(escaped: str) -> str:
     # The file names "<pool>:<vid>" escaped; a vid never contains ':'.
     return escaped.rpartition(":")[2]
 
@@ -76,23 +77,23 @@ class Surroundings:
     """
 
     pool_realpath: str
-    loops: dict
-    running: set            # escaped "<pool>:<vid>" of each running-state file
+    loops: dict[str, list[str]]   # backing file path -> loop devices
+    running: set[str]       # escaped "<pool>:<vid>" of each running-state file
     pool_name: str | None = None
 
     @classmethod
-    def read(cls, pool_path, pool_name=None):
+    def read(cls, pool_path: str, pool_name: str | None = None) -> Surroundings:
         return cls(os.path.realpath(pool_path), loop_devices(), qubes_running_names(), pool_name)
 
-    def image_realpath(self, vid, name):
+    def image_realpath(self, vid: names.Vid, name: str) -> str:
         return os.path.join(self.pool_realpath, vid.vm_dir, name)
 
-    def loops_of(self, vid, name):
+    def loops_of(self, vid: names.Vid, name: str) -> list[str]:
         if not self.loops:
             return []   # no loop device at all: the common case, and a batch asks for every file of every volume
         return self.loops.get(self.image_realpath(vid, name), [])
 
-    def running_reasons(self, files):
+    def running_reasons(self, files: VolumeFiles) -> list[str]:
         """Why the volume counts as running: loop devices on its images, qubesd's running file."""
         reasons = []
         for info in files.all():
@@ -109,7 +110,7 @@ class Surroundings:
                            % QUBES_RUNNING_GLOB.replace("*", "<pool>:" + escaped))
         return reasons
 
-    def in_use_reasons(self, files, running=None):
+    def in_use_reasons(self, files: VolumeFiles, running: list[str] | None = None) -> list[str]:
         """``running``: the volume's running_reasons if the caller has them already."""
         reasons = list(self.running_reasons(files) if running is None else running)
         if files.dirty is not None:
@@ -117,7 +118,7 @@ class Surroundings:
                            "commit pending)" % files.dirty.name)
         return reasons
 
-    def state(self, files, running=None):
+    def state(self, files: VolumeFiles, running: list[str] | None = None) -> str:
         if self.running_reasons(files) if running is None else running:
             return RUNNING
         if files.dirty is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
@@ -28,10 +29,10 @@ from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import 
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml
 from ansible_collections.dom0.reflink.plugins.module_utils._state.scan import PoolScan, require_pool
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import missing_pool_warning, run_or_report
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import Params, Result, missing_pool_warning, run_or_report
 
 
-def parse_gc_options(params):
+def parse_gc_options(params: Params) -> GcOptions:
     min_age = parse_duration(params["min_age"], "min_age")
     import_max_age = parse_duration(params["import_max_age"], "import_max_age")
     revisions_to_keep = check_revisions_to_keep(params["revisions_to_keep"], optional=True)
@@ -50,7 +51,7 @@ def parse_gc_options(params):
                      remove_orphans=params["remove_orphans"], keep_vids=keep_vids)
 
 
-def run_gc_task(params, check_mode):
+def run_gc_task(params: Params, check_mode: bool) -> Result:
     """reflink_gc: scan, plan, remove (unless in check mode), report."""
     options = parse_gc_options(params)
     only = [parse_vid(vid) for vid in params["vids"]] if params.get("vids") else None
@@ -60,7 +61,9 @@ def run_gc_task(params, check_mode):
         raise InvalidArgument("remove_orphans needs keep_vids (the list of volumes that should exist), or a "
                               "qubes.xml (qubes_xml) that lists this pool")
     now = time.time()
-    removed, actions, skipped = [], [], []
+    removed: list[dict[str, Any]] = []
+    actions: list[str] = []
+    skipped: list[dict[str, Any]] = []
     if check_mode and not os.path.lexists(path):
         # As the volume modules do: plan against the empty pool an earlier reflink_pool task would make.
         return dict(_gc_result([], [], [], [], [], []), warnings=[missing_pool_warning(path)])
@@ -113,7 +116,9 @@ def run_gc_task(params, check_mode):
                       planner.orphaned_pins)
 
 
-def _gc_result(actions, removed, orphans, pending_commit, skipped, skipped_files, orphaned_pins=()):
+def _gc_result(actions: list[str], removed: list[dict[str, Any]], orphans: list[dict[str, Any]],
+               pending_commit: list[dict[str, Any]], skipped: list[dict[str, Any]], skipped_files: list[dict[str, Any]],
+               orphaned_pins: list[dict[str, Any]] | tuple[()] = ()) -> Result:
     return {
         "changed": bool(actions),
         "actions": actions,

@@ -18,11 +18,13 @@ from ansible_collections.dom0.reflink.plugins.module_utils._plans.imports import
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import read_journal
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.sources import open_source_path, open_source_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.staging import ImportOptions
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import Actions, PlanContext, VolumePlanner
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import check_revisions_to_keep
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import run_single_volume_task
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import Params, Result, run_single_volume_task
 
 
-def run_import_task(params, check_mode, diff):
+def run_import_task(params: Params, check_mode: bool, diff: bool) -> Result:
     """reflink_import: open and lock the source, then plan and run like every volume task."""
     size = None if params["size"] is None else parse_volume_size(params["size"])
     checksum = parse_checksum(params["checksum"])
@@ -50,14 +52,14 @@ def run_import_task(params, check_mode, diff):
             source = open_source_volume(src_pool, src_vid)
             stack.callback(source.close)
 
-        def plan(planner, context):
+        def plan(planner: VolumePlanner, context: PlanContext) -> Actions:
             workspace = context.workspace
             options = ImportOptions(state=params["state"], size=size, checksum=checksum, force=params["force"],
                                     revisions_to_keep=planner.revisions_to_keep(given_keep), fallback=params["fallback"])
             return plan_import(planner, workspace, options, source, read_journal(workspace.pool_dir, vid),
                                context.warnings, check_mode)
 
-        def import_image(after):
+        def import_image(after: VolumeFiles) -> dict[str, object]:
             present = after.import_ is not None
             return {"import_image": os.path.join(params["pool"], vid.vm_dir, vid.import_) if present else None}
 

@@ -12,24 +12,26 @@ from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import R
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import filesystem_report, probe_reflink
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import pool_lock
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
+from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import QubesPool
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import missing_volumes, read_qubes_xml
 from ansible_collections.dom0.reflink.plugins.module_utils._state.report import volume_report
 from ansible_collections.dom0.reflink.plugins.module_utils._state.scan import PoolScan, require_pool
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import missing_pool_warning
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import Params, Result, missing_pool_warning
 
 
-def artifacts_of(files):
+def artifacts_of(files: VolumeFiles) -> dict[str, object]:
     """Leftovers of a volume that gc would look at, by name."""
     return {
         "tempfiles": sorted(info.name for info in files.tempfiles),
         "import_image": files.import_.name if files.import_ else None,
         "junk_revisions": sorted(info.name for info in files.junk_revisions),
-        "stale_precache": files.precache.name if files.precache_state == "stale" else None,
+        "stale_precache": files.precache.name if files.precache is not None and files.precache_state == "stale" else None,
     }
 
 
-def run_info_task(params, check_mode=False):
+def run_info_task(params: Params, check_mode: bool = False) -> Result:
     """reflink_info: report the pool and its volumes; never changes anything."""
     path = params["pool"]
     only = None
@@ -68,7 +70,8 @@ def run_info_task(params, check_mode=False):
     return _info_result(pool, volumes, qubes, scan.volumes, wanted)
 
 
-def _info_result(pool, volumes, qubes, found, wanted):
+def _info_result(pool: dict[str, object], volumes: list[dict[str, object]], qubes: QubesPool | None,
+                 found: dict[str, VolumeFiles], wanted: set[str] | None) -> Result:
     """reflink_info's result; ``found`` maps vid strings to the VolumeFiles the scan saw."""
     return {
         "changed": False,

@@ -7,24 +7,26 @@ from __future__ import annotations
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import format_timestamp
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.pins import PinPlanner, check_pin_name, parse_pin_source
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import run_single_volume_task
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import Actions, PlanContext, VolumePlanner
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import Params, Result, run_single_volume_task
 
 
-def run_pin_task(params, check_mode, diff):
+def run_pin_task(params: Params, check_mode: bool, diff: bool) -> Result:
     """reflink_pin: the pin's name and source checked, then planned and run like every volume task."""
     name = check_pin_name(params["name"])
     revision = parse_pin_source(params["revision"])
     state = params["state"]
-    pinned = {}
+    pinned: dict[str, str] = {}
 
-    def plan(planner, _context):
+    def plan(planner: VolumePlanner, _context: PlanContext) -> Actions:
         pins = PinPlanner(planner)
         if state == "absent":
             return pins.absent(name)
         actions, pinned["source"] = pins.present(name, revision, params["force"])
         return actions
 
-    def report_pin(after):
+    def report_pin(after: VolumeFiles) -> dict[str, object]:
         info = after.pins.get(name)
         if state == "absent" or info is None:
             return {"pin": None}

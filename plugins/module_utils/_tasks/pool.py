@@ -15,10 +15,10 @@ from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import pool_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.pool import open_pool_or_parent, plan_absent, plan_present
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import run_or_report
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import Params, Result, run_or_report
 
 
-def _layout(path):
+def _layout(path: str) -> dict[str, object]:
     """What diff mode shows of a pool: whether it and its prefix directories exist."""
     return {
         "path": path,
@@ -27,7 +27,7 @@ def _layout(path):
     }
 
 
-def run_pool_task(params, check_mode, diff):
+def run_pool_task(params: Params, check_mode: bool, diff: bool) -> Result:
     """reflink_pool: plan, execute (or not, in check mode) and report."""
     path = params["path"]
     # Nothing here depends on qubes.xml, but a qubes_xml that names a missing or bad file fails alike everywhere.
@@ -53,7 +53,7 @@ def run_pool_task(params, check_mode, diff):
         else:
             reflink = None
             steps = []
-            if exists:
+            if exists and pool_dir is not None:
                 with _pool_lock_if(pool_dir, params, check_mode, create=False):
                     steps = plan_absent(path, pool_dir)
                     done = run_or_report(steps, None, check_mode)
@@ -75,7 +75,8 @@ def run_pool_task(params, check_mode, diff):
     return result
 
 
-def _pool_lock_if(pool_dir, params, check_mode, create=True):
+def _pool_lock_if(pool_dir: Directory | None, params: Params, check_mode: bool,
+                  create: bool = True) -> contextlib.AbstractContextManager[None]:
     """The exclusive pool lock, when the pool exists (a pool being created has no other user)."""
     if pool_dir is None:
         return contextlib.nullcontext()

@@ -9,19 +9,20 @@ from ansible_collections.dom0.reflink.plugins.module_utils._base.names import pa
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.markers import read_revert_marker
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.pins import check_pin_name
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.revert import RevertPlanner
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import run_single_volume_task
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import Actions, PlanContext, VolumePlanner
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import Params, Result, run_single_volume_task
 
 
-def run_revert_task(params, check_mode, diff):
+def run_revert_task(params: Params, check_mode: bool, diff: bool) -> Result:
     """reflink_revert: the revision (or pin) asked for, the mark a previous revert left, then the plan."""
     pin = None if params["pin"] is None else check_pin_name(params["pin"])
     revision = parse_revision("latest" if params["revision"] is None else params["revision"])
     target = "pin %s" % pin if pin is not None else revision
 
-    def plan(planner, context):
+    def plan(planner: VolumePlanner, context: PlanContext) -> Actions:
         workspace = context.workspace
         marker = None
-        if planner.files.clean is not None:
+        if planner.files.clean is not None and workspace.vm_dir is not None:
             marker = read_revert_marker(workspace.vm_dir, planner.vid.clean)
         if pin is not None:
             return RevertPlanner(planner).to_pin(pin, params["discard_dirty"], marker)

@@ -12,21 +12,42 @@ does not import Ansible: it only calls the module object it is given.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn, Protocol
 
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import ReflinkError
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import AbsentDirectory, Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, W
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed, execute
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import AbsentDirectory, Directory, PoolDirectory
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_lock
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import plan_volume
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import PlanFunction, VolumePlan, plan_volume
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles, read_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml, refuse_qubesd_volume
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import read_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.report import volume_report
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
 
-def run_single_volume_task(params, check_mode, diff, purpose, plan, extra=None, changes="change"):
+# A module's options, as AnsibleModule checked them (module.params).
+Params = Mapping[str, Any]
+# A module's result (the keys of exit_json; "warnings" become module warnings).
+Result = dict[str, Any]
+
+
+class Module(Protocol):
+    """What the flow uses of an AnsibleModule (the core imports no Ansible)."""
+
+    def fail_json(self, msg: str, **kwargs: Any) -> NoReturn: ...
+
+    def exit_json(self, **kwargs: Any) -> None: ...
+
+    def warn(self, warning: str) -> None: ...
+
+
+def run_single_volume_task(params: Params, check_mode: bool, diff: bool, purpose: str, plan: PlanFunction,
+                           extra: Callable[[VolumeFiles], dict[str, Any]] | None = None,
+                           changes: str | None = "change") -> Result:
     """Run one volume module's task and return its result dict.
 
     ``plan(planner, context)`` returns the list of actions (``context``: a
@@ -39,7 +60,7 @@ def run_single_volume_task(params, check_mode, diff, purpose, plan, extra=None, 
     """
     vid = parse_vid(params["vid"])
     pool = params["pool"]
-    warnings = []
+    warnings: list[str] = []
     # Read (and refuse) before any lock file is made: a bad qubes.xml changes nothing.
     qubes = read_qubes_xml(params.get("qubes_xml"), pool)
     if changes is not None:
@@ -66,14 +87,15 @@ def run_single_volume_task(params, check_mode, diff, purpose, plan, extra=None, 
             return result
 
 
-def run_or_report(actions, workspace, check_mode, guard=None):
+def run_or_report(actions: Sequence[Action[W]], workspace: W, check_mode: bool,
+                  guard: Callable[[W], None] | None = None) -> list[str]:
     """What ``actions`` did (executed, see _engine/executor.py), or in check mode what they would do."""
     if check_mode:
         return [action.text for action in actions]
     return execute(actions, workspace, guard=guard)
 
 
-def carry_out(plan, surroundings, check_mode):
+def carry_out(plan: VolumePlan, surroundings: Surroundings, check_mode: bool) -> None:
     """Execute one volume's plan, the in-use guard on (in check mode: report it); read the volume again after it."""
     if not plan.actions:
         return
@@ -84,13 +106,13 @@ def carry_out(plan, surroundings, check_mode):
         plan.after = read_volume(workspace.vm_dir, workspace.vid)
 
 
-def missing_pool_warning(path):
+def missing_pool_warning(path: str) -> str:
     """The warning of a check-mode task on a pool that does not exist yet."""
     return ("pool %s does not exist: check mode planned this task as if it were an empty pool "
             "(as dom0.reflink.reflink_pool would leave it); a real run needs the pool first" % path)
 
 
-def open_task_pool(path, check_mode, warnings):
+def open_task_pool(path: str, check_mode: bool, warnings: list[str]) -> PoolDirectory:
     """The pool's Directory; in check mode a pool that does not exist yet is planned as an empty one."""
     if check_mode and not os.path.lexists(path):
         warnings.append(missing_pool_warning(path))
@@ -98,7 +120,7 @@ def open_task_pool(path, check_mode, warnings):
     return Directory.open_pool(path)
 
 
-def main_wrapper(module, work):
+def main_wrapper(module: Module, work: Callable[[], Result]) -> None:
     """Call ``work()`` and exit the module with its result, or fail with a clear message."""
     try:
         result = work()

@@ -15,19 +15,24 @@ from __future__ import annotations
 import functools
 import re
 import resource
+from typing import Any
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_volume_size
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory, PoolDirectory
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_locks
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.batch import BatchItem
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.batch import STATES, VolumeRequest, labelled, plan_all, plan_request
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import check_revisions_to_keep
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml, refuse_qubesd_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.report import volume_report
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import carry_out, open_task_pool, run_single_volume_task
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import Params, Result, carry_out, open_task_pool, run_single_volume_task
 
 # The keys of a ``volumes`` item, as the module documents them (suboptions), in the shape of an Ansible option
 # spec.  They are checked here, item by item, and not by Ansible: given as suboptions in the module's argument
@@ -50,7 +55,7 @@ _FALSE = frozenset(("no", "off", "0", "false", "n", "f"))
 _FD_MARGIN = 64
 
 
-def volume_request(params):
+def volume_request(params: Params) -> VolumeRequest:
     """The request of a single-volume task (options already checked by the module)."""
     return VolumeRequest(
         vid=parse_vid(params["vid"]),
@@ -62,11 +67,11 @@ def volume_request(params):
     )
 
 
-def batch_requests(params):
+def batch_requests(params: Params) -> list[VolumeRequest]:
     """The requests of ``volumes``, in the order given; refuses bad items and vids given twice."""
     items = params["volumes"]
     requests = []
-    seen = {}
+    seen: dict[str, int] = {}
     for number, item in enumerate(items, 1):
         label = "volumes item %d" % number
         if not isinstance(item, dict):
@@ -90,8 +95,8 @@ def batch_requests(params):
     return requests
 
 
-def _item_request(item, params, label):
-    def value(key):
+def _item_request(item: dict[str, Any], params: Params, label: str) -> VolumeRequest:
+    def value(key: str) -> Any:
         # A key set to null counts as omitted, so that a role can pass its items as they are.
         return params[key] if item.get(key) is None else item[key]
 
@@ -114,7 +119,7 @@ def _item_request(item, params, label):
     )
 
 
-def _boolean(value, what):
+def _boolean(value: object, what: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -125,7 +130,7 @@ def _boolean(value, what):
     raise InvalidArgument("%s must be a boolean (got %r)" % (what, value))
 
 
-def _integer(value):
+def _integer(value: object) -> object:
     """Integers as templating may hand them over: "2" is 2; anything else is left to the check."""
     if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
         return int(value.strip())
@@ -135,16 +140,16 @@ def _integer(value):
 class BatchFailed(PlanFailed):
     """An item failed while the batch executed; ``result`` holds the ``volumes`` of the items done."""
 
-    def __init__(self, message, done, changed, result):
+    def __init__(self, message: str, done: list[str], changed: bool, result: dict[str, object]) -> None:
         super().__init__(message, done, changed)
         self.result = result
 
 
-def run_volume_batch(params, check_mode, diff, purpose="reflink_volume volumes"):
+def run_volume_batch(params: Params, check_mode: bool, diff: bool, purpose: str = "reflink_volume volumes") -> Result:
     """Run ``reflink_volume`` with ``volumes`` and return its result dict."""
     requests = batch_requests(params)
     pool = params["pool"]
-    warnings = []
+    warnings: list[str] = []
     qubes = read_qubes_xml(params.get("qubes_xml"), pool)
     for request in requests:
         if request.changes is not None:
@@ -169,7 +174,7 @@ def run_volume_batch(params, check_mode, diff, purpose="reflink_volume volumes")
     return result
 
 
-def _carry_out_all(items, surroundings, pool, check_mode):
+def _carry_out_all(items: list[BatchItem], surroundings: Surroundings, pool: str, check_mode: bool) -> None:
     """Execute the items' plans in order (in check mode: report them); the first failure stops the batch."""
     for position, item in enumerate(items):
         if not item.plan.actions:
@@ -185,7 +190,8 @@ def _carry_out_all(items, surroundings, pool, check_mode):
             workspace.close_vm_dir()
 
 
-def _stopped_at(items, position, exc, pool, surroundings):
+def _stopped_at(items: list[BatchItem], position: int, exc: ReflinkError | OSError, pool: str,
+                surroundings: Surroundings) -> BatchFailed:
     """The BatchFailed of item ``position``: what was done before it and by it, and the way on (a rerun converges)."""
     failed = items[position]
     if isinstance(exc, PlanFailed):
@@ -203,7 +209,7 @@ def _stopped_at(items, position, exc, pool, surroundings):
     return BatchFailed(message, done, changed, {"volumes": reports})
 
 
-def _item_report(item, pool, surroundings):
+def _item_report(item: BatchItem, pool: str, surroundings: Surroundings) -> dict[str, Any]:
     report = volume_report(pool, item.plan.after, surroundings)
     report["changed"] = bool(item.plan.actions)
     report["actions"] = list(item.plan.done)
@@ -211,13 +217,13 @@ def _item_report(item, pool, surroundings):
     return report
 
 
-def _kept_pins(request, after):
+def _kept_pins(request: VolumeRequest, after: VolumeFiles) -> dict[str, Any]:
     """``kept_pins`` of an item (or task) with state=absent: the pins that stay."""
     return {"kept_pins": sorted(after.pins)} if request.state == "absent" else {}
 
 
-def _result(items, pool, surroundings, diff):
-    volumes = [_item_report(item, pool, surroundings) for item in items]
+def _result(items: list[BatchItem], pool: str, surroundings: Surroundings | None, diff: bool) -> Result:
+    volumes = [_item_report(item, pool, surroundings) for item in items] if surroundings is not None else []
     result = {
         "changed": any(item.plan.actions for item in items),
         "actions": [text for report in volumes for text in report["actions"]],
@@ -234,25 +240,25 @@ def _result(items, pool, surroundings, diff):
 class _PrefixDirs:
     """The pool's prefix directories, opened once for every item of the batch."""
 
-    def __init__(self, pool_dir):
+    def __init__(self, pool_dir: PoolDirectory) -> None:
         self.pool_dir = pool_dir
-        self.opened = {}
+        self.opened: dict[str, Directory | None] = {}
 
-    def workspace(self, vid):
+    def workspace(self, vid: Vid) -> Workspace:
         if vid.prefix not in self.opened:
             self.opened[vid.prefix] = self.pool_dir.open_dir(vid.prefix)
         return Workspace(self.pool_dir, vid, prefix_dir=self.opened[vid.prefix])
 
-    def __enter__(self):
+    def __enter__(self) -> _PrefixDirs:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         for directory in self.opened.values():
             if directory is not None:
                 directory.close()
 
 
-def _make_room_for_locks(count):
+def _make_room_for_locks(count: int) -> None:
     """Raise the soft limit of open files if a batch of ``count`` volume locks needs it (the hard limit allows)."""
     needed = count + _FD_MARGIN
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -265,7 +271,7 @@ def _make_room_for_locks(count):
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
-def run_volume_task(params, check_mode, diff):
+def run_volume_task(params: Params, check_mode: bool, diff: bool) -> Result:
     """reflink_volume: one volume (vid), or many (volumes, see run_volume_batch)."""
     if params["volumes"] is not None:
         return run_volume_batch(params, check_mode, diff)
