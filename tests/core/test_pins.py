@@ -8,10 +8,10 @@ import pytest
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import check_pin_name
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.pins import (
     MakePin,
     RemovePin,
-    check_pin_name,
     parse_pin_source,
 )
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.revert import RestorePin

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import yaml
 
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.volume import ITEM_OPTIONS
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.volume_batch import ITEM_OPTIONS
 from ansible_collections.dom0.reflink.plugins.modules import reflink_volume
 
 

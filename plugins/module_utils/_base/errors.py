@@ -33,6 +33,16 @@ class VolumeInUse(ReflinkError):
     """The operation would touch a volume that a VM (or qubesd) is using."""
 
 
+class VolumeBecameInUse(VolumeInUse):
+    """The volume became in use while a plan ran (see _engine/inuse_guard.py): the plan is withdrawn."""
+
+    def __init__(self, vid: object, reasons: list[str]) -> None:
+        super().__init__("volume %s became in use while this task ran (%s): its VM was started, most likely by "
+                         "qubesd" % (vid, "; ".join(reasons)))
+        self.vid = vid
+        self.reasons = reasons
+
+
 class VolumeStateError(ReflinkError):
     """The volume is not in a state that allows the operation."""
 

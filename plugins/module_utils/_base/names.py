@@ -39,6 +39,7 @@ _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # A pin's name (contract §7).  No '.', '@' or '~': a pin's file name can then never read as
 # a revision or a tempfile, to us or to qubesd's globs.
 PIN_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,39}"
+_PIN_NAME_RE = re.compile(PIN_NAME_PATTERN)
 
 # One pass over a VM directory classifies every entry.  The volume part is the
 # shortest prefix that leaves a known image suffix; the reserved suffixes above
@@ -123,13 +124,23 @@ class Vid:
         return "%s.img.%d@%s" % (self.volume, number, timestamp)
 
     def pin(self, name: str) -> str:
-        """File name of the pin ``name`` (a name checked by _pins.check_pin_name)."""
+        """File name of the pin ``name`` (a name checked by check_pin_name)."""
         return "%s.img.pin-%s" % (self.volume, name)
 
     @property
     def lock_name(self) -> str:
         """Name of this volume's lock file: Qubes' escaping, so it is readable and unique."""
         return escape_vid(str(self)) + ".lock"
+
+
+def check_pin_name(value: object) -> str:
+    """``value`` if it is a valid pin name; InvalidArgument (nothing done yet) otherwise."""
+    # fullmatch, not match with '$': '$' would accept a name ending in a newline.
+    if not isinstance(value, str) or _PIN_NAME_RE.fullmatch(value) is None:
+        raise InvalidArgument(
+            "pin name %r is not valid: use 1 to 40 characters of a-z, 0-9, '_' and '-', starting with a "
+            "letter or digit (no '.', '/', '@', '~', capitals or spaces)" % (value,))
+    return value
 
 
 def parse_vid(value: object) -> Vid:

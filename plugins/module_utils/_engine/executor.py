@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import ReflinkError, VolumeBecameInUse
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, W
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import VolumeBecameInUse
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
 
 

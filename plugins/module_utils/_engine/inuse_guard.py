@@ -16,21 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import VolumeInUse
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import VolumeBecameInUse
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles, read_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings, loop_devices, qubes_running_names
-
-
-class VolumeBecameInUse(VolumeInUse):
-    """The volume became in use while a plan ran: the plan is withdrawn."""
-
-    def __init__(self, vid: Vid, reasons: list[str]) -> None:
-        super().__init__("volume %s became in use while this task ran (%s): its VM was started, most likely by "
-                         "qubesd" % (vid, "; ".join(reasons)))
-        self.vid = vid
-        self.reasons = reasons
 
 
 class InUseGuard:

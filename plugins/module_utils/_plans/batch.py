@@ -8,7 +8,7 @@ so a pool is reconciled in one task.  The batch keeps the single task's
 promises and adds one: every item is planned before anything changes, so a
 refusal of any item leaves the pool as it was.  Each item is planned against
 the VM directories the items before it leave; the flow around it (locks,
-execution, the result) is in _tasks/volume.py.
+execution, the result) is in _tasks/volume_batch.py.
 """
 
 from __future__ import annotations
@@ -19,45 +19,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import PoolError, ReflinkError
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import Actions, PlanContext, VolumePlan, VolumePlanner, plan_volume
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import PlanContext, VolumePlan, VolumeRequest, plan_request, plan_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import QubesPool
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
 
-STATES = ("present", "absent", "stopped")
-# What each state does to the volume's data, for the refusal of a qubesd-owned volume (None: only removes).
-CHANGES = {"present": "create or resize", "stopped": "commit", "absent": None}
 
 T = TypeVar("T")
-
-
-@dataclass
-class VolumeRequest:
-    """What one volume should become: a task's options, or one item of ``volumes`` over them."""
-
-    vid: Vid
-    state: str = "present"
-    size: int | None = None
-    allow_shrink: bool = False
-    revisions_to_keep: int | None = None
-    remove_pins: bool = False
-    label: str = ""       # how an error names the item ("" for a single-volume task)
-
-    @property
-    def changes(self) -> str | None:
-        return CHANGES[self.state]
-
-
-def plan_request(request: VolumeRequest, planner: VolumePlanner, context: PlanContext) -> Actions:
-    """The actions that bring one volume to ``request`` (the one place for what each state means)."""
-    keep = planner.revisions_to_keep(request.revisions_to_keep)
-    if request.state == "absent":
-        return planner.absent(context.vm_dir_names, remove_pins=request.remove_pins)
-    if request.state == "stopped":
-        return planner.stopped(keep)
-    return planner.present(request.size, request.allow_shrink, keep, vm_dir_exists=context.vm_dir_exists)
 
 
 @dataclass

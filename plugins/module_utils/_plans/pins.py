@@ -13,12 +13,11 @@ a pin (a revert to a pin is in revert.py).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from typing import Literal
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, VolumeStateError
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import PIN_NAME_PATTERN, Revision, parse_revision, parse_timestamp
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Revision, parse_revision, parse_timestamp
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Rel
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
@@ -26,21 +25,9 @@ from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import Actions, VolumePlanner
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo
 
-_PIN_NAME_RE = re.compile(PIN_NAME_PATTERN)
-
 CLEAN_SOURCE: Literal["clean"] = "clean"
 # What a pin is made from: "clean", "latest" or a revision id.
 PinSource = Revision | Literal["clean"]
-
-
-def check_pin_name(value: object) -> str:
-    """``value`` if it is a valid pin name; InvalidArgument (nothing done yet) otherwise."""
-    # fullmatch, not match with '$': '$' would accept a name ending in a newline.
-    if not isinstance(value, str) or _PIN_NAME_RE.fullmatch(value) is None:
-        raise InvalidArgument(
-            "pin name %r is not valid: use 1 to 40 characters of a-z, 0-9, '_' and '-', starting with a "
-            "letter or digit (no '.', '/', '@', '~', capitals or spaces)" % (value,))
-    return value
 
 
 def parse_pin_source(value: object) -> PinSource:

@@ -19,14 +19,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     InvalidArgument,
     VolumeInUse,
     VolumeStateError,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import format_timestamp
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid, format_timestamp
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import simulate
@@ -329,3 +329,39 @@ def plan_volume(workspace: Workspace, surroundings: Surroundings, qubes: QubesPo
         context = PlanContext(workspace, listing, vm_dir is not None, warnings)
     actions = plan(planner, context)
     return VolumePlan(workspace, files, actions, simulate(files, actions) if actions else files)
+
+
+STATES = ("present", "absent", "stopped")
+# What each state does to the volume's data, for the refusal of a qubesd-owned volume (None: only removes).
+CHANGES = {"present": "create or resize", "stopped": "commit", "absent": None}
+
+
+@dataclass
+class VolumeRequest:
+    """What one volume should become: a task's options, or one item of ``volumes`` over them."""
+
+    vid: Vid
+    state: str = "present"
+    size: int | None = None
+    allow_shrink: bool = False
+    revisions_to_keep: int | None = None
+    remove_pins: bool = False
+    label: str = ""       # how an error names the item ("" for a single-volume task)
+
+    @property
+    def changes(self) -> str | None:
+        return CHANGES[self.state]
+
+    def kept_pins(self, after: VolumeFiles) -> dict[str, Any]:
+        """The ``kept_pins`` of a task (or item) with state=absent: the pins that stay; nothing for other states."""
+        return {"kept_pins": sorted(after.pins)} if self.state == "absent" else {}
+
+
+def plan_request(request: VolumeRequest, planner: VolumePlanner, context: PlanContext) -> Actions:
+    """The actions that bring one volume to ``request`` (the one place for what each state means)."""
+    keep = planner.revisions_to_keep(request.revisions_to_keep)
+    if request.state == "absent":
+        return planner.absent(context.vm_dir_names, remove_pins=request.remove_pins)
+    if request.state == "stopped":
+        return planner.stopped(keep)
+    return planner.present(request.size, request.allow_shrink, keep, vm_dir_exists=context.vm_dir_exists)

@@ -14,15 +14,16 @@ built, so an entity bomb costs nothing.
 from __future__ import annotations
 
 import os
-import xml.parsers.expat
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import NoReturn
-from xml.etree import ElementTree
+from typing import TYPE_CHECKING, NoReturn
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
+
+if TYPE_CHECKING:
+    from xml.etree import ElementTree
 
 DEFAULT_PATH = "/var/lib/qubes/qubes.xml"
 AUTO = "auto"
@@ -113,6 +114,10 @@ class _Declaration(Exception):
 
 def parse_safely(data: bytes, path: str) -> ElementTree.Element:
     """The root element of the XML ``data``; refuses a DOCTYPE or entity declaration, and bad XML."""
+    # Imported here, not at the top: a host without qubes.xml (any host but Qubes OS' dom0) never parses XML.
+    import xml.parsers.expat  # noqa: PLC0415  pylint: disable=import-outside-toplevel
+    from xml.etree import ElementTree  # noqa: PLC0415  pylint: disable=import-outside-toplevel
+
     # The byte search refuses the usual shapes at once; the expat pass catches what a byte search
     # cannot (another encoding), stopping at the declaration, before any entity is expanded.
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:

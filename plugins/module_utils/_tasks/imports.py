@@ -21,7 +21,8 @@ from ansible_collections.dom0.reflink.plugins.module_utils._plans.staging import
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import Actions, PlanContext, VolumePlanner
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import check_revisions_to_keep
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import Params, Result, run_single_volume_task
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import Params, Result
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.single_volume import run_single_volume_task
 
 
 def run_import_task(params: Params, check_mode: bool, diff: bool) -> Result:

@@ -5,11 +5,12 @@
 
 from __future__ import annotations
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import format_timestamp
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.pins import PinPlanner, check_pin_name, parse_pin_source
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import check_pin_name, format_timestamp
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.pins import PinPlanner, parse_pin_source
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import Actions, PlanContext, VolumePlanner
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import Params, Result, run_single_volume_task
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import Params, Result
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.single_volume import run_single_volume_task
 
 
 def run_pin_task(params: Params, check_mode: bool, diff: bool) -> Result:

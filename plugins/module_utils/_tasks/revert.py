@@ -5,12 +5,12 @@
 
 from __future__ import annotations
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_revision
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import check_pin_name, parse_revision
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.markers import read_revert_marker
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.pins import check_pin_name
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.revert import RevertPlanner
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import Actions, PlanContext, VolumePlanner
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import Params, Result, run_single_volume_task
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import Params, Result
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.single_volume import run_single_volume_task
 
 
 def run_revert_task(params: Params, check_mode: bool, diff: bool) -> Result:

@@ -1,12 +1,13 @@
 # -*- coding: utf-8 -*-
 # Copyright: dom0.reflink contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""How a module runs: read, plan, execute (or simulate in check mode), report.
+"""What every module's flow shares: its options and result, the check-or-execute switch, the pool it opens.
 
-Modules hand in their AnsibleModule and a planning function; this file holds
-the part every module shares: the common options, the locks, the check-mode
-simulation, diff output, and the conversion of errors into ``fail_json``.  It
-does not import Ansible: it only calls the module object it is given.
+``main_wrapper`` runs a task and turns its result, or its error, into
+``exit_json`` or ``fail_json``; ``run_or_report`` executes a plan's actions,
+or in check mode only reports them; ``open_task_pool`` opens the pool (in
+check mode, a pool that is not there yet is planned as an empty one).  Nothing
+here imports Ansible: the module object is handed in.
 """
 
 from __future__ import annotations
@@ -16,18 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, Protocol
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import ReflinkError
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, W
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed, execute
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import AbsentDirectory, Directory, PoolDirectory
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_lock
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import PlanFunction, VolumePlan, plan_volume
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles, read_volume
-from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml, refuse_qubesd_volume
-from ansible_collections.dom0.reflink.plugins.module_utils._state.report import volume_report
-from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
 
 # A module's options, as AnsibleModule checked them (module.params).
 Params = Mapping[str, Any]
@@ -45,65 +37,12 @@ class Module(Protocol):
     def warn(self, warning: str) -> None: ...
 
 
-def run_single_volume_task(params: Params, check_mode: bool, diff: bool, purpose: str, plan: PlanFunction,
-                           extra: Callable[[VolumeFiles], dict[str, Any]] | None = None,
-                           changes: str | None = "change") -> Result:
-    """Run one volume module's task and return its result dict.
-
-    ``plan(planner, context)`` returns the list of actions (``context``: a
-    PlanContext, see _plans/volume.py).  ``extra(after)``, if given, returns
-    more result keys from the volume's files after the task (VolumeFiles).
-    ``changes`` says what the task does to the volume's data ("import into"),
-    for the refusal of a volume that qubes.xml lists as a snapshot or volatile
-    one; None for a task that only removes (those files are leftovers then,
-    and removing them loses nothing).
-    """
-    vid = parse_vid(params["vid"])
-    pool = params["pool"]
-    warnings: list[str] = []
-    # Read (and refuse) before any lock file is made: a bad qubes.xml changes nothing.
-    qubes = read_qubes_xml(params.get("qubes_xml"), pool)
-    if changes is not None:
-        refuse_qubesd_volume(qubes, vid, changes)
-    with open_task_pool(pool, check_mode, warnings) as pool_dir, Workspace(pool_dir, vid) as workspace:
-        # The workspace checked that this is a pool before any lock file is made in it.
-        with volume_lock(pool_dir, vid, timeout=params["lock_timeout"], purpose=purpose,
-                         create=not check_mode):
-            workspace.open_vm_dir()
-            surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
-            planned = plan_volume(workspace, surroundings, qubes, plan, warnings)
-            carry_out(planned, surroundings, check_mode)
-            result = {
-                "changed": bool(planned.actions),
-                "actions": planned.done,
-                "volume": volume_report(pool, planned.after, surroundings),
-            }
-            if extra is not None:
-                result.update(extra(planned.after))
-            if diff:
-                result["diff"] = {"before": planned.files.summary(), "after": planned.after.summary()}
-            if warnings:
-                result["warnings"] = warnings
-            return result
-
-
 def run_or_report(actions: Sequence[Action[W]], workspace: W, check_mode: bool,
                   guard: Callable[[W], None] | None = None) -> list[str]:
     """What ``actions`` did (executed, see _engine/executor.py), or in check mode what they would do."""
     if check_mode:
         return [action.text for action in actions]
     return execute(actions, workspace, guard=guard)
-
-
-def carry_out(plan: VolumePlan, surroundings: Surroundings, check_mode: bool) -> None:
-    """Execute one volume's plan, the in-use guard on (in check mode: report it); read the volume again after it."""
-    if not plan.actions:
-        return
-    workspace = plan.workspace
-    plan.done = run_or_report(plan.actions, workspace, check_mode,
-                              guard=None if check_mode else InUseGuard(plan.files, surroundings))
-    if not check_mode:
-        plan.after = read_volume(workspace.vm_dir, workspace.vid)
 
 
 def missing_pool_warning(path: str) -> str:
