@@ -48,7 +48,7 @@ def execute(actions: Sequence[Action[W]], workspace: W, guard: Callable[[W], Non
     the task converges instead.
 
     ``guard(workspace)``, if given, is called after each long step and right
-    before each destructive one (see _inuse_guard.py); when it raises
+    before each destructive one (see inuse_guard.py); when it raises
     VolumeBecameInUse the plan is withdrawn and PlanWithdrawn is raised.
     """
     done: list[str] = []

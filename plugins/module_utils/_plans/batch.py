@@ -22,6 +22,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import P
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import PlanContext, VolumePlan, VolumeRequest, plan_request, plan_volume
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import read_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import QubesPool
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
 
@@ -79,9 +80,9 @@ def _plan_one(request: VolumeRequest, workspace: Workspace, vm_dirs: dict[str, _
     if state is None:
         listing = workspace.vm_dir.names() if workspace.vm_dir is not None else []
         state = vm_dirs[request.vid.vm_dir] = _VmDirState(listing, set(listing), workspace.vm_dir is not None)
+    files = read_volume(workspace.vm_dir, request.vid, state.listing)
     context = PlanContext(workspace, sorted(state.names), state.exists, warnings)
-    plan = plan_volume(workspace, surroundings, qubes, functools.partial(plan_request, request), warnings,
-                       state.listing, context)
+    plan = plan_volume(files, surroundings, qubes, functools.partial(plan_request, request), context)
     if plan.actions:
         state.names.difference_update(info.name for info in plan.files.all_with_pins())
         state.names.update(info.name for info in plan.after.all_with_pins())

@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The steps of a gc run: its removals, its reading of the journals, and their execution.
 
-``_gc.py`` plans (what goes, and why); this file holds what a plan is made of
+``gc.py`` plans (what goes, and why); this file holds what a plan is made of
 and how one volume's part of it is executed and reported.
 """
 

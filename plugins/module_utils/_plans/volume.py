@@ -310,23 +310,23 @@ class VolumePlan:
 PlanFunction = Callable[[VolumePlanner, PlanContext], Actions]
 
 
-def plan_volume(workspace: Workspace, surroundings: Surroundings, qubes: QubesPool | None, plan: PlanFunction,
-                warnings: list[str], listing: list[str] | None = None, context: PlanContext | None = None) -> VolumePlan:
-    """Read the volume of ``workspace`` (its VM directory opened by the caller) and plan it: ``plan(planner, context)``.
-
-    ``listing``: the VM directory's entries if the caller listed it already;
-    ``context``: the PlanContext, when the caller knows better than the disk
-    (a batch: what the items planned before this one leave).  ``qubes``: the
-    QubesPool of qubes.xml, or None.
-    """
+def read_for_plan(workspace: Workspace) -> tuple[list[str], VolumeFiles]:
+    """The entries of the VM directory of ``workspace`` (opened by the caller) and the volume's files among them."""
     vm_dir = workspace.vm_dir
-    if listing is None:
-        listing = vm_dir.names() if vm_dir is not None else []
-    files = read_volume(vm_dir, workspace.vid, listing)
-    planner = VolumePlanner(files, surroundings, vm_dir, workspace.prefix_dir,
+    listing = vm_dir.names() if vm_dir is not None else []
+    return listing, read_volume(vm_dir, workspace.vid, listing)
+
+
+def plan_volume(files: VolumeFiles, surroundings: Surroundings, qubes: QubesPool | None, plan: PlanFunction,
+                context: PlanContext) -> VolumePlan:
+    """Plan the volume whose ``files`` were read: ``plan(planner, context)``.
+
+    ``qubes``: the QubesPool of qubes.xml, or None.  The VolumePlan holds the
+    files as the plan leaves them, simulated.
+    """
+    workspace = context.workspace
+    planner = VolumePlanner(files, surroundings, workspace.vm_dir, workspace.prefix_dir,
                             qubes=qubes.volume(workspace.vid) if qubes is not None else None)
-    if context is None:
-        context = PlanContext(workspace, listing, vm_dir is not None, warnings)
     actions = plan(planner, context)
     return VolumePlan(workspace, files, actions, simulate(files, actions) if actions else files)
 

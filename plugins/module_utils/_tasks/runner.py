@@ -30,11 +30,14 @@ Result = dict[str, Any]
 class Module(Protocol):
     """What the flow uses of an AnsibleModule (the core imports no Ansible)."""
 
-    def fail_json(self, msg: str, **kwargs: Any) -> NoReturn: ...
+    def fail_json(self, msg: str, **kwargs: Any) -> NoReturn:
+        """End the module: the task failed with ``msg``."""
 
-    def exit_json(self, **kwargs: Any) -> None: ...
+    def exit_json(self, **kwargs: Any) -> None:
+        """End the module with its result."""
 
-    def warn(self, warning: str) -> None: ...
+    def warn(self, warning: str) -> None:
+        """Add a warning to the task's output."""
 
 
 def run_or_report(actions: Sequence[Action[W]], workspace: W, check_mode: bool,

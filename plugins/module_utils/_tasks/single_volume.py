@@ -18,7 +18,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._base.names import pa
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_lock
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import PlanFunction, VolumePlan, plan_volume
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import PlanContext, PlanFunction, VolumePlan, plan_volume, read_for_plan
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles, read_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml, refuse_qubesd_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.report import volume_report
@@ -51,8 +51,12 @@ def run_single_volume_task(params: Params, check_mode: bool, diff: bool, purpose
         with volume_lock(pool_dir, vid, timeout=params["lock_timeout"], purpose=purpose,
                          create=not check_mode):
             workspace.open_vm_dir()
+            listing, files = read_for_plan(workspace)
+            # Read after the volume, as the in-use guard's tests of a VM started mid-task expect (the order in
+            # which a task looks decides which of its checks sees that VM first).
             surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
-            planned = plan_volume(workspace, surroundings, qubes, plan, warnings)
+            planned = plan_volume(files, surroundings, qubes, plan,
+                                  PlanContext(workspace, listing, workspace.vm_dir is not None, warnings))
             carry_out(planned, surroundings, check_mode)
             result = {
                 "changed": bool(planned.actions),
