@@ -6,7 +6,7 @@
 Data is always staged in ``<volume>-import.img`` (never attached by qubesd)
 and committed like a VM's stop commits its dirty image.  A two-phase import
 (begin, another program writes, commit or abort) is recorded in a journal
-(``journal.py``); staging and the two-phase plans are in ``staging.py``,
+(``journal.py``); staging is in ``staging.py``, the two-phase plans in ``two_phase.py``,
 checksums in ``checksum.py``, the sources of the data in ``sources.py``.
 """
 
@@ -26,7 +26,6 @@ from ansible_collections.dom0.reflink.plugins.module_utils._plans.staging import
     Stage,
     new_volume_actions,
     one_shot_journal_actions,
-    plan_two_phase,
 )
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import Actions, VolumePlanner
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
@@ -52,6 +51,9 @@ def plan_import(planner: VolumePlanner, workspace: Workspace, options: ImportOpt
     size = options.size
     keep = options.revisions_to_keep
     if state != "present":
+        # Imported here: a one-shot import does not compile the two-phase plans (its payload carries them).
+        # pylint: disable-next=import-outside-toplevel
+        from ansible_collections.dom0.reflink.plugins.module_utils._plans.two_phase import plan_two_phase  # noqa: PLC0415
         return plan_two_phase(planner, workspace, options, journal, [] if warnings is None else warnings,
                               check_mode)
     # One shot.

@@ -67,6 +67,17 @@ def read_journal(pool_dir: PoolDirectory, vid: Vid) -> JournalRecord | None:
     return record if isinstance(record, dict) else {"state": CORRUPT}
 
 
+def journal_state(journal: JournalRecord | None) -> str | None:
+    """The state a journal record says (BEGUN, COMMITTED or CORRUPT), None without a record."""
+    return journal.get("state") if journal is not None else None
+
+
+def corrupt_journal(vid: Vid, what: str) -> str:
+    """The start of a refusal over a journal that cannot be read: what cannot be done, and the way out (abort)."""
+    return ("the journal of a two-phase import of %s (.reflink/%s/%s) cannot be read, so %s: state=abort "
+            "removes it and the import image" % (vid, JOURNALS_DIR, journal_name(vid), what))
+
+
 class WriteJournal(Action[Workspace]):
     def __init__(self, pool_dir: PoolDirectory, vid: Vid, record: JournalRecord, text: str) -> None:
         self.pool_dir = pool_dir

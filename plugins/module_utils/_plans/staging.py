@@ -1,13 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright: dom0.reflink contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The import image: staging it, and the two-phase flow around it (begin, commit, abort).
+"""The import image: staging it, and what a one-shot import does about a two-phase import's journal.
 
-Every state the flow can be left in (by a failed task, a crash, qubesd or a
-person removing the import image, a wrong checksum) is one that a named next
-step gets out of: each refusal below says which (commit, abort or begin), and
-that step works from there.  A two-phase commit that fails its checks changes
-nothing: the import image holds another program's work.
+Data is always staged in ``<volume>-import.img`` and committed like a VM's
+stop commits its dirty image (``VolumePlanner.commit``).  The two-phase flow
+around the import image (begin, commit, abort) is in two_phase.py.
 """
 
 from __future__ import annotations
@@ -15,43 +13,23 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
-    InvalidArgument,
-    ReflinkError,
-    VolumeInUse,
-    VolumeStateError,
-)
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import VolumeStateError
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Rel
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import (
-    Fsync,
-    MakeVmDir,
-    Remove,
-    ResizeInPlace,
-)
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.markers import MarkImported, read_import_marker
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import MakeVmDir
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum import VerifyChecksum
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import (
-    BEGUN,
-    COMMITTED,
-    CORRUPT,
-    JOURNALS_DIR,
-    JournalRecord,
-    RemoveJournal,
-    WriteJournal,
-    journal_name,
-)
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import BEGUN, CORRUPT, JournalRecord, RemoveJournal, corrupt_journal, journal_state
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.sources import Source
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import Actions, VolumePlanner
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo, VolumeFiles
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo
 
 
 @dataclass(frozen=True)
 class ImportOptions:
-    """What reflink_import is asked to do, parsed from its options (see _tasks/imports.py); the one-shot plan
-    (imports.py) and the two-phase plans below both read it."""
+    """What reflink_import is asked to do, parsed from its options (see _tasks/imports.py).
+
+    The one-shot plan (imports.py) and the two-phase plans (two_phase.py) read it.
+    """
 
     state: str                        # present (one shot), begin, commit or abort
     size: int | None                  # bytes; None: the source's (or the begun import's) size
@@ -129,44 +107,12 @@ def new_volume_actions(planner: VolumePlanner, workspace: Workspace, keep_import
     return actions
 
 
-class AssumeImportImage(Action[Workspace]):
-    """Check mode only: the import image that a begin planned earlier in the same check-mode run would make."""
-
-    def __init__(self, rel: Rel, name: str, size: int) -> None:
-        self.name = name
-        self.size = size
-        # Check mode cannot know the size that begin was given: the commit's size, else the volume's.
-        self.text = ("take %s as a state=begin planned earlier in this check-mode run leaves it, at %d bytes "
-                     "(the size given to commit, else the volume's current size)" % (rel(name), size))
-
-    def run(self, workspace: Workspace) -> None:
-        raise ReflinkError("internal error: a check-mode assumption was executed")
-
-    def simulate(self, files: dict[str, FileInfo]) -> None:
-        files[self.name] = FileInfo(self.name, self.size, 0)
-
-
-def _journal_state(journal: JournalRecord | None) -> str | None:
-    return journal.get("state") if journal is not None else None
-
-
-def _corrupt(vid: Vid, what: str) -> str:
-    return ("the journal of a two-phase import of %s (.reflink/%s/%s) cannot be read, so %s: state=abort "
-            "removes it and the import image" % (vid, JOURNALS_DIR, journal_name(vid), what))
-
-
-def _planned_only(vid: Vid, state: str) -> str:
-    return ("no two-phase import of %s is begun: check mode planned this %s as if a state=begin earlier in "
-            "this check-mode run had made the import image (check mode records nothing); a real run does "
-            "this after a real begin, and fails without one" % (vid, state))
-
-
 def one_shot_journal_actions(planner: VolumePlanner, workspace: Workspace, journal: JournalRecord | None) -> Actions:
     """What a one-shot import does about a two-phase import's journal: refuse, or drop a stale one."""
     vid, files = planner.vid, planner.files
-    state = _journal_state(journal)
+    state = journal_state(journal)
     if state == CORRUPT:
-        raise VolumeStateError(_corrupt(vid, "a one-shot import cannot tell whether a begun import is "
+        raise VolumeStateError(corrupt_journal(vid, "a one-shot import cannot tell whether a begun import is "
                                              "pending") + "; then import again")
     if state != BEGUN:
         return []
@@ -178,164 +124,3 @@ def one_shot_journal_actions(planner: VolumePlanner, workspace: Workspace, journ
             "import again" % (vid, journal.get("written", "?"), planner.rel(vid.import_)))
     return [RemoveJournal(workspace.pool_dir, vid, "stale: the import begun at %s has lost its import image"
                           % journal.get("written", "?"))]
-
-
-def plan_two_phase(planner: VolumePlanner, workspace: Workspace, options: ImportOptions, journal: JournalRecord | None,
-                   warnings: list[str], check_mode: bool) -> Actions:
-    """The plan of reflink_import with state begin, commit or abort."""
-    state = options.state
-    if state == "abort":
-        return _plan_abort(planner, workspace, journal, warnings, check_mode)
-    if state == "commit":
-        return _plan_commit(planner, workspace, options, journal, warnings, check_mode)
-    return _plan_begin(planner, workspace, options, journal)
-
-
-def _plan_abort(planner: VolumePlanner, workspace: Workspace, journal: JournalRecord | None, warnings: list[str],
-                check_mode: bool) -> Actions:
-    vid, files, rel = planner.vid, planner.files, planner.rel
-    state = _journal_state(journal)
-    if state == CORRUPT:
-        why = "import aborted; its journal could not be read"
-    elif state == BEGUN:
-        why = "import aborted"
-    elif journal is None and check_mode:
-        warnings.append(_planned_only(vid, "abort"))
-        return [Remove(rel, vid.import_, "import aborted"), RemoveJournal(workspace.pool_dir, vid)]
-    else:
-        # Only an import this collection began is aborted: an import image no journal claims may be
-        # qubesd's own import in progress (reflink_gc removes a stale one).  A committed import's
-        # record stays: it is what makes a rerun of commit a no-op.
-        if files.import_ is not None:
-            warnings.append(
-                "no two-phase import of %s is begun, so abort left the import image %s alone: no journal "
-                "claims it (it may be qubesd's own import in progress); reflink_gc removes it once it is "
-                "older than min_age" % (vid, rel(vid.import_)))
-        return []
-    actions: Actions = [Remove(rel, vid.import_, why)] if files.import_ is not None else []
-    actions.append(RemoveJournal(workspace.pool_dir, vid))
-    return actions
-
-
-def _plan_commit(planner: VolumePlanner, workspace: Workspace, options: ImportOptions, journal: JournalRecord | None,
-                 warnings: list[str], check_mode: bool) -> Actions:
-    vid, files, rel = planner.vid, planner.files, planner.rel
-    keep = options.revisions_to_keep
-    state = _journal_state(journal)
-    if state == CORRUPT:
-        raise VolumeStateError(_corrupt(vid, "commit cannot check that the import image is the one begun")
-                               + "; then begin again")
-    if state != BEGUN:
-        if state == COMMITTED or read_import_marker(workspace.vm_dir, vid.clean) is not None:
-            return planner.finish_precache(keep)  # this commit happened: a rerun changes nothing
-        if journal is None and check_mode:
-            warnings.append(_planned_only(vid, "commit"))
-            assumed_size = options.size if options.size is not None else files.size
-            assumed = AssumeImportImage(rel, vid.import_, assumed_size)
-            return _commit_actions(planner, workspace, options, assumed, [], assumed_size, None)
-        raise VolumeStateError(
-            "no two-phase import of %s is begun (none was, state=abort ended it, or reflink_gc removed one "
-            "begun longer ago than its import_max_age): run state=begin first, have the data written into "
-            "the import_image it returns, then commit" % vid)
-    assert journal is not None   # the state BEGUN was read from it
-    begun_at = journal.get("written", "?")
-    if files.import_ is None and files.clean is not None and files.clean.ino == journal.get("import_ino"):
-        # The commit's rename happened and the task died before it recorded it: finish.
-        return planner.finish_precache(keep) + [
-            WriteJournal(workspace.pool_dir, vid, {"vid": str(vid), "state": COMMITTED},
-                         "record the import of %s as committed" % vid)]
-    if files.import_ is None:
-        raise VolumeStateError(
-            "the import image %s begun at %s is gone: something removed it after the begin (qubesd deletes "
-            "an uncommitted import image when the VM starts, or when the volume is created or removed; or a "
-            "person did), so there is nothing to commit and the volume is unchanged; run state=begin again "
-            "(it starts afresh) and have the data written again, or state=abort to just clear the record"
-            % (rel(vid.import_), begun_at))
-    _refuse_replaced(planner, journal)
-    try:
-        planner.refuse_if_in_use("commit an import into")
-    except VolumeInUse as exc:
-        raise VolumeInUse("%s (the begun import stays as it is; state=abort discards it)" % exc) from None
-    size = options.size
-    if size is None and files.import_.size != journal.get("size"):
-        raise VolumeStateError(
-            "the import image %s is %d bytes, but the import was begun with %s bytes (the writer wrote past "
-            "its end or truncated it); nothing was changed: run state=commit with size (%d to keep all of "
-            "it) to commit it at that size, or state=abort to discard it"
-            % (rel(vid.import_), files.import_.size, journal.get("size"), files.import_.size))
-    target = files.import_.size if size is None else size
-    checks: Actions = []
-    if options.checksum:
-        # Before any change: the data is checked as it will be at the size committed.
-        checks.append(VerifyChecksum(rel, vid.import_, options.checksum,
-                                     size=None if target == files.import_.size else target,
-                                     staged_by_task=False))
-    if target != files.import_.size:
-        planner.check_size(target)
-    return _commit_actions(planner, workspace, options, None, checks, target, begun_at)
-
-
-def _commit_actions(planner: VolumePlanner, workspace: Workspace, options: ImportOptions,
-                    assumed: AssumeImportImage | None, checks: Actions, target: int, begun_at: str | None) -> Actions:
-    """The actions of a two-phase commit of the import image at size ``target``."""
-    vid, files, rel = planner.vid, planner.files, planner.rel
-    keep = options.revisions_to_keep
-    actions: Actions = [assumed] if assumed is not None else []
-    actions.extend(checks)
-    if not files.exists:
-        actions.extend(new_volume_actions(planner, workspace, keep_import=True))
-    current = files.import_.size if files.import_ is not None and assumed is None else target
-    if target != current:
-        actions.append(ResizeInPlace(rel, vid.import_, target))
-    actions.append(MarkImported(rel, vid.import_, begun_at))
-    actions.append(Fsync(rel, vid.import_))
-    actions.extend(planner.commit(vid.import_, keep, files=None if files.exists else VolumeFiles(vid)))
-    actions.append(WriteJournal(workspace.pool_dir, vid, {"vid": str(vid), "state": COMMITTED},
-                                "record the import of %s as committed" % vid))
-    return actions
-
-
-def _refuse_replaced(planner: VolumePlanner, journal: JournalRecord) -> None:
-    vid, files, rel = planner.vid, planner.files, planner.rel
-    begun_ino = journal.get("import_ino")
-    if begun_ino is not None and files.import_ is not None and begun_ino != files.import_.ino:
-        raise VolumeStateError(
-            "the import image %s is not the file that state=begin created (inode %d, begun as inode %d): it "
-            "was replaced, perhaps by another program's import (qubesd's qvm-volume import makes its own), so "
-            "it is left alone and the volume is unchanged. Once that other import is over, state=abort removes "
-            "the image and the journal and state=begin starts afresh; have the writer write into the begun "
-            "file in place (for example dd conv=notrunc) instead of replacing it"
-            % (rel(vid.import_), files.import_.ino, begun_ino))
-
-
-def _plan_begin(planner: VolumePlanner, workspace: Workspace, options: ImportOptions,
-                journal: JournalRecord | None) -> Actions:
-    vid, files, rel = planner.vid, planner.files, planner.rel
-    size = options.size
-    if size is None:
-        raise InvalidArgument("state=begin needs size: the size of the image the other program will write")
-    state = _journal_state(journal)
-    if state == CORRUPT:
-        raise VolumeStateError(_corrupt(vid, "begin cannot tell whether an import is pending")
-                               + "; then begin again")
-    journal_text = "record the begun import of %s in the pool's journal" % vid
-    if state == BEGUN:
-        assert journal is not None   # the state BEGUN was read from it
-        if files.import_ is not None:
-            _refuse_replaced(planner, journal)
-            if journal.get("size") == size:
-                return []
-            raise VolumeStateError(
-                "an import of %s (%s bytes) was begun at %s and its import image %s exists (data may have been "
-                "written into it): end it first with state=commit (keeps the data; with size to commit it at "
-                "another size) or state=abort (discards it), then begin again"
-                % (vid, journal.get("size"), journal.get("written", "?"), rel(vid.import_)))
-        journal_text = ("replace the stale import journal of %s (its import image, begun at %s, is gone) with "
-                        "a record of this begin" % (vid, journal.get("written", "?")))
-    planner.refuse_if_in_use("import into")
-    planner.check_size(size)
-    actions: Actions = [] if workspace.vm_dir is not None else [MakeVmDir(vid)]
-    actions.append(Stage(rel, vid.import_, None, size, allow_copy=True))
-    actions.append(WriteJournal(workspace.pool_dir, vid, {"vid": str(vid), "state": BEGUN, "size": size},
-                                journal_text))
-    return actions
