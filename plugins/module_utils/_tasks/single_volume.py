@@ -52,8 +52,8 @@ def run_single_volume_task(params: Params, check_mode: bool, diff: bool, purpose
                          create=not check_mode):
             workspace.open_vm_dir()
             listing, files = read_for_plan(workspace)
-            # Read after the volume, as the in-use guard's tests of a VM started mid-task expect (the order in
-            # which a task looks decides which of its checks sees that VM first).
+            # After the volume: a VM started in between is new to the plan, so the in-use guard withdraws
+            # the plan (test_live_qubesd holds a task at this very read to check that).
             surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
             planned = plan_volume(files, surroundings, qubes, plan,
                                   PlanContext(workspace, listing, workspace.vm_dir is not None, warnings))
