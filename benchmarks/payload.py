@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     init_plugin_loader([collections])
     root = os.path.join(collections, "ansible_collections", "dom0", "reflink")
     figures = {}
-    print("%-15s %12s %14s %12s %14s %12s" % ("module", "module_utils", "their bytes", "all of ours",
-                                               "their bytes", "zip bytes"))
+    print("%-15s %12s %14s %12s %14s %12s" % ("module", "module_utils", "their bytes", "all of ours", "their bytes",
+                                              "zip bytes"))
     for module in MODULES:
         found = payload(module, root)
         utils = {name: size for name, size in found["files"].items() if name.startswith(MODULE_UTILS)}

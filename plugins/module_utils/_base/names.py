@@ -14,7 +14,7 @@ import datetime
 import functools
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Union
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
 
@@ -61,8 +61,9 @@ IMPORT = "import"
 REVISION = "revision"
 PIN = "pin"
 
-# A revision as users name it: its id, or "latest".
-Revision = int | Literal["latest"]
+# A revision as users name it: its id, or "latest".  (Union, not |, in aliases evaluated at run time: ansible-test's
+# pylint reads module_utils for Python versions without | between types.)
+Revision = Union[int, Literal["latest"]]  # noqa: UP007
 
 
 def _check_component(value: object, what: str) -> None:

@@ -22,7 +22,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, Union
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import PoolError, UnsafePath
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import TEMPFILE_SUFFIX_LEN
@@ -325,7 +325,7 @@ def allocated_bytes(st: os.stat_result) -> int:
 
 
 # A pool's directory: open, or one that does not exist yet (check mode plans a task against it as an empty pool).
-PoolDirectory = Directory | AbsentDirectory
+PoolDirectory = Union[Directory, AbsentDirectory]  # noqa: UP007  (see names.Revision)
 
 
 def remove_tree(parent: Directory, name: str) -> None:

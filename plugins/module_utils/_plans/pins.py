@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Union
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, VolumeStateError
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Revision, parse_revision, parse_timestamp
@@ -27,7 +27,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._state.files import F
 
 CLEAN_SOURCE: Literal["clean"] = "clean"
 # What a pin is made from: "clean", "latest" or a revision id.
-PinSource = Revision | Literal["clean"]
+PinSource = Union[Revision, Literal["clean"]]  # noqa: UP007  (see names.Revision)
 
 
 def parse_pin_source(value: object) -> PinSource:

@@ -113,10 +113,9 @@ def one_shot_journal_actions(planner: VolumePlanner, workspace: Workspace, journ
     state = journal_state(journal)
     if state == CORRUPT:
         raise VolumeStateError(corrupt_journal(vid, "a one-shot import cannot tell whether a begun import is "
-                                             "pending") + "; then import again")
-    if state != BEGUN:
+                                                    "pending") + "; then import again")
+    if state != BEGUN or journal is None:   # (a state comes from a journal)
         return []
-    assert journal is not None   # the state BEGUN was read from it
     if files.import_ is not None:
         raise VolumeStateError(
             "a two-phase import of %s was begun at %s and its import image %s may hold data another program "

@@ -102,7 +102,7 @@ def _plan_commit(planner: VolumePlanner, workspace: Workspace, options: ImportOp
     if state == CORRUPT:
         raise VolumeStateError(corrupt_journal(vid, "commit cannot check that the import image is the one begun")
                                + "; then begin again")
-    if state != BEGUN:
+    if state != BEGUN or journal is None:   # (a state comes from a journal)
         if state == COMMITTED or read_import_marker(workspace.vm_dir, vid.clean) is not None:
             return planner.finish_precache(keep)  # this commit happened: a rerun changes nothing
         if journal is None and check_mode:
@@ -114,7 +114,6 @@ def _plan_commit(planner: VolumePlanner, workspace: Workspace, options: ImportOp
             "no two-phase import of %s is begun (none was, state=abort ended it, or reflink_gc removed one "
             "begun longer ago than its import_max_age): run state=begin first, have the data written into "
             "the import_image it returns, then commit" % vid)
-    assert journal is not None   # the state BEGUN was read from it
     begun_at = journal.get("written", "?")
     if files.import_ is None and files.clean is not None and files.clean.ino == journal.get("import_ino"):
         # The commit's rename happened and the task died before it recorded it: finish.
@@ -196,8 +195,7 @@ def _plan_begin(planner: VolumePlanner, workspace: Workspace, options: ImportOpt
         raise VolumeStateError(corrupt_journal(vid, "begin cannot tell whether an import is pending")
                                + "; then begin again")
     journal_text = "record the begun import of %s in the pool's journal" % vid
-    if state == BEGUN:
-        assert journal is not None   # the state BEGUN was read from it
+    if state == BEGUN and journal is not None:   # (a state comes from a journal)
         if files.import_ is not None:
             _refuse_replaced(planner, journal)
             if journal.get("size") == size:
