@@ -43,7 +43,7 @@ from typing import Union
 
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect import btrfs_tree
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect.extents import (EXTENT_NOT_COMPARABLE, EXTENT_SHARED,
-                                                                                    FiemapReader)
+                                                                                    FiemapReader, sync_filesystem)
 
 # How a filesystem's bytes were counted.
 BTRFS_EXTENTS = "btrfs extents"
@@ -163,7 +163,7 @@ class _Reader:
             key = ("fiemap", device) if tree is None else ("btrfs", btrfs_tree.filesystem_key(dir_fd, tree))
             domain = self.domains.get(key)
             if domain is None:
-                domain = self.domains[key] = _FiemapDomain() if tree is None else _BtrfsDomain.open(dir_fd)
+                domain = self.domains[key] = _FiemapDomain.open(dir_fd) if tree is None else _BtrfsDomain.open(dir_fd)
             place = self.places[device] = (domain, tree or 0)
         return place
 
@@ -240,7 +240,7 @@ class _BtrfsDomain:
             btrfs_tree.TreeSearch(own_fd).last_snapshot(btrfs_tree.ROOT_TREE)
         except PermissionError:
             os.close(own_fd)
-            return _FiemapDomain()
+            return _FiemapDomain.open(fd)
         except BaseException:
             os.close(own_fd)
             raise
@@ -347,6 +347,12 @@ class _FiemapDomain:
     def __init__(self) -> None:
         self.reader = FiemapReader()
         self.pieces: list[tuple[int, int, int, int]] = []   # (physical, length, file, shared flag)
+
+    @classmethod
+    def open(cls, fd: int) -> _FiemapDomain:
+        """A domain for the filesystem of ``fd``, synced first (see :func:`sync_filesystem`)."""
+        sync_filesystem(fd)
+        return cls()
 
     def close(self) -> None:
         pass
