@@ -31,7 +31,8 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
-from ansible_collections.dom0.reflink.plugins.module_utils._inspect.sharing import Sharing, read_sharing
+from ansible_collections.dom0.reflink.plugins.module_utils._inspect.pool_extents import read_sharing
+from ansible_collections.dom0.reflink.plugins.module_utils._inspect.sharing import Sharing
 
 if TYPE_CHECKING:
     from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
