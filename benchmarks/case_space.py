@@ -22,6 +22,7 @@ compsize's disk usage, the pool's referenced bytes du's total.
 from __future__ import annotations
 
 import fcntl
+import functools
 import importlib
 import mmap
 import os
@@ -120,6 +121,10 @@ def account(core, space, pool: str, images: list) -> dict:
             'methods': sorted(found.sharing.methods)}
 
 
+def _account_into(results: dict, core, space, pool: str, images: list) -> None:
+    results['ours'] = account(core, space, pool, images)
+
+
 def _tool(command: list[str]) -> str:
     return subprocess.run(command, capture_output=True, text=True, env=bl.tool_env(), check=True).stdout
 
@@ -170,10 +175,7 @@ def run(ctx) -> bl.Section:
         build_s = time.perf_counter() - build_start
         images = pool_images(space, pool)
         results = {}
-
-        def accounting(images=images, pool=pool, results=results):
-            results['ours'] = account(ctx.core, space, pool, images)
-
+        accounting = functools.partial(_account_into, results, ctx.core, space, pool, images)
         variants = [bl.Variant('accounting', accounting)]
         if kind == 'btrfs':
             variants.append(bl.Variant('btrfs filesystem du -s', lambda vm_dirs=vm_dirs: du_total(vm_dirs)))

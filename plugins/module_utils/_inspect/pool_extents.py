@@ -16,6 +16,7 @@ import gc
 import os
 import stat
 from collections.abc import Sequence
+from typing import TypeAlias
 
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect import btrfs_tree
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect.block_sharing import BlockDomain
@@ -24,7 +25,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._inspect.sharing impo
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY
-_Domain = BtrfsDomain | BlockDomain
+_Domain: TypeAlias = "BtrfsDomain | BlockDomain"
 
 
 def read_sharing(pool_fd: int, names: Sequence[str]) -> Sharing:
