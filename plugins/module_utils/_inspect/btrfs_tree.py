@@ -130,6 +130,8 @@ def filesystem_key(fd: int, tree: int) -> int:
     id; the id is known, so the mix is undone.
     """
     fsid = os.fstatvfs(fd).f_fsid
+    if sys.maxsize < _U32 << 32:   # a 32-bit f_fsid holds the first half only
+        return fsid ^ ((tree >> 32) & _U32)
     return fsid ^ ((tree & _U32) << 32) ^ (tree >> 32)
 
 
