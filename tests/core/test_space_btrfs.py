@@ -10,7 +10,9 @@ bytes referenced, and those not shared).
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 import subprocess
 
 import pytest
@@ -195,3 +197,42 @@ def test_clone_in_another_subvolume_is_kept(subvolume, btrfs_dir):
     assert space.volumes["appvms/one/private"].exclusive == 2 * PIECE   # the old first and second piece
     files = [volume.clean, volume.precache] + volume.revisions()
     assert_close(2 * PIECE, freed_by_removing(pool, files), "the volume")
+
+
+UNPRIVILEGED_READER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.dom0.reflink.plugins.module_utils._inspect.pool_extents import read_sharing
+from ansible_collections.dom0.reflink.plugins.module_utils._inspect.space import ImageFile, SpaceMap
+files = [ImageFile(name, "appvms/user/private") for name in sys.argv[3:]]
+space = SpaceMap(files, read_sharing(int(sys.argv[2]), [entry.file for entry in files]))
+print(json.dumps({"methods": sorted(space.sharing.methods),
+                  "files": [[f.allocated, f.exclusive] for f in space.volumes["appvms/user/private"].files]}))
+"""
+
+
+def test_without_privileges_fiemap_counts(btrfs_dir):
+    """The tree search needs CAP_SYS_ADMIN: a reader without it falls back to FIEMAP (a pool directory
+    opened for it, as a module run by another user would have it) and gets the same figures here."""
+    volume = Volume(btrfs_dir, "appvms/user/private", 4 * PIECE)
+    volume.session([(index * PIECE, PIECE) for index in range(4)], seed=50, fsync_each=True)
+    volume.revisions()[0].unlink()
+    write_data(volume.precache, [(PIECE, PIECE)], seed=51)
+    for path in (btrfs_dir, btrfs_dir / "appvms", volume.clean.parent):
+        path.chmod(0o755)
+    for path in (volume.clean, volume.precache):
+        path.chmod(0o644)
+    names = ["appvms/user/private-precache.img", "appvms/user/private.img"]
+    space = space_map(btrfs_dir)
+    assert [[f.allocated, f.exclusive] for f in space.volumes["appvms/user/private"].files] == \
+        [[4 * PIECE, PIECE], [4 * PIECE, PIECE]]
+    collections = str(pathlib.Path(__file__).resolve().parents[2] / "build" / "pytest-collections")   # conftest's
+    fd = os.open(btrfs_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        out = subprocess.run(["/usr/bin/python3", "-c", UNPRIVILEGED_READER, collections, str(fd)] + names,
+                             user=65534, group=65534, pass_fds=[fd], capture_output=True, text=True, check=False)
+    finally:
+        os.close(fd)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"methods": ["fiemap blocks"], "files": [[4 * PIECE, PIECE], [4 * PIECE, PIECE]]}
+

@@ -48,17 +48,17 @@ class BtrfsDomain:
     @classmethod
     def open(cls, fd: int) -> BtrfsDomain | BlockDomain:
         """A domain reading the btrfs of ``fd``; a FIEMAP domain when the tree search is not allowed."""
-        own_fd = os.dup(fd)
+        domain = cls(os.dup(fd))
         try:
-            btrfs_tree.commit(own_fd)
-            btrfs_tree.TreeSearch(own_fd).last_snapshot(btrfs_tree.ROOT_TREE)
+            btrfs_tree.commit(domain.fd)
+            domain.search.last_snapshot(btrfs_tree.ROOT_TREE)   # the tree search needs CAP_SYS_ADMIN
         except PermissionError:
-            os.close(own_fd)
+            domain.close()
             return BlockDomain.open(fd)
         except BaseException:
-            os.close(own_fd)
+            domain.close()
             raise
-        return cls(own_fd)
+        return domain
 
     def close(self) -> None:
         os.close(self.fd)

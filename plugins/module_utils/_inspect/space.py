@@ -145,9 +145,10 @@ class SpaceMap:
                 allocated[number] += size
                 stranded[number] += strand
             if not kept and len(volumes) == 1:
-                exclusive[number] += size
+                only = next(iter(volumes))
+                exclusive[only] += size
                 if all(revision[index] for index in owners):
-                    revisions_exclusive[number] += size
+                    revisions_exclusive[only] += size
         volumes_space = {}
         for number, name in enumerate(volume_names):
             files = tuple(FileSpace(self.files[index].file, file_allocated[index], file_exclusive[index])
