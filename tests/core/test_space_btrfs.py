@@ -235,4 +235,3 @@ def test_without_privileges_fiemap_counts(btrfs_dir):
         os.close(fd)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"methods": ["fiemap blocks"], "files": [[4 * PIECE, PIECE], [4 * PIECE, PIECE]]}
-
