@@ -100,13 +100,15 @@ def load_space(collections: str):
 
 
 def pool_images(space, pool: str) -> list:
-    """Every image of the pool as the accounting takes it (the listing reflink_info makes without ``space``)."""
+    """Every image of the pool as the accounting takes it from reflink_info's scan (names, lstat's inode numbers)."""
     images = []
     appvms = os.path.join(pool, 'appvms')
     for vm in sorted(os.listdir(appvms)):
         for name in sorted(os.listdir(os.path.join(appvms, vm))):
             volume = name.split('.img')[0].split('-precache')[0]
-            images.append(space.ImageFile('appvms/%s/%s' % (vm, name), 'appvms/%s/%s' % (vm, volume), '@' in name))
+            inode = os.lstat(os.path.join(appvms, vm, name)).st_ino
+            images.append(space.ImageFile('appvms/%s/%s' % (vm, name), 'appvms/%s/%s' % (vm, volume), '@' in name,
+                                          inode))
     return images
 
 
@@ -223,5 +225,6 @@ def run(ctx) -> bl.Section:
         bl.syncfs(ctx.fs[kind])
     section.notes.append('"vs du -s": the median of the per-round ratios to btrfs filesystem du -s over the same VM '
                          'directories. Peak memory: tracemalloc\'s peak during one accounting (a run of its own). '
-                         'The accounting stats every file itself, which reflink_info\'s scan does anyway.')
+                         'The accounting is given the inode numbers of the listing (reflink_info\'s scan has them); '
+                         'without, it stats every file again (about 5 % more on btrfs).')
     return section

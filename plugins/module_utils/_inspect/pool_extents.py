@@ -28,13 +28,16 @@ _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY
 _Domain: TypeAlias = "BtrfsDomain | BlockDomain"
 
 
-def read_sharing(pool_fd: int, names: Sequence[str]) -> Sharing:
+def read_sharing(pool_fd: int, names: Sequence[str], inodes: Sequence[int] | None = None) -> Sharing:
     """Read the extent maps of the files ``names`` (paths relative to the open pool directory ``pool_fd``).
 
     Read-only; no symlink below the pool is followed (a file or directory
     reached through one counts as missing).  A btrfs holding any of them has
     its transaction committed first.  Every name is a file of the set: bytes
-    that a file outside ``names`` also holds count as kept.
+    that a file outside ``names`` also holds count as kept.  ``inodes``: the
+    files' inode numbers where the caller has just read them (a scan's
+    lstat), 0 for one to read here; on btrfs the extent items are found by
+    inode number, and a stat less per file is a tenth of the work.
     """
     sharing = Sharing()
     # Hundreds of thousands of tuples and lists that never form cycles: the cyclic collector would only
@@ -42,24 +45,24 @@ def read_sharing(pool_fd: int, names: Sequence[str]) -> Sharing:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        _read_all(pool_fd, names, sharing)
+        _read_all(pool_fd, names, inodes or [0] * len(names), sharing)
     finally:
         if collecting:
             gc.enable()
     return sharing
 
 
-def _read_all(pool_fd: int, names: Sequence[str], sharing: Sharing) -> None:
-    by_directory: dict[str, list[tuple[int, str]]] = {}
-    for index, name in enumerate(names):
+def _read_all(pool_fd: int, names: Sequence[str], inodes: Sequence[int], sharing: Sharing) -> None:
+    by_directory: dict[str, list[tuple[int, str, int]]] = {}
+    for index, (name, inode) in enumerate(zip(names, inodes, strict=True)):
         directory, _sep, base = name.rpartition("/")
-        by_directory.setdefault(directory, []).append((index, base))
+        by_directory.setdefault(directory, []).append((index, base, inode))
     reader = _Reader(pool_fd, sharing)
     try:
         for directory, entries in by_directory.items():
             dir_fd = reader.open_dir(directory)
             if dir_fd is None:
-                sharing.missing.extend(index for index, _base in entries)
+                sharing.missing.extend(entry[0] for entry in entries)
                 continue
             try:
                 reader.read_directory(dir_fd, entries)
@@ -116,18 +119,19 @@ class _Reader:
             place = self.places[device] = (domain, tree or 0)
         return place
 
-    def read_directory(self, dir_fd: int, entries: list[tuple[int, str]]) -> None:
+    def read_directory(self, dir_fd: int, entries: list[tuple[int, str, int]]) -> None:
+        """Send the files ``entries`` (index, name, inode number or 0) of the open directory to their domain."""
         domain, tree = self._place(dir_fd)
         missing = self.sharing.missing
         if isinstance(domain, BtrfsDomain):
-            for index, base in entries:
-                st = _regular_lstat(dir_fd, base)
-                if st is None:
-                    missing.append(index)
+            for index, base, known in entries:
+                inode = known or _regular_inode(dir_fd, base)
+                if inode:
+                    domain.add_file(index, tree, inode)
                 else:
-                    domain.add_file(index, tree, st.st_ino)
+                    missing.append(index)
             return
-        for index, base in entries:
+        for index, base, _inode in entries:
             try:
                 fd = os.open(base, _OPEN_FLAGS, dir_fd=dir_fd)
             except OSError as exc:
@@ -153,9 +157,10 @@ def _open_dir(parent: int, name: str) -> int | None:
         raise
 
 
-def _regular_lstat(dir_fd: int, base: str) -> os.stat_result | None:
+def _regular_inode(dir_fd: int, base: str) -> int:
+    """The inode number of the regular file ``base`` in the directory, 0 when it is missing or something else."""
     try:
         st = os.stat(base, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
-        return None
-    return st if stat.S_ISREG(st.st_mode) else None
+        return 0
+    return st.st_ino if stat.S_ISREG(st.st_mode) else 0

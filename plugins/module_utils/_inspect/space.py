@@ -40,11 +40,16 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class ImageFile:
-    """A file of the pool: its pool-relative path, the volume (vid) it belongs to, whether it is a revision."""
+    """A file of the pool: its pool-relative path, the volume (vid) it belongs to, whether it is a revision.
+
+    ``inode``: its inode number if the caller has just read it (the scan's
+    lstat); 0 to have it read again.
+    """
 
     file: str
     volume: str
     revision: bool = False
+    inode: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +122,7 @@ class SpaceMap:
     @classmethod
     def read(cls, pool_dir: Directory, files: Sequence[ImageFile]) -> SpaceMap:
         """Read the extent maps of ``files`` (every file of the pool) below the open Directory ``pool_dir``."""
-        return cls(files, read_sharing(pool_dir.fd, [entry.file for entry in files]))
+        return cls(files, read_sharing(pool_dir.fd, [entry.file for entry in files], [entry.inode for entry in files]))
 
     def _figures(self) -> tuple[dict[str, VolumeSpace], PoolSpace]:
         """Every file's, volume's and the pool's figures in one pass over the table."""
