@@ -55,6 +55,7 @@ DOCS_STAMP := $(DOCS_VENV)/.requirements-installed
 # runs its own sshd per host and logs in as a user it makes, with sudo.
 DEB_COMMANDS := \
 	mkfs.btrfs:btrfs-progs \
+	compsize:btrfs-compsize \
 	mkfs.xfs:xfsprogs \
 	mkfs.ext4:e2fsprogs \
 	strace:strace \

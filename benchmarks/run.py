@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Benchmarks of dom0.reflink against what a user would otherwise run (root only).
 
-    .venv/bin/python benchmarks/run.py [--quick] [--cases 1,2,3,4,5,6] [--json PATH] [--markdown PATH]
+    .venv/bin/python benchmarks/run.py [--quick] [--cases 1,2,3,4,5,6,7] [--json PATH] [--markdown PATH]
     make bench            (full run, about 15-20 minutes; case 6 alone about 5)
     make bench-quick      (every case, tiny sizes, 1-2 rounds: checks that it all runs)
 
@@ -42,14 +42,15 @@ import case_copy  # noqa: E402  pylint: disable=wrong-import-position
 import case_ops  # noqa: E402  pylint: disable=wrong-import-position
 import case_pool  # noqa: E402  pylint: disable=wrong-import-position
 import case_role  # noqa: E402  pylint: disable=wrong-import-position
+import case_space  # noqa: E402  pylint: disable=wrong-import-position
 
 DEFAULT_BASE_DIR = '/var/tmp/dom0-reflink-bench'
-CASES = ('1', '2', '3', '4', '5', '6')
+CASES = ('1', '2', '3', '4', '5', '6', '7')
 # Filesystems each case needs, and their sizes (sparse image files: only what is written takes space).
 NEEDS = {'1': ('btrfs', 'xfs'), '2': ('ext4', 'btrfs', 'xfs'), '3': ('btrfs',), '4': ('btrfs',), '5': ('btrfs',),
-         '6': ('btrfs',)}
+         '6': ('btrfs',), '7': ('btrfs', 'xfs')}
 SIZES = {'btrfs': (1 * bl.GiB, 12 * bl.GiB), 'xfs': (512 * bl.MiB, 6 * bl.GiB), 'ext4': (512 * bl.MiB, 6 * bl.GiB)}
-TOOLS = ('strace', 'filefrag', 'cp', 'cmp', 'mkfs.btrfs', 'mkfs.xfs', 'mkfs.ext4', 'losetup')
+TOOLS = ('strace', 'filefrag', 'cp', 'cmp', 'mkfs.btrfs', 'mkfs.xfs', 'mkfs.ext4', 'losetup', 'compsize')
 
 
 class Context:
@@ -161,7 +162,7 @@ def run_case(key, ctx):
         return case_copy.run(ctx)
     if key == '6':
         return case_role.run(ctx)
-    module = {'1': case_clone, '3': case_ansible, '4': case_pool, '5': case_ops}[key]
+    module = {'1': case_clone, '3': case_ansible, '4': case_pool, '5': case_ops, '7': case_space}[key]
     return [module.run(ctx)]
 
 
