@@ -12,7 +12,7 @@ import random
 import subprocess
 
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_fiemap_interim import read_extent_map
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_run import VolumeDir, dedupe_volumes
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_run import VolumeDir, dedupe_volumes, settings_for
 
 MIB = 1024 * 1024
 KIB = 1024
@@ -191,3 +191,19 @@ def run_dedupe(pool, vids, scope, settings, execute, in_use=None):
     finally:
         for fd in {volume.dir_fd for volume in volumes}:
             os.close(fd)
+
+
+def fs_settings(directory):
+    """The engine's settings for the test file system holding ``directory``."""
+    fstype = subprocess.run(["stat", "-f", "-c", "%T", str(directory)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        return settings_for(fstype, fd)
+    finally:
+        os.close(fd)
+
+
+def assert_close(freed, claimed):
+    """The space accounting's tolerance: 1 MiB + 1 %."""
+    assert abs(freed - claimed) <= MIB + abs(claimed) // 100, (freed, claimed)

@@ -14,25 +14,11 @@ import pytest
 
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.dedupe_range import DedupeUnsupported
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe import DedupeSettings
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_run import settings_for
 from dedupe_helpers import (
-    MIB, PRIVATE_VID, ROOT_VIDS, build_restored_pool, ideal_bytes, image_paths, run_dedupe, snapshot, used_bytes)
+    MIB, PRIVATE_VID, ROOT_VIDS, assert_close, build_restored_pool, fs_settings, ideal_bytes, image_paths, run_dedupe,
+    snapshot, used_bytes, write_file)
 
 ALL_VIDS = [PRIVATE_VID] + ROOT_VIDS
-
-
-def fs_settings(directory):
-    fstype = "btrfs" if "btrfs" in str(directory) else "xfs" if "xfs" in str(directory) else "ext4"
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        return settings_for(fstype, fd)
-    finally:
-        os.close(fd)
-
-
-def assert_close(freed, claimed):
-    """The space accounting's tolerance: 1 MiB + 1 %."""
-    assert abs(freed - claimed) <= MIB + claimed // 100, (freed, claimed)
 
 
 def total_image_bytes(pool):
@@ -110,12 +96,12 @@ def test_a_difference_the_samples_miss_is_found_by_the_kernel(reflink_dir):
     pool = build_restored_pool(reflink_dir / "pool")
     revision = next(path for path in image_paths(pool) if "private.img.2@" in path)
     offset = 1536 * 1024 + 100   # between the samples at 1 MiB and 2 MiB
-    fd = os.open(revision, os.O_RDWR)
-    try:
-        os.pwrite(fd, bytes([os.pread(fd, 1, offset)[0] ^ 0xFF]), offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with open(revision, "rb") as handle:
+        data = bytearray(handle.read())
+    data[offset] ^= 0xFF
+    mtime = os.stat(revision).st_mtime_ns
+    os.unlink(revision)
+    write_file(revision, [(0, bytes(data))], len(data), mtime)   # written in one go: one extent, as restored
     before = snapshot(pool)
     used = used_bytes(reflink_dir)
     done = run_dedupe(pool, [PRIVATE_VID], "volume", fs_settings(reflink_dir), execute=True)
