@@ -57,6 +57,7 @@ DEB_COMMANDS := \
 	mkfs.btrfs:btrfs-progs \
 	mkfs.xfs:xfsprogs \
 	mkfs.ext4:e2fsprogs \
+	duperemove:duperemove \
 	strace:strace \
 	rsync:rsync \
 	losetup:mount \

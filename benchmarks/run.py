@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Benchmarks of dom0.reflink against what a user would otherwise run (root only).
 
-    .venv/bin/python benchmarks/run.py [--quick] [--cases 1,2,3,4,5,6] [--json PATH] [--markdown PATH]
+    .venv/bin/python benchmarks/run.py [--quick] [--cases 1,2,3,4,5,6,7] [--json PATH] [--markdown PATH]
     make bench            (full run, about 15-20 minutes; case 6 alone about 5)
     make bench-quick      (every case, tiny sizes, 1-2 rounds: checks that it all runs)
 
@@ -39,15 +39,16 @@ import benchlib as bl  # noqa: E402  pylint: disable=wrong-import-position
 import case_ansible  # noqa: E402  pylint: disable=wrong-import-position
 import case_clone  # noqa: E402  pylint: disable=wrong-import-position
 import case_copy  # noqa: E402  pylint: disable=wrong-import-position
+import case_dedupe  # noqa: E402  pylint: disable=wrong-import-position
 import case_ops  # noqa: E402  pylint: disable=wrong-import-position
 import case_pool  # noqa: E402  pylint: disable=wrong-import-position
 import case_role  # noqa: E402  pylint: disable=wrong-import-position
 
 DEFAULT_BASE_DIR = '/var/tmp/dom0-reflink-bench'
-CASES = ('1', '2', '3', '4', '5', '6')
+CASES = ('1', '2', '3', '4', '5', '6', '7')
 # Filesystems each case needs, and their sizes (sparse image files: only what is written takes space).
 NEEDS = {'1': ('btrfs', 'xfs'), '2': ('ext4', 'btrfs', 'xfs'), '3': ('btrfs',), '4': ('btrfs',), '5': ('btrfs',),
-         '6': ('btrfs',)}
+         '6': ('btrfs',), '7': ('btrfs', 'xfs')}
 SIZES = {'btrfs': (1 * bl.GiB, 12 * bl.GiB), 'xfs': (512 * bl.MiB, 6 * bl.GiB), 'ext4': (512 * bl.MiB, 6 * bl.GiB)}
 TOOLS = ('strace', 'filefrag', 'cp', 'cmp', 'mkfs.btrfs', 'mkfs.xfs', 'mkfs.ext4', 'losetup')
 
@@ -105,10 +106,16 @@ def _load_core(collections):
     fsops = importlib.import_module(prefix + '_fsops')
     pool = importlib.import_module(prefix + '_pool')
     gc = importlib.import_module(prefix + '_gc')
+    try:
+        dedupe = importlib.import_module(prefix + '_plans.dedupe_run')
+    except ImportError:   # a collection from before the dedupe engine (--collection)
+        dedupe = None
     return types.SimpleNamespace(
         Directory=fsops.Directory, clone_file=clone.clone_file, fill_from=clone.fill_from,
         sparse_copy=clone.sparse_copy, REFLINK=clone.REFLINK, COPY=clone.COPY, module_file=clone.__file__,
-        PoolScan=pool.PoolScan, run_info_task=pool.run_info_task, run_gc_task=gc.run_gc_task)
+        PoolScan=pool.PoolScan, run_info_task=pool.run_info_task, run_gc_task=gc.run_gc_task,
+        dedupe_volumes=getattr(dedupe, 'dedupe_volumes', None), VolumeDir=getattr(dedupe, 'VolumeDir', None),
+        dedupe_settings_for=getattr(dedupe, 'settings_for', None))
 
 
 def _first_line(command, env=None):
@@ -160,7 +167,7 @@ def run_case(key, ctx):
         return case_copy.run(ctx)
     if key == '6':
         return case_role.run(ctx)
-    module = {'1': case_clone, '3': case_ansible, '4': case_pool, '5': case_ops}[key]
+    module = {'1': case_clone, '3': case_ansible, '4': case_pool, '5': case_ops, '7': case_dedupe}[key]
     return [module.run(ctx)]
 
 
