@@ -152,9 +152,13 @@ class _Attempts:
         return per_copy
 
     def _dedupe(self, op: DedupeOp, destinations: Sequence[int]) -> list[int]:
-        results = dedupe_fully(self.images[op.source].fd, op.start, op.length,
-                               [Destination(self.images[index].fd, op.start) for index in destinations])
-        self.report.dedupe_calls += 1
+        # One destination per call: XFS holds the locks of every file of a call while it compares, and
+        # readahead of those files (the prefetch of the next chunks) waits for them meanwhile.
+        results = []
+        for index in destinations:
+            results.extend(dedupe_fully(self.images[op.source].fd, op.start, op.length,
+                                        [Destination(self.images[index].fd, op.start)]))
+            self.report.dedupe_calls += 1
         for index, result in zip(destinations, results, strict=True):
             if result.deduped != op.length and not result.differs:
                 self.report.refused.append("%s at %d: dedupe of %d bytes from %s: %s"

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_input import DedupeImage
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_prefetch import Prefetcher
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_prefetch import Prefetcher, readahead_window
 
 _SAMPLE = 32
 
@@ -97,9 +97,22 @@ class Reader:
                 ticket = self.prefetcher.want(self.images[index].fd, start, length)
         return ticket
 
-    def wait(self, ticket: int) -> None:
-        if self.prefetcher is not None and ticket:
-            self.prefetcher.wait(ticket)
+    def wait(self, ticket: int, indices: Sequence[int], start: int, length: int) -> None:
+        """Wait until the prefetch of ``ticket`` was asked for and its reads of these ranges are done.
+
+        A read of one byte at the end of each readahead piece waits for that
+        piece's I/O, here, without a lock: the dedupe would otherwise wait for
+        it holding both files' locks (XFS), which readahead of the next
+        chunks needs too.
+        """
+        if self.prefetcher is None or not ticket:
+            return
+        self.prefetcher.wait(ticket)
+        for index in indices:
+            fd = self.images[index].fd
+            piece = readahead_window(fd)
+            for position in range(start, start + length, piece):
+                os.pread(fd, 1, min(position + piece, start + length) - 1)
 
 
 def _group_whole(datas: Sequence[bytes]) -> list[list[int]]:

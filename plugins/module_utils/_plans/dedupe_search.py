@@ -26,6 +26,7 @@ compares the bytes itself, so that both modes take the same path.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -35,6 +36,9 @@ from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_sweep i
 
 CHUNK_BYTES = 4 * 1024 * 1024
 SAMPLE_STRIDE = 1024 * 1024
+# How many chunks ahead the samples and the proposed data are asked for.
+SAMPLE_AHEAD = 3
+DATA_AHEAD = 2
 # Data read at once for the close look at one chunk (all copies together).
 READ_BUDGET = 64 * 1024 * 1024
 
@@ -93,7 +97,9 @@ class _Proposal:
     groups: list[list[int]]
 
     def proposed_images(self) -> list[int]:
-        return [image for group in self.groups if len(group) > 1 for index in group for image in self.copies[index]]
+        # The kept copy last: every dedupe of the chunk locks it, each destination only during its own.
+        images = [image for group in self.groups if len(group) > 1 for index in group[1:] for image in self.copies[index]]
+        return images + [image for group in self.groups if len(group) > 1 for image in self.copies[group[0]]]
 
 
 def _propose(segment: Segment, start: int, length: int, reader: Reader, block_size: int) -> _Proposal | None:
@@ -129,29 +135,31 @@ def _settle(proposal: _Proposal, reader: Reader, block_size: int, attempt: Attem
 def search(segments: Sequence[Segment], reader: Reader, block_size: int, attempt: Attempt) -> None:
     """Walk every segment chunk by chunk (see the module's docstring).
 
-    A pipeline, for a reader with a prefetcher: the samples of the chunk
-    after next are asked for, the next chunk is sampled and its proposed
-    ranges are asked for, then this chunk is settled (the kernel's
-    comparison reads its pages one at a time, without readahead).
+    A pipeline, for a reader with a prefetcher: the samples of a chunk are
+    asked for SAMPLE_AHEAD chunks before it is sampled, its proposed ranges
+    DATA_AHEAD chunks before it is settled (the kernel's comparison reads
+    missing pages one at a time, without readahead).
     """
     chunks: list[tuple[Segment, int, int]] = []
     for segment in segments:
         size = _chunk_size(len(segment.copies), block_size)
         chunks.extend((segment, start, length) for start, length in _chunks(segment, size))
-    for segment, start, length in chunks[:1]:
+    for segment, start, length in chunks[:SAMPLE_AHEAD]:
         for copy in segment.copies:
             reader.prefetch_samples(copy[0], sample_positions(start, length, block_size), block_size)
-    pending: tuple[_Proposal, int] | None = None
+    pending: deque[tuple[_Proposal, int]] = deque()
     for position, (segment, start, length) in enumerate(chunks):
-        for ahead, ahead_start, ahead_length in chunks[position + 1:position + 2]:
+        for ahead, ahead_start, ahead_length in chunks[position + SAMPLE_AHEAD:position + SAMPLE_AHEAD + 1]:
             for copy in ahead.copies:
                 reader.prefetch_samples(copy[0], sample_positions(ahead_start, ahead_length, block_size), block_size)
         proposal = _propose(segment, start, length, reader, block_size)
-        ticket = 0 if proposal is None else reader.prefetch(proposal.proposed_images(), start, length)
-        if pending is not None:
-            reader.wait(pending[1])
-            _settle(pending[0], reader, block_size, attempt)
-        pending = None if proposal is None else (proposal, ticket)
-    if pending is not None:
-        reader.wait(pending[1])
-        _settle(pending[0], reader, block_size, attempt)
+        if proposal is not None:
+            pending.append((proposal, reader.prefetch(proposal.proposed_images(), start, length)))
+        if len(pending) > DATA_AHEAD:
+            settled, ticket = pending.popleft()
+            reader.wait(ticket, settled.proposed_images(), settled.start, settled.length)
+            _settle(settled, reader, block_size, attempt)
+    while pending:
+        settled, ticket = pending.popleft()
+        reader.wait(ticket, settled.proposed_images(), settled.start, settled.length)
+        _settle(settled, reader, block_size, attempt)
