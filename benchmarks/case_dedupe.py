@@ -8,14 +8,15 @@ private volume (64 MiB) whose three revisions are full copies of its clean
 (which has its precache).  Each file is written in 1 MiB pieces and fsynced,
 as a restore writes it.  Quick: 12 MiB roots (1 MiB changed), 8 MiB private.
 
-Per file system and round, two identical copies of the pool (same bytes,
-written the same way): ``duperemove -dr --dedupe-options=partial,same`` on
-one, the engine (scope ``pool``, in this process, through ``dedupe_volumes``
-as the module will call it) on the other; the order alternates from round to
-round.  Before each run the page cache of that pool's images is dropped
-(POSIX_FADV_DONTNEED on each, then syncfs): the data comes from the loop
-device, as a restored pool's would from disk (the loop device's backing file
-may still be in the host's page cache).  Measured:
+Per file system, page-cache state and round, two identical copies of the
+pool (same bytes, written the same way): ``duperemove -dr
+--dedupe-options=partial,same`` on one, the engine (scope ``pool``, in this
+process, through ``dedupe_volumes`` as the module will call it) on the
+other; the order alternates from round to round.  Page cache "cold": that
+pool's images are dropped from it first (POSIX_FADV_DONTNEED on each, then
+syncfs), so that the data comes from the loop device as a restored pool's
+would from disk (the loop device's backing file may still be in the host's
+page cache); "warm": every image is read once first.  Measured:
 
 - time (wall clock of the run);
 - freed: statvfs used space before minus after (syncfs, and on btrfs
@@ -24,7 +25,7 @@ may still be in the host's page cache).  Measured:
   contents over all images, from FIEMAP and the data, before either run;
 - every image's sha256, size, mode, inode, mtime and SEEK_HOLE map, before
   and after (they must not change);
-- the engine's rerun (page cache dropped again): time, bytes read (the
+- the engine's rerun (cold only; page cache dropped again): time, bytes read (the
   engine's count, and this process's rchar from /proc/self/io), changed.
 """
 
@@ -231,7 +232,13 @@ def run_engine(core, pool: str, vids: list[str], kind: str):
             os.close(fd)
 
 
-def _round(ctx, kind: str, base: str, seed: int, order: list[str]) -> dict:
+def warm_cache(pool: str) -> None:
+    for path in image_paths(pool):
+        bl.warm(path)
+
+
+def _round(ctx, kind: str, base: str, seed: int, order: list[str], cache: str) -> dict:
+    """One round in one page-cache state ('cold': dropped, 'warm': every image read once); the rerun if cold."""
     pools = {'duperemove': os.path.join(base, 'pool-duperemove'), 'engine': os.path.join(base, 'pool-engine')}
     for pool in pools.values():
         shutil.rmtree(pool, ignore_errors=True)
@@ -242,7 +249,7 @@ def _round(ctx, kind: str, base: str, seed: int, order: list[str]) -> dict:
     before = snapshot(pools['engine'])
     for who in order:
         pool = pools[who]
-        drop_cache(pool)
+        (drop_cache if cache == 'cold' else warm_cache)(pool)
         start_used = used(base, kind)
         start = time.perf_counter()
         if who == 'duperemove':
@@ -251,16 +258,15 @@ def _round(ctx, kind: str, base: str, seed: int, order: list[str]) -> dict:
             report = run_engine(ctx.core, pool, vids, kind)
         elapsed = time.perf_counter() - start
         result[who] = {'seconds': elapsed, 'freed': start_used - used(base, kind)}
-    result['engine']['claimed'] = report.reclaimed_bytes
-    result['engine']['deduped'] = report.deduped_bytes
-    result['engine']['rewritten'] = report.rewritten_bytes
-    result['engine']['refused'] = len(report.refused)
-    drop_cache(pools['engine'])
-    start_used, start_read, start = used(base, kind), rchar(), time.perf_counter()
-    again = run_engine(ctx.core, pools['engine'], vids, kind)
-    result['rerun'] = {'seconds': time.perf_counter() - start, 'rchar': rchar() - start_read,
-                       'bytes_read': again.bytes_read, 'changed': again.changed,
-                       'freed': start_used - used(base, kind)}
+    result['engine'].update(claimed=report.reclaimed_bytes, deduped=report.deduped_bytes,
+                            rewritten=report.rewritten_bytes, refused=len(report.refused))
+    if cache == 'cold':
+        drop_cache(pools['engine'])
+        start_used, start_read, start = used(base, kind), rchar(), time.perf_counter()
+        again = run_engine(ctx.core, pools['engine'], vids, kind)
+        result['rerun'] = {'seconds': time.perf_counter() - start, 'rchar': rchar() - start_read,
+                           'bytes_read': again.bytes_read, 'changed': again.changed,
+                           'freed': start_used - used(base, kind)}
     result['unchanged'] = snapshot(pools['engine']) == before
     for pool in pools.values():
         shutil.rmtree(pool, ignore_errors=True)
@@ -269,8 +275,8 @@ def _round(ctx, kind: str, base: str, seed: int, order: list[str]) -> dict:
 
 def run(ctx) -> bl.Section:
     section = bl.Section('7', 'Sharing identical data again: the dedupe engine against duperemove (restored pool)',
-                         ['file system', 'run', 'time', 'freed (statvfs)', '% of ideal', 'engine says', 'read',
-                          'note'], aligns='llrrrrrl')
+                         ['file system', 'page cache', 'run', 'time', 'freed (statvfs)', '% of ideal', 'engine says',
+                          'read', 'note'], aligns='lllrrrrrl')
     if ctx.core.dedupe_volumes is None:
         raise RuntimeError('case 7: the collection under test has no dedupe engine')
     if not shutil.which('duperemove', path=bl.tool_env()['PATH']):
@@ -278,65 +284,67 @@ def run(ctx) -> bl.Section:
     version = subprocess.run(['duperemove', '--version'], capture_output=True, text=True, check=False)
     rounds = ctx.reps(1, 3)
     for kind in ('btrfs', 'xfs'):
-        results = []
-        for index in range(rounds):
-            order = ['duperemove', 'engine'] if index % 2 == 0 else ['engine', 'duperemove']
-            ctx.log('case 7: %s, round %d of %d (%s first)' % (kind, index + 1, rounds, order[0]))
-            results.append(_round(ctx, kind, ctx.fs[kind], 100 + index, order))
-        section.data.append({'filesystem': kind, 'rounds': results})
-        _report(section, kind, results)
+        for cache in ('cold', 'warm'):
+            results = []
+            for index in range(rounds):
+                order = ['duperemove', 'engine'] if index % 2 == 0 else ['engine', 'duperemove']
+                ctx.log('case 7: %s, page cache %s, round %d of %d (%s first)'
+                        % (kind, cache, index + 1, rounds, order[0]))
+                results.append(_round(ctx, kind, ctx.fs[kind], 100 + index, order, cache))
+            section.data.append({'filesystem': kind, 'page_cache': cache, 'rounds': results})
+            _report(section, kind, cache, results)
     root_size, changed, private_size = sizes(ctx.quick)
     section.notes.append(
         'Restored pool: roots of %s (%s changed in each of three copies), private of %s with three full-copy '
-        'revisions; precaches reflinked. %d round(s) per file system, medians; each run on its own identical copy '
-        'of the pool, page cache of its images dropped first. duperemove: %s, `%s`. Engine: scope pool, in '
-        'this process (no Ansible). "read" of the rerun: this process\'s rchar (/proc/self/io); the engine '
-        'counted the same bytes itself.' % (bl.fmt_size(root_size), bl.fmt_size(changed), bl.fmt_size(private_size),
-                                           rounds, (version.stdout or version.stderr).strip(), ' '.join(DUPEREMOVE)))
+        'revisions; precaches reflinked. %d round(s) per file system and page-cache state, medians; each run on '
+        'its own identical copy of the pool. Page cache "cold": dropped for the pool\'s images before the run '
+        '(the loop device\'s backing file may still be cached by the host); "warm": every image read once before. '
+        'duperemove: %s, `%s`. Engine: scope pool, in this process (no Ansible). "read" of the rerun (cold): '
+        'this process\'s rchar (/proc/self/io); the engine counted the same bytes itself.'
+        % (bl.fmt_size(root_size), bl.fmt_size(changed), bl.fmt_size(private_size), rounds,
+           (version.stdout or version.stderr).strip(), ' '.join(DUPEREMOVE)))
     return section
 
 
-def _report(section: bl.Section, kind: str, results: list[dict]) -> None:
+def _report(section: bl.Section, kind: str, cache: str, results: list[dict]) -> None:
     def median(who, key):
         return statistics.median(result[who][key] for result in results)
 
-    ideal = median_of(results, 'ideal')
-    images_bytes = results[0]['images_bytes']
+    ideal = statistics.median(result['ideal'] for result in results)
     dupe_s, engine_s = median('duperemove', 'seconds'), median('engine', 'seconds')
     dupe_freed, engine_freed = median('duperemove', 'freed'), median('engine', 'freed')
     claimed = median('engine', 'claimed')
-    rerun_s, rerun_read = median('rerun', 'seconds'), median('rerun', 'rchar')
 
     def share(value):
         return '%.1f %%' % (100.0 * value / ideal) if ideal else '-'
 
-    section.rows.append([kind, 'duperemove', bl.fmt_time(dupe_s), bl.fmt_bytes(dupe_freed), share(dupe_freed), '-',
-                         '-', 'ideal %s' % bl.fmt_bytes(ideal)])
-    section.rows.append([kind, 'engine', bl.fmt_time(engine_s), bl.fmt_bytes(engine_freed), share(engine_freed),
-                         bl.fmt_bytes(claimed), '-', 'rewrote %s' % bl.fmt_bytes(median('engine', 'rewritten'))])
-    section.rows.append([kind, 'engine, rerun', bl.fmt_time(rerun_s), bl.fmt_bytes(median('rerun', 'freed')), '-',
-                         '-', bl.fmt_bytes(rerun_read),
-                         'changed' if any(result['rerun']['changed'] for result in results) else 'nothing changed'])
-    ratios = [result['engine']['seconds'] / result['duperemove']['seconds'] for result in results]
-    section.goal('%s: the engine frees at least 95 %% of the ideal' % kind,
+    section.rows.append([kind, cache, 'duperemove', bl.fmt_time(dupe_s), bl.fmt_bytes(dupe_freed), share(dupe_freed),
+                         '-', '-', 'ideal %s' % bl.fmt_bytes(ideal)])
+    section.rows.append([kind, cache, 'engine', bl.fmt_time(engine_s), bl.fmt_bytes(engine_freed),
+                         share(engine_freed), bl.fmt_bytes(claimed), '-',
+                         'rewrote %s' % bl.fmt_bytes(median('engine', 'rewritten'))])
+    ratio = statistics.median(result['engine']['seconds'] / result['duperemove']['seconds'] for result in results)
+    section.goal('%s, %s: in no more time than duperemove' % (kind, cache),
+                 '%s vs %s (median ratio %.2f)' % (bl.fmt_time(engine_s), bl.fmt_time(dupe_s), ratio), ratio <= 1.0)
+    section.goal('%s, %s: the engine frees at least 95 %% of the ideal' % (kind, cache),
                  '%s of %s (%s)' % (bl.fmt_bytes(engine_freed), bl.fmt_bytes(ideal), share(engine_freed)),
                  engine_freed >= 0.95 * ideal)
-    section.goal('%s: in no more time than duperemove' % kind,
-                 '%s vs %s (median ratio %.2f)' % (bl.fmt_time(engine_s), bl.fmt_time(dupe_s), statistics.median(ratios)),
-                 statistics.median(ratios) <= 1.0)
-    section.goal('%s: the engine\'s freed figure is the file system\'s (1 MiB + 1 %%)' % kind,
+    section.goal('%s, %s: the engine\'s freed figure is the file system\'s (1 MiB + 1 %%)' % (kind, cache),
                  'says %s, statvfs %s' % (bl.fmt_bytes(claimed), bl.fmt_bytes(engine_freed)),
                  all(abs(result['engine']['claimed'] - result['engine']['freed'])
                      <= MiB + result['engine']['claimed'] // 100 for result in results))
-    section.goal('%s: no image changed (sha256, size, mode, inode, mtime, holes)' % kind,
+    section.goal('%s, %s: no image changed (sha256, size, mode, inode, mtime, holes)' % (kind, cache),
                  'unchanged' if all(result['unchanged'] for result in results) else 'CHANGED',
                  all(result['unchanged'] for result in results))
+    if cache != 'cold':
+        return
+    images_bytes = results[0]['images_bytes']
+    rerun_s, rerun_read = median('rerun', 'seconds'), median('rerun', 'rchar')
+    changed = any(result['rerun']['changed'] for result in results)
+    section.rows.append([kind, cache, 'engine, rerun', bl.fmt_time(rerun_s), bl.fmt_bytes(median('rerun', 'freed')),
+                         '-', '-', bl.fmt_bytes(rerun_read), 'changed' if changed else 'nothing changed'])
     section.goal('%s: the rerun changes nothing and reads under 5 %% of the images\' bytes' % kind,
                  '%s of %s read' % (bl.fmt_bytes(rerun_read), bl.fmt_bytes(images_bytes)),
-                 rerun_read < 0.05 * images_bytes and not any(result['rerun']['changed'] for result in results))
+                 rerun_read < 0.05 * images_bytes and not changed)
     section.goal('%s: the rerun takes a small part of the first run\'s time (under 10 %%)' % kind,
                  '%s vs %s' % (bl.fmt_time(rerun_s), bl.fmt_time(engine_s)), rerun_s < 0.1 * engine_s)
-
-
-def median_of(results: list[dict], key: str) -> float:
-    return statistics.median(result[key] for result in results)
