@@ -244,8 +244,8 @@ def _round(ctx, kind: str, base: str, seed: int, order: list[str], cache: str) -
         shutil.rmtree(pool, ignore_errors=True)
     vids = build_pool(pools['duperemove'], ctx.quick, seed)
     build_pool(pools['engine'], ctx.quick, seed)
-    result = {'ideal': ideal_bytes(pools['engine']), 'images_bytes': sum(os.stat(path).st_size for path in
-                                                                          image_paths(pools['engine']))}
+    images_bytes = sum(os.stat(path).st_size for path in image_paths(pools['engine']))
+    result = {'ideal': ideal_bytes(pools['engine']), 'images_bytes': images_bytes}
     before = snapshot(pools['engine'])
     for who in order:
         pool = pools[who]

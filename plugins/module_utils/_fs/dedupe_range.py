@@ -13,14 +13,15 @@ is accepted (otherwise it must be open for writing or owned by the caller).
 What the kernel wants, measured on btrfs and XFS:
 
 - offsets a multiple of the file system's block size, else the destination's
-  status is -EINVAL; a length that is not a multiple is accepted (and reported
-  as done) but only whole blocks are remapped, unless the range ends at the end
+  status is -EINVAL (so is a range past the destination's end); a length that
+  is not a multiple is reported as done in full but only its whole blocks are
+  remapped (6000 bytes at 4096: one block), unless the range ends at the end
   of both files.  Callers pass whole blocks.
 - one call may cover hundreds of MiB (300 MiB in one call worked on both; the
   kernel splits internally) but it holds both ranges locked meanwhile, so
   :func:`dedupe_fully` asks for at most ``MAX_CALL_BYTES`` at a time.
-- at most ``MAX_DESTINATIONS`` destinations per call: the argument must fit
-  in one page.
+- at most ``MAX_DESTINATIONS`` (127) destinations per call: the argument must
+  fit in one page (128 failed the whole call with ENOMEM).
 - a file system without the operation (ext4, tmpfs) fails the whole call with
   EOPNOTSUPP; EINVAL of the whole call means the same for our purposes.
 - deduping ranges that already share the same blocks costs nothing on btrfs
