@@ -24,7 +24,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from ansible_collections.dom0.reflink.plugins.module_utils import _names as names
 from ansible_collections.dom0.reflink.plugins.module_utils._holders import describe_holders, open_holders
@@ -44,6 +44,67 @@ def _kind(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "a directory"
     return "not a regular file"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An image file found for a volume, not opened yet: a regular file when it was looked at."""
+
+    vid: str
+    dir_fd: int
+    vm_dir: str
+    name: str
+    identity: tuple[int, int]
+
+    @property
+    def where(self) -> str:
+        return "%s/%s" % (self.vm_dir, self.name)
+
+
+def volume_candidates(dir_fd: int, vm_dir: str, vid: str, volume: str, entries: Iterable[str] | None = None,
+                      in_use: Mapping[str, str] | None = None) -> tuple[list[Candidate], list[Skipped]]:
+    """The image files of volume ``volume`` in the VM directory ``dir_fd`` (pool-relative ``vm_dir``) to dedupe.
+
+    In the engine's tie-break order: clean, precache, pins, revisions newest
+    first.  ``entries``: the directory's names if the caller listed it
+    already; ``in_use``: file names the caller knows to be in use, with why.
+    Only ``lstat`` here: nothing is opened.
+    """
+    wanted: list[tuple[int, int, str]] = []
+    skipped: list[Skipped] = []
+    for name in os.listdir(dir_fd) if entries is None else entries:
+        image = names.classify(name)
+        if image is None or image.volume != volume or image.tempfile:
+            continue
+        where = "%s/%s" % (vm_dir, name)
+        if image.kind == names.DIRTY:
+            skipped.append(Skipped(where, "the dirty image of a running VM (or of a commit pending): never touched"))
+        elif image.kind == names.IMPORT:
+            skipped.append(Skipped(where, "an import's staging file: left to the import"))
+        elif image.junk_revision:
+            skipped.append(Skipped(where, "a revision whose number is not an integer (reflink_gc can remove it)"))
+        elif in_use and name in in_use:
+            skipped.append(Skipped(where, in_use[name]))
+        else:
+            wanted.append((_ORDER[image.kind], -(image.revision or 0), name))
+    found: list[Candidate] = []
+    for _order, _newest, name in sorted(wanted):
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue   # removed since the listing
+        if stat.S_ISREG(st.st_mode):
+            found.append(Candidate(vid, dir_fd, vm_dir, name, (st.st_dev, st.st_ino)))
+        else:
+            skipped.append(Skipped("%s/%s" % (vm_dir, name), "%s, never opened" % _kind(st.st_mode)))
+    return found, skipped
+
+
+def held_open(candidates: Sequence[Candidate]) -> dict[tuple[int, int], str]:
+    """Why each candidate another process holds open is left alone; one walk of ``/proc/*/fd`` for all."""
+    holders = open_holders([candidate.identity for candidate in candidates])  # type: ignore[no-untyped-call]
+    return {identity: "held open by %s: not deduped" % describe_holders(found)  # type: ignore[no-untyped-call]
+            for identity, found in holders.items()}
 
 
 def _open_regular(dir_fd: int, name: str) -> tuple[int | None, os.stat_result | None, str]:
@@ -66,73 +127,36 @@ def _open_regular(dir_fd: int, name: str) -> tuple[int | None, os.stat_result | 
         os.close(path_fd)
 
 
-def _candidates(entries: Iterable[str], volume: str, vm_dir: str) -> tuple[list[str], list[Skipped]]:
-    """The names to open, in the engine's tie-break order (clean, precache, pins, revisions newest first)."""
-    wanted: list[tuple[int, int, str]] = []
-    skipped: list[Skipped] = []
-    for name in entries:
-        image = names.classify(name)
-        if image is None or image.volume != volume or image.tempfile:
-            continue
-        where = "%s/%s" % (vm_dir, name)
-        if image.kind == names.DIRTY:
-            skipped.append(Skipped(where, "the dirty image of a running VM (or of a commit pending): never touched"))
-        elif image.kind == names.IMPORT:
-            skipped.append(Skipped(where, "an import's staging file: left to the import"))
-        elif image.junk_revision:
-            skipped.append(Skipped(where, "a revision whose number is not an integer (reflink_gc can remove it)"))
-        else:
-            wanted.append((_ORDER[image.kind], -(image.revision or 0), name))
-    wanted.sort()
-    return [name for _kind_order, _newest, name in wanted], skipped
+def open_images(candidates: Sequence[Candidate], held: Mapping[tuple[int, int], str]
+                ) -> tuple[list[DedupeImage], list[Skipped]]:
+    """Open the candidates read-only, leaving out files held open and second names (hard links) of one file.
 
-
-def open_volume_images(dir_fd: int, vm_dir: str, vid: str, volume: str, entries: Iterable[str] | None = None,
-                       in_use: Mapping[str, str] | None = None) -> tuple[list[DedupeImage], list[Skipped]]:
-    """Open the images of volume ``volume`` (vid ``vid``) in the VM directory ``dir_fd`` (pool-relative ``vm_dir``).
-
-    ``entries``: the directory's names if the caller listed it already;
-    ``in_use``: file names the caller knows to be in use, with the reason.
-    The images come without extent maps (see :func:`attach_extent_maps`).
+    A name is opened without following a symlink, and only if it is (still)
+    a regular file.  The images come without extent maps (see
+    :func:`attach_extent_maps`); the caller closes them (:func:`close_images`).
     """
-    listing = os.listdir(dir_fd) if entries is None else entries
-    wanted, skipped = _candidates(listing, volume, vm_dir)
     images: list[DedupeImage] = []
-    for name in wanted:
-        where = "%s/%s" % (vm_dir, name)
-        if in_use and name in in_use:
-            skipped.append(Skipped(where, in_use[name]))
-            continue
-        fd, st, why = _open_regular(dir_fd, name)
-        if fd is None or st is None:
-            skipped.append(Skipped(where, why))
-            continue
-        images.append(DedupeImage(where, vid, fd, dir_fd, st.st_size, (st.st_dev, st.st_ino)))
-    return images, skipped
-
-
-def set_aside(images: Sequence[DedupeImage]) -> tuple[list[DedupeImage], list[Skipped]]:
-    """Take out (and close) images that another process holds open, and second names of one file.
-
-    One walk of ``/proc/*/fd`` for all of them: call it once per run.
-    """
-    holders = open_holders([image.identity for image in images])  # type: ignore[no-untyped-call]
-    kept: list[DedupeImage] = []
     skipped: list[Skipped] = []
     seen: dict[tuple[int, int], str] = {}
-    for image in images:
-        found = holders.get(image.identity)
-        if found:
-            reason = "held open by %s: not deduped" % describe_holders(found)  # type: ignore[no-untyped-call]
-        elif image.identity in seen:
-            reason = "the same file as %s (a hard link): deduped once, under that name" % seen[image.identity]
-        else:
-            seen[image.identity] = image.name
-            kept.append(image)
+    for candidate in candidates:
+        if candidate.identity in held:
+            skipped.append(Skipped(candidate.where, held[candidate.identity]))
             continue
-        skipped.append(Skipped(image.name, reason))
-        os.close(image.fd)
-    return kept, skipped
+        fd, st, why = _open_regular(candidate.dir_fd, candidate.name)
+        if fd is None or st is None:
+            skipped.append(Skipped(candidate.where, why))
+            continue
+        identity = (st.st_dev, st.st_ino)
+        reason = held.get(identity)
+        if reason is None and identity in seen:
+            reason = "the same file as %s (a hard link): deduped once, under that name" % seen[identity]
+        if reason is not None:
+            skipped.append(Skipped(candidate.where, reason))
+            os.close(fd)
+            continue
+        seen[identity] = candidate.where
+        images.append(DedupeImage(candidate.where, candidate.vid, fd, candidate.dir_fd, st.st_size, identity))
+    return images, skipped
 
 
 def attach_extent_maps(images: Sequence[DedupeImage],

@@ -23,6 +23,7 @@ thread, so that no request can reach a descriptor the caller closes later.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import os
@@ -102,12 +103,11 @@ class Prefetcher:
             if item is None:
                 return
             fd, start, length = item
-            try:
+            # A hint only; and the walk must never wait for a request that died.
+            with contextlib.suppress(Exception):
                 piece = readahead_window(fd)
                 for position in range(start, start + length, piece):
                     os.posix_fadvise(fd, position, min(piece, start + length - position), os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass
             with self._done:
                 self._finished += 1
                 self._done.notify_all()

@@ -150,9 +150,17 @@ def run_rescue(runs: Sequence[RescueRun], images: Sequence[DedupeImage], model: 
         placed = []
         for run in runs:
             image, offset = run.refs[0]
-            placed.append(scratch.append(images[image].dir_fd, reader, image, offset, run.length))
+            try:
+                placed.append(scratch.append(images[image].dir_fd, reader, image, offset, run.length))
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                refused.append("%s: no unnamed scratch file here (%s): stranded extents not rewritten"
+                               % (images[image].name, exc.strerror))
+                runs = runs[:len(placed)]
+                break
         scratch.sync()
-        for run, (fd, start) in zip(runs, placed, strict=True):
+        for run, (fd, start) in zip(runs[:len(placed)], placed, strict=True):
             results = dedupe_fully(fd, start, run.length,
                                    [Destination(images[image].fd, offset) for image, offset in run.refs])
             done = [(ref, result.deduped) for ref, result in zip(run.refs, results, strict=True)]

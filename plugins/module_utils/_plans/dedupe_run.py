@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: dom0.reflink contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""One dedupe run over some volumes: open their images, form the sets of the scope, dedupe each set.
+"""One dedupe run over some volumes: find their images, form the sets of the scope, dedupe each set.
 
 What the module flow adds around it (not here): the locks, the volume list
 (``vids``, qubes.xml), the in-use reasons of the volumes (loop devices,
@@ -13,14 +13,16 @@ each :class:`VolumeDir` carries one, opened without following symlinks.
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import PoolError
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe import (
     DedupeReport, DedupeSettings, dedupe_set, require_dedupe)
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_images import (
-    attach_extent_maps, close_images, open_volume_images, set_aside)
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_input import DedupeImage, Skipped
+    Candidate, attach_extent_maps, close_images, held_open, open_images, volume_candidates)
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_input import Skipped
 
 SCOPES = ("volume", "pool")
 
@@ -48,13 +50,24 @@ def settings_for(fstype: str, fd: int) -> DedupeSettings:
     return DedupeSettings(block_size=os.fstatvfs(fd).f_bsize, whole_extents=fstype == "btrfs")
 
 
+def _allow_open_files(count: int) -> None:
+    """Raise the soft limit of open files to ``count`` if it is lower (scope pool holds every image open)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < count:
+        if hard != resource.RLIM_INFINITY and hard < count:
+            raise PoolError("scope pool would hold %d images open, more than this process may (%d); "
+                            "use scope volume" % (count, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
+
+
 def dedupe_volumes(volumes: Sequence[VolumeDir], scope: str, settings: DedupeSettings, execute: bool,
                    in_use: Mapping[str, Mapping[str, str]] | None = None) -> DedupeOutcome:
     """Dedupe the volumes' images (scope ``volume``: each volume alone; ``pool``: all together).
 
     ``in_use``: per vid, file names known to be in use and why (left alone).
     Raises DedupeUnsupported before anything is read where the file system
-    cannot share blocks (ext4), in check mode too.
+    cannot share blocks (ext4), in check mode too.  Scope ``volume`` opens
+    one volume's images at a time.
     """
     if scope not in SCOPES:
         raise ValueError("scope must be one of %s, not %r" % (", ".join(SCOPES), scope))
@@ -62,27 +75,22 @@ def dedupe_volumes(volumes: Sequence[VolumeDir], scope: str, settings: DedupeSet
     if not volumes:
         return outcome
     require_dedupe(volumes[0].dir_fd, volumes[0].vm_dir, settings.block_size)
-    opened: list[DedupeImage] = []
-    try:
-        for volume in volumes:
-            images, skipped = open_volume_images(volume.dir_fd, volume.vm_dir, volume.vid, volume.volume,
-                                                 in_use=(in_use or {}).get(volume.vid))
-            opened.extend(images)
-            outcome.skipped.extend(skipped)
-        kept, skipped = set_aside(opened)
+    per_volume: list[list[Candidate]] = []
+    for volume in volumes:
+        candidates, skipped = volume_candidates(volume.dir_fd, volume.vm_dir, volume.vid, volume.volume,
+                                                in_use=(in_use or {}).get(volume.vid))
+        per_volume.append(candidates)
         outcome.skipped.extend(skipped)
-        opened = kept
-        if scope == "pool":
-            sets = [attach_extent_maps(opened)]
-        else:
-            by_vid: dict[str, list[DedupeImage]] = {}
-            for image in opened:
-                by_vid.setdefault(image.group, []).append(image)
-            sets = [attach_extent_maps(images) for images in by_vid.values()]
-        for images in sets:
-            outcome.report.merge(dedupe_set(images, settings, execute))
-        for volume in volumes:
-            outcome.report.group(volume.vid)
-    finally:
-        close_images(opened)
+        outcome.report.group(volume.vid)
+    held = held_open([candidate for candidates in per_volume for candidate in candidates])
+    sets = per_volume if scope == "volume" else [[candidate for candidates in per_volume for candidate in candidates]]
+    if scope == "pool":
+        _allow_open_files(len(sets[0]) + 64)
+    for candidates in sets:
+        images, skipped = open_images(candidates, held)
+        outcome.skipped.extend(skipped)
+        try:
+            outcome.report.merge(dedupe_set(attach_extent_maps(images), settings, execute))
+        finally:
+            close_images(images)
     return outcome
