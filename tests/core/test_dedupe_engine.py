@@ -14,6 +14,8 @@ import pytest
 
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.dedupe_range import DedupeUnsupported
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe import DedupeSettings
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_fiemap_interim import read_extent_map
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_input import EXTENT_UNWRITTEN
 from dedupe_helpers import (
     MIB, PRIVATE_VID, ROOT_VIDS, assert_close, build_restored_pool, fs_settings, ideal_bytes, image_paths, run_dedupe,
     snapshot, used_bytes, write_file)
@@ -123,3 +125,37 @@ def test_ext4_is_refused_with_a_clear_message_and_nothing_changes(ext4_dir):
         with pytest.raises(DedupeUnsupported, match=r"cannot share blocks.*nothing was changed"):
             run_dedupe(pool, [PRIVATE_VID], "volume", fs_settings(ext4_dir), execute=execute)
     assert snapshot(pool) == before
+
+
+def test_images_of_different_sizes_share_what_they_have_in_common_and_unwritten_ranges_stay(reflink_dir):
+    """A revision from before a resize (2 MiB of the clean's 4), and one with a preallocated (unwritten) range."""
+    pool = reflink_dir / "pool"
+    vm_dir = pool / "appvms" / "work"
+    vm_dir.mkdir(parents=True)
+    data = os.urandom(4 * MIB)
+    zeros_at = 3 * MIB
+    clean = data[:zeros_at] + bytes(MIB)   # written zeros at the end
+    write_file(vm_dir / "private.img", [(0, clean)], 4 * MIB, 10 ** 18)
+    write_file(vm_dir / "private.img.1@2023-11-11T00:00:00Z", [(0, data[:2 * MIB])], 2 * MIB, 10 ** 18)
+    write_file(vm_dir / "private.img.2@2023-11-12T00:00:00Z", [(0, data[:zeros_at])], 4 * MIB, 10 ** 18)
+    fd = os.open(vm_dir / "private.img.2@2023-11-12T00:00:00Z", os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, zeros_at, MIB)   # unwritten: reads as the clean's zeros, holds no data
+        os.fsync(fd)
+        os.utime(fd, ns=(10 ** 18, 10 ** 18))
+        unwritten_before = [extent for extent in read_extent_map(fd) if extent.flags & EXTENT_UNWRITTEN]
+    finally:
+        os.close(fd)
+    assert unwritten_before, "no unwritten extent to test with"
+    before = snapshot(pool)
+    used = used_bytes(reflink_dir)
+    done = run_dedupe(pool, [PRIVATE_VID], "volume", fs_settings(reflink_dir), execute=True)
+    freed = used - used_bytes(reflink_dir)
+    assert snapshot(pool) == before
+    assert done.report.deduped_bytes == 2 * MIB + 3 * MIB
+    assert_close(freed, done.report.reclaimed_bytes)
+    fd = os.open(vm_dir / "private.img.2@2023-11-12T00:00:00Z", os.O_RDONLY)
+    try:
+        assert [extent for extent in read_extent_map(fd) if extent.flags & EXTENT_UNWRITTEN] == unwritten_before
+    finally:
+        os.close(fd)
