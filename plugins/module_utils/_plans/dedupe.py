@@ -133,7 +133,7 @@ class _Attempts:
     def __call__(self, op: DedupeOp, exact: bool) -> list[int]:
         destinations = op.destinations
         if self.execute:
-            done = self._dedupe(op, destinations)
+            done = self._dedupe(op, destinations, exact)
         elif exact:
             done = [op.length] * len(destinations)
         else:
@@ -151,7 +151,7 @@ class _Attempts:
             self.report.group(self.images[copy[0]].group).deduped_bytes += amount
         return per_copy
 
-    def _dedupe(self, op: DedupeOp, destinations: Sequence[int]) -> list[int]:
+    def _dedupe(self, op: DedupeOp, destinations: Sequence[int], exact: bool) -> list[int]:
         # One destination per call: XFS holds the locks of every file of a call while it compares, and
         # readahead of those files (the prefetch of the next chunks) waits for them meanwhile.
         results = []
@@ -160,7 +160,9 @@ class _Attempts:
                                         [Destination(self.images[index].fd, op.start)]))
             self.report.dedupe_calls += 1
         for index, result in zip(destinations, results, strict=True):
-            if result.deduped != op.length and not result.differs:
+            # "Differs" after a proposal from samples is the walk's way of finding differences; after an
+            # exact comparison it means the data changed meanwhile (nothing was changed by the dedupe).
+            if result.deduped != op.length and (exact or not result.differs):
                 self.report.refused.append("%s at %d: dedupe of %d bytes from %s: %s"
                                            % (self.images[index].name, op.start, op.length,
                                               self.images[op.source].name, result.describe()))
