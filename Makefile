@@ -58,6 +58,7 @@ DEB_COMMANDS := \
 	compsize:btrfs-compsize \
 	mkfs.xfs:xfsprogs \
 	mkfs.ext4:e2fsprogs \
+	duperemove:duperemove \
 	strace:strace \
 	rsync:rsync \
 	losetup:mount \

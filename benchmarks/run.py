@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Benchmarks of dom0.reflink against what a user would otherwise run (root only).
 
-    .venv/bin/python benchmarks/run.py [--quick] [--cases 1,2,3,4,5,6,7] [--json PATH] [--markdown PATH]
+    .venv/bin/python benchmarks/run.py [--quick] [--cases 1,2,3,4,5,6,7,8] [--json PATH] [--markdown PATH]
     make bench            (full run, about 15-20 minutes; case 6 alone about 5)
     make bench-quick      (every case, tiny sizes, 1-2 rounds: checks that it all runs)
 
@@ -39,16 +39,17 @@ import benchlib as bl  # noqa: E402  pylint: disable=wrong-import-position
 import case_ansible  # noqa: E402  pylint: disable=wrong-import-position
 import case_clone  # noqa: E402  pylint: disable=wrong-import-position
 import case_copy  # noqa: E402  pylint: disable=wrong-import-position
+import case_dedupe  # noqa: E402  pylint: disable=wrong-import-position
 import case_ops  # noqa: E402  pylint: disable=wrong-import-position
 import case_pool  # noqa: E402  pylint: disable=wrong-import-position
 import case_role  # noqa: E402  pylint: disable=wrong-import-position
 import case_space  # noqa: E402  pylint: disable=wrong-import-position
 
 DEFAULT_BASE_DIR = '/var/tmp/dom0-reflink-bench'
-CASES = ('1', '2', '3', '4', '5', '6', '7')
+CASES = ('1', '2', '3', '4', '5', '6', '7', '8')
 # Filesystems each case needs, and their sizes (sparse image files: only what is written takes space).
 NEEDS = {'1': ('btrfs', 'xfs'), '2': ('ext4', 'btrfs', 'xfs'), '3': ('btrfs',), '4': ('btrfs',), '5': ('btrfs',),
-         '6': ('btrfs',), '7': ('btrfs', 'xfs')}
+         '6': ('btrfs',), '7': ('btrfs', 'xfs'), '8': ('btrfs', 'xfs')}
 SIZES = {'btrfs': (1 * bl.GiB, 12 * bl.GiB), 'xfs': (512 * bl.MiB, 6 * bl.GiB), 'ext4': (512 * bl.MiB, 6 * bl.GiB)}
 TOOLS = ('strace', 'filefrag', 'cp', 'cmp', 'mkfs.btrfs', 'mkfs.xfs', 'mkfs.ext4', 'losetup', 'compsize')
 
@@ -107,10 +108,16 @@ def _load_core(collections):
     info = importlib.import_module(prefix + '_tasks.info')
     scan = importlib.import_module(prefix + '_state.scan')
     gc = importlib.import_module(prefix + '_tasks.gc')
+    try:
+        dedupe = importlib.import_module(prefix + '_dedupe.run')
+    except ImportError:   # a collection from before the dedupe engine (--collection)
+        dedupe = None
     return types.SimpleNamespace(
         Directory=fsops.Directory, clone_file=clone.clone_file, fill_from=clone.fill_from,
         sparse_copy=clone.sparse_copy, REFLINK=clone.REFLINK, COPY=clone.COPY, module_file=clone.__file__,
-        PoolScan=scan.PoolScan, run_info_task=info.run_info_task, run_gc_task=gc.run_gc_task)
+        PoolScan=scan.PoolScan, run_info_task=info.run_info_task, run_gc_task=gc.run_gc_task,
+        dedupe_volumes=getattr(dedupe, 'dedupe_volumes', None), VolumeDir=getattr(dedupe, 'VolumeDir', None),
+        dedupe_settings_for=getattr(dedupe, 'settings_for', None))
 
 
 def _first_line(command, env=None):
@@ -162,7 +169,7 @@ def run_case(key, ctx):
         return case_copy.run(ctx)
     if key == '6':
         return case_role.run(ctx)
-    module = {'1': case_clone, '3': case_ansible, '4': case_pool, '5': case_ops, '7': case_space}[key]
+    module = {'1': case_clone, '3': case_ansible, '4': case_pool, '5': case_ops, '7': case_space, '8': case_dedupe}[key]
     return [module.run(ctx)]
 
 
