@@ -26,9 +26,9 @@ import tempfile
 
 import pytest
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _names as names
-from ansible_collections.dom0.reflink.plugins.module_utils._clone import ficlone_request
-from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._base import names
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import ficlone_request
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect.space import ImageFile, SpaceMap
 
 MIB = 1024 * 1024

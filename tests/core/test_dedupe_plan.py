@@ -9,12 +9,12 @@ from itertools import pairwise
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_compare import DedupeOp, compare_chunk
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_input import (
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.compare import DedupeOp, compare_chunk
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.inputs import (
     EXTENT_SHARED, EXTENT_UNWRITTEN, DedupeImage, MappedExtent)
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_model import SharingModel, overlay
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_rescue import RescueRun, plan_rescue
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_sweep import Piece, Segment, find_segments
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.model import SharingModel, overlay
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.rescue import RescueRun, plan_rescue
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.sweep import Piece, Segment, find_segments
 
 B = 4096
 

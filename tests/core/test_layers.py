@@ -20,7 +20,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 MODULE_UTILS = REPO / "plugins" / "module_utils"
 MODULES = REPO / "plugins" / "modules"
 PACKAGE = "ansible_collections.dom0.reflink.plugins.module_utils"
-LAYERS = ("_base", "_fs", "_state", "_inspect", "_engine", "_plans", "_tasks")
+LAYERS = ("_base", "_fs", "_state", "_inspect", "_dedupe", "_engine", "_plans", "_tasks")
 MAX_LINES = 450   # "no file much past 400 lines"
 
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
-from ansible_collections.dom0.reflink.plugins.module_utils._names import PIN_NAME_PATTERN
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import PIN_NAME_PATTERN
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.schedule import (
     CLASSES,
     Candidate,

@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect.space import SpaceMap
 from space_helpers import (MIB, Volume, assert_close, btrfs_du, clone, clone_range, compsize, freed_by_removing,
                            space_map, tool_env, write_data)

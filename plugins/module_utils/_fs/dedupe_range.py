@@ -38,7 +38,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import ReflinkError
 
 # _IOWR(0x94, 54, struct file_dedupe_range): with both direction bits set the
 # number is the same in the asm-generic and the powerpc/mips/sparc encodings.

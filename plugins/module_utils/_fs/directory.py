@@ -142,7 +142,8 @@ class Directory:
     def join(self, name: str) -> str:
         return os.path.join(self.path, name)
 
-    def _open_fd(self) -> int:
+    def open_fd(self) -> int:
+        """The directory's descriptor (for a *at() call or an ioctl); ValueError once it is closed."""
         if self.fd is None:
             raise ValueError("directory %s is closed" % self.path)
         return self.fd
@@ -153,7 +154,7 @@ class Directory:
         """Names in the directory (one getdents pass, no stat)."""
         # listdir(fd) reads through a duplicate that shares the directory
         # offset: rewind, or a second listing of the same fd comes back empty.
-        fd = self._open_fd()
+        fd = self.open_fd()
         os.lseek(fd, 0, os.SEEK_SET)
         return os.listdir(fd)
 
@@ -184,7 +185,7 @@ class Directory:
     # -- durable changes --------------------------------------------------
 
     def fsync(self) -> None:
-        os.fsync(self._open_fd())
+        os.fsync(self.open_fd())
 
     def rename(self, src: str, dst: str, sync: bool = True) -> None:
         os.rename(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd)

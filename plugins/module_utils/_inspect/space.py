@@ -30,12 +30,12 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect.pool_extents import read_sharing
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect.sharing import Sharing
 
 if TYPE_CHECKING:
-    from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
+    from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +122,7 @@ class SpaceMap:
     @classmethod
     def read(cls, pool_dir: Directory, files: Sequence[ImageFile]) -> SpaceMap:
         """Read the extent maps of ``files`` (every file of the pool) below the open Directory ``pool_dir``."""
-        return cls(files, read_sharing(pool_dir.fd, [entry.file for entry in files], [entry.inode for entry in files]))
+        return cls(files, read_sharing(pool_dir.open_fd(), [entry.file for entry in files], [entry.inode for entry in files]))
 
     def _figures(self) -> tuple[dict[str, VolumeSpace], PoolSpace]:
         """Every file's, volume's and the pool's figures in one pass over the table."""

@@ -41,7 +41,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
 
 CLASSES = ("hourly", "daily", "weekly", "monthly", "yearly")
 

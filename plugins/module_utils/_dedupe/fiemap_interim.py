@@ -15,7 +15,7 @@ from __future__ import annotations
 import fcntl
 import struct
 
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_input import EXTENT_LAST, MappedExtent
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.inputs import EXTENT_LAST, MappedExtent
 
 # _IOWR('f', 11, struct fiemap): the same number on every Linux architecture.
 FS_IOC_FIEMAP = 0xC020660B

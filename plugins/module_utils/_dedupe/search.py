@@ -31,8 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_compare import DedupeOp, Reader, compare_chunk
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_sweep import Segment
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.compare import DedupeOp, Reader, compare_chunk
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.sweep import Segment
 
 CHUNK_BYTES = 4 * 1024 * 1024
 SAMPLE_STRIDE = 1024 * 1024

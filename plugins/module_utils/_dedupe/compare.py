@@ -24,8 +24,8 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_input import DedupeImage
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_prefetch import Prefetcher, readahead_window
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.inputs import DedupeImage
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.prefetch import Prefetcher, readahead_window
 
 _SAMPLE = 32
 

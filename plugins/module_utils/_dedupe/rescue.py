@@ -30,9 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.dedupe_range import Destination, dedupe_fully
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_compare import Reader
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_input import DedupeImage
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_model import SharingModel, Unit
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.compare import Reader
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.inputs import DedupeImage
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.model import SharingModel, Unit
 
 _COPY_PIECE = 4 * 1024 * 1024
 

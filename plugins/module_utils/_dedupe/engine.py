@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.dedupe_range import (
     Destination, DedupeUnsupported, dedupe_fully, probe_dedupe)
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_compare import DedupeOp, Reader
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_input import DedupeImage
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_model import SharingModel
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_prefetch import Prefetcher
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_rescue import plan_rescue, run_rescue
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_search import search
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_sweep import find_segments
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.compare import DedupeOp, Reader
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.inputs import DedupeImage
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.model import SharingModel
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.prefetch import Prefetcher
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.rescue import plan_rescue, run_rescue
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.search import search
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.sweep import find_segments
 
 
 @dataclass(frozen=True)

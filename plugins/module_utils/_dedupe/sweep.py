@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_input import DedupeImage
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.inputs import DedupeImage
 
 
 @dataclass(frozen=True)

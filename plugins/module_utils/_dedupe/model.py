@@ -30,7 +30,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_sweep import Piece
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.sweep import Piece
 
 # Physical addresses of rewritten data: above anything a disk has, one range per rewrite.
 SCRATCH_BASE = 1 << 62

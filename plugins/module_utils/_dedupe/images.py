@@ -26,11 +26,11 @@ import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _names as names
-from ansible_collections.dom0.reflink.plugins.module_utils._holders import describe_holders, open_holders
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_fiemap_interim import (
+from ansible_collections.dom0.reflink.plugins.module_utils._base import names
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.holders import describe_holders, open_holders
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.fiemap_interim import (
     read_btrfs_disk_extents, read_extent_map)
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_input import (
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.inputs import (
     DedupeImage, MappedExtent, Skipped)
 
 _O_PATH = getattr(os, "O_PATH", 0)
@@ -102,8 +102,8 @@ def volume_candidates(dir_fd: int, vm_dir: str, vid: str, volume: str, entries: 
 
 def held_open(candidates: Sequence[Candidate]) -> dict[tuple[int, int], str]:
     """Why each candidate another process holds open is left alone; one walk of ``/proc/*/fd`` for all."""
-    holders = open_holders([candidate.identity for candidate in candidates])  # type: ignore[no-untyped-call]
-    return {identity: "held open by %s: not deduped" % describe_holders(found)  # type: ignore[no-untyped-call]
+    holders = open_holders([candidate.identity for candidate in candidates])
+    return {identity: "held open by %s: not deduped" % describe_holders(found)
             for identity, found in holders.items()}
 
 

@@ -17,12 +17,12 @@ import resource
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import PoolError
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe import (
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import PoolError
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.engine import (
     DedupeReport, DedupeSettings, dedupe_set, require_dedupe)
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_images import (
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.images import (
     Candidate, attach_extent_maps, close_images, held_open, open_images, volume_candidates)
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.dedupe_input import Skipped
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.inputs import Skipped
 
 SCOPES = ("volume", "pool")
 
