@@ -17,13 +17,15 @@ class PoolScan:
     ``volumes`` maps vid string -> VolumeFiles; ``vm_dirs`` maps ``prefix/vm``
     -> list of entry names (image or not); ``unsafe`` lists paths (relative to
     the pool) of image-like entries that are not regular files, and of VM
-    "directories" that are symlinks or files.
+    "directories" that are symlinks or files.  ``complete``: whether it read
+    the whole pool (False when it was limited to some volumes).
     """
 
     def __init__(self) -> None:
         self.volumes: dict[str, VolumeFiles] = {}
         self.vm_dirs: dict[str, list[str]] = {}
         self.unsafe: list[str] = []
+        self.complete = True
 
     @classmethod
     def read(cls, pool_dir: Directory, only_vids: list[names.Vid] | None = None) -> PoolScan:
@@ -31,6 +33,7 @@ class PoolScan:
         wanted_dirs = None
         if only_vids is not None:
             wanted_dirs = {vid.vm_dir for vid in only_vids}
+            scan.complete = False
         for prefix in names.PREFIXES:
             prefix_dir = pool_dir.open_dir(prefix)
             if prefix_dir is None:
