@@ -71,8 +71,9 @@ class Clone(Action[Workspace]):
             self.text += ", size %d bytes" % size
 
     def run(self, workspace: Workspace) -> None:
+        self.copy_cause = None
         self.how = clone.clone_file(workspace.vm(), self.src, workspace.vm(), self.dst,
-                                    dst_size=self.size, copy_mtime=self.copy_mtime)
+                                    dst_size=self.size, copy_mtime=self.copy_mtime, copied=self.note_copy)
 
     def simulate(self, files: dict[str, FileInfo]) -> None:
         source = files[self.src]

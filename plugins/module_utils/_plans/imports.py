@@ -12,8 +12,13 @@ checksums in ``checksum.py``, the sources of the data in ``sources.py``.
 
 from __future__ import annotations
 
+import functools
+
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import require_room_for_copy
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.copy_cause import predict_copy
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import shares_blocks
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum import (
     VerifyChecksum,
     verify_clean_checksum,
@@ -36,6 +41,30 @@ def _own_image(files: VolumeFiles, source: Source) -> str | None:
         if info is not None and source.identity == (info.dev, info.ino):
             return info.name
     return None
+
+
+def foresee_copy(workspace: Workspace, source: Source, stage: Stage) -> None:
+    """A copy of ``source`` that the plan can foresee: refused if its data cannot fit; ``stage`` told why.
+
+    Known without trying the clone: a source on another file system, a pool
+    whose file system cannot share blocks, a No_COW attribute on one side
+    only.  Refused before any change, in check mode too (NoRoomForCopy); an
+    unexpected copy gets check mode's warning (the real run's comes from the
+    clone itself).
+    """
+    directory = workspace.vm_dir or workspace.prefix_dir
+    if directory is None or directory.fd is None:
+        return   # a pool that does not exist yet (check mode): nothing to tell
+    vid = workspace.vid
+    destination = directory.join(vid.import_ if workspace.vm_dir is not None else "%s/%s" % (vid.vm, vid.import_))
+    cause = predict_copy(source.fd, directory.fd, functools.partial(shares_blocks, directory), source.description,
+                         destination)
+    if cause is None:
+        return
+    if stage.allow_copy:
+        require_room_for_copy(source.fd, directory.fd, min(source.size, stage.size), cause,
+                              (source.description, destination), planning=True)
+    stage.copy_cause = cause
 
 
 def plan_import(planner: VolumePlanner, workspace: Workspace, options: ImportOptions, source: Source | None,
@@ -76,7 +105,10 @@ def plan_import(planner: VolumePlanner, workspace: Workspace, options: ImportOpt
     actions: Actions = []
     if not files.exists:
         actions.extend(new_volume_actions(planner, workspace))
-    actions.append(Stage(rel, vid.import_, source, result_size, options.fallback != "never"))
+    stage = Stage(rel, vid.import_, source, result_size, options.fallback != "never")
+    if source is not None:
+        foresee_copy(workspace, source, stage)
+    actions.append(stage)
     if options.checksum:
         actions.append(VerifyChecksum(rel, vid.import_, options.checksum))
     actions.extend(planner.commit(vid.import_, options.revisions_to_keep,

@@ -57,14 +57,17 @@ class Stage(Action[Workspace]):
             self.text = "stage %s in %s, size %d bytes" % (source.description, rel(name), size)
 
     def run(self, workspace: Workspace) -> None:
-        destination = workspace.vm().join(self.name)
+        vm_dir = workspace.vm()
+        destination = vm_dir.join(self.name)
+        self.copy_cause = None   # check mode's prediction (plan_import) gives way to what happens
 
         def fill(fd: int) -> str:
             if self.source is None:
                 os.ftruncate(fd, self.size)
                 return clone.EMPTY
             return clone.fill_from(fd, self.source.fd, dst_size=self.size, allow_copy=self.allow_copy,
-                                   describe=(self.source.description, destination))
+                                   describe=(self.source.description, destination), dst_dir_fd=vm_dir.fd,
+                                   copied=self.note_copy)
 
         found = workspace.vm().lstat(self.name)
         self.found_before = (found.st_dev, found.st_ino) if found is not None else None

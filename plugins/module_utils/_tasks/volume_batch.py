@@ -149,7 +149,7 @@ def run_volume_batch(params: Params, check_mode: bool, diff: bool, purpose: str 
                               purpose=purpose, create=not check_mode):
                 surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
                 items = plan_all(requests, workspaces, surroundings, qubes, warnings)
-                _carry_out_all(items, surroundings, pool, check_mode)
+                _carry_out_all(items, surroundings, pool, check_mode, warnings)
         finally:
             for workspace in workspaces:
                 workspace.close()
@@ -159,7 +159,8 @@ def run_volume_batch(params: Params, check_mode: bool, diff: bool, purpose: str 
     return result
 
 
-def _carry_out_all(items: list[BatchItem], surroundings: Surroundings, pool: str, check_mode: bool) -> None:
+def _carry_out_all(items: list[BatchItem], surroundings: Surroundings, pool: str, check_mode: bool,
+                   warnings: list[str]) -> None:
     """Execute the items' plans in order (in check mode: report them); the first failure stops the batch."""
     for position, item in enumerate(items):
         if not item.plan.actions:
@@ -168,7 +169,7 @@ def _carry_out_all(items: list[BatchItem], surroundings: Surroundings, pool: str
         try:
             # Afresh: an earlier item may have made or removed this VM directory.
             workspace.open_vm_dir()
-            carry_out(item.plan, surroundings, check_mode)
+            carry_out(item.plan, surroundings, check_mode, warnings)
         except (ReflinkError, OSError) as exc:
             raise _stopped_at(items, position, exc, pool, surroundings) from None
         finally:
