@@ -37,4 +37,10 @@ notes:
     refuse to change a volume that is in use (a dirty image, a loop device backed by one of its images,
     or qubesd's running-state file).
   - Every file the modules create has mode V(0600); every change is fsynced before the module returns.
+  - Where a clone cannot be a reflink (the source on another file system, a file system without reflinks,
+    a btrfs No_COW attribute on one side only), the data is copied sparsely. Each copy is checked against
+    the file system's free space first (what statvfs gives an unprivileged writer) and refused before a
+    byte is written when its data does not fit, naming both figures and the way out. A copy where a reflink
+    was expected (the file system shares blocks and both files are on it) adds a warning naming the likely
+    cause (a No_COW attribute, and which file or directory has it, with the way out).
 """
