@@ -76,6 +76,15 @@ class PoolScan:
                 continue
             self.volumes[str(vid)] = VolumeFiles.from_infos(vid, volume_infos)
 
+    def limited_to(self, only_vids: list[names.Vid]) -> PoolScan:
+        """The part of this scan that ``read`` with ``only_vids`` would have found (their VM directories only)."""
+        wanted_dirs = {vid.vm_dir for vid in only_vids}
+        part = PoolScan()
+        part.vm_dirs = {key: value for key, value in self.vm_dirs.items() if key in wanted_dirs}
+        part.unsafe = [entry for entry in self.unsafe if "/".join(entry.split("/")[:2]) in wanted_dirs]
+        part.volumes = {str(vid): self.volumes.get(str(vid)) or VolumeFiles(vid) for vid in only_vids}
+        return part
+
     def sorted_volumes(self) -> list[VolumeFiles]:
         return [self.volumes[key] for key in sorted(self.volumes)]
 
