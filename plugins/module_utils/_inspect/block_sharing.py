@@ -51,6 +51,7 @@ class BlockDomain:
             sharing.methods.add(ALLOCATED_BLOCKS)
             sharing.add((index,), False, os.fstat(fd).st_blocks * 512)
             return
+        sharing.extents[index] = len(mappings)
         for _logical, physical, length, flags in mappings:
             if flags & EXTENT_NOT_COMPARABLE:
                 sharing.add((index,), False, length)

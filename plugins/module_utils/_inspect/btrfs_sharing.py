@@ -68,14 +68,20 @@ class BtrfsDomain:
         self.files.setdefault(tree, {}).setdefault(inode, []).append(index)
         self.inodes.add((tree, inode))
 
-    def _read(self) -> None:
-        """Every file's extent items, subvolume by subvolume, neighbouring inodes in one search."""
+    def _read(self, extents: dict[int, int]) -> None:
+        """Every file's extent items, subvolume by subvolume, neighbouring inodes in one search.
+
+        ``extents`` gets each file's count of items with data (a file without data is not reported).
+        """
         owners, repeated, uses = self.owners, self.repeated, self.uses
         for tree, inodes in self.files.items():
             snapshot = self.search.last_snapshot(tree)
             for inode, refs in self.search.inode_extents(tree, sorted(inodes), snapshot, self.old_leaves):
                 names = inodes[inode]
                 bytenrs = list(map(_BYTENR, refs))
+                data_extents = len(bytenrs) - bytenrs.count(0)
+                for index in names:
+                    extents[index] = data_extents
                 distinct = set(bytenrs)
                 if len(distinct) != len(bytenrs):   # an extent referenced twice by the file, or explicit holes
                     repeated.update(bytenrs)
@@ -92,7 +98,7 @@ class BtrfsDomain:
 
     def finish(self, sharing: Sharing) -> None:
         sharing.methods.add(BTRFS_EXTENTS)
-        self._read()
+        self._read(sharing.extents)
         extent_bytes, stranded = self._extents()
         counts = self.search.extent_reference_counts(extent_bytes)
         repeated, old_leaves, groups = self.repeated, self.old_leaves, sharing.groups
