@@ -1,0 +1,119 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The findings that need the extent maps (reflink_info's space: true): sharing, fragments, stranded extents.
+
+They read only the pool's :class:`SpaceMap` (made once for the space
+figures): which files hold which bytes together, each file's extent count,
+each volume's stranded bytes.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.dom0.reflink.plugins.module_utils._inspect.finding import (
+    FRAGMENTED, FRAGMENTED_EXTENTS, FRAGMENTED_PER_GIB, INFO, NOT_SHARED, STRANDED, STRANDED_SHARE, WARNING, Finding,
+    PoolFacts, relative, shell_path)
+from ansible_collections.dom0.reflink.plugins.module_utils._inspect.space import SpaceMap
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FRESH, VolumeFiles
+
+_GIB = 1024 ** 3
+
+
+def extent_findings(facts: PoolFacts, space: SpaceMap) -> list[Finding]:
+    """not_shared, fragmented and stranded for the volumes the report covers."""
+    allocated = {entry.file: entry.allocated for volume in space.volumes.values() for entry in volume.files}
+    found = not_shared(facts, space, allocated)
+    for files in facts.volumes:
+        found.extend(fragmented(facts, space, files, allocated))
+        found.extend(stranded(facts, space, files))
+    return found
+
+
+def not_shared(facts: PoolFacts, space: SpaceMap, allocated: dict[str, int]) -> list[Finding]:
+    """A fresh precache holding bytes its clean image does not; a revision or pin sharing nothing with it."""
+    if facts.reflink is not True:
+        return []   # nothing can share: no_reflink says so once for the pool
+    partners: dict[str, str] = {}
+    owner: dict[str, tuple[VolumeFiles, str]] = {}
+    for files in facts.volumes:
+        if files.clean is None:
+            continue
+        clean = relative(files, files.clean.name)
+        candidates = [(info, "revision") for _number, info in files.revisions]
+        candidates += [(files.pins[name], "pin") for name in sorted(files.pins)]
+        if files.precache is not None and files.precache_state == FRESH:
+            candidates.append((files.precache, "precache"))
+        for info, what in candidates:
+            name = relative(files, info.name)
+            partners[name] = clean
+            owner[name] = (files, what)
+    shared = space.shared_bytes(partners)
+    found = []
+    for name, (files, what) in owner.items():
+        held = allocated.get(name, 0)
+        if what == "precache" and held > shared[name]:
+            found.append(_precache_not_shared(facts, files, held - shared[name]))
+        elif what != "precache" and held and not shared[name]:
+            found.append(_copy_not_shared(files, name, what, held))
+    return found
+
+
+def _precache_not_shared(facts: PoolFacts, files: VolumeFiles, unshared: int) -> Finding:
+    precache = files.precache
+    name = precache.name if precache is not None else files.vid.precache
+    return Finding(NOT_SHARED, str(files.vid), relative(files, name), WARNING, (
+        "precache %s of volume %s holds %d bytes that the clean image does not share: it is a copy, not a reflink "
+        "of it, and costs that much space; the way out is to remove it (rm %s) and run dom0.reflink.reflink_volume "
+        "with vid: %s, which makes a fresh precache as a reflink (or dom0.reflink.reflink_dedupe with vids: [%s], "
+        "which shares what is the same)" % (name, files.vid, unshared, shell_path(facts.image_path(files, name)),
+                                            files.vid, files.vid)))
+
+
+def _copy_not_shared(files: VolumeFiles, name: str, what: str, held: int) -> Finding:
+    drop = ("dom0.reflink.reflink_gc with revisions_to_keep removes old revisions" if what == "revision"
+            else "dom0.reflink.reflink_pin with state: absent removes a pin")
+    return Finding(NOT_SHARED, str(files.vid), name, INFO, (
+        "%s %s of volume %s shares none of its %d bytes with the clean image: it is a full copy, or the volume's "
+        "data was replaced whole since (an import); where it holds the same data as the clean image, "
+        "dom0.reflink.reflink_dedupe with vids: [%s] shares it again and frees that space; if you do not need it, "
+        "%s" % (what, name.rpartition("/")[2], files.vid, held, files.vid, drop)))
+
+
+def fragmented(facts: PoolFacts, space: SpaceMap, files: VolumeFiles, allocated: dict[str, int]) -> list[Finding]:
+    """The image the VM runs from (dirty, else clean) in at least 1,000 extents, more than 1,000 per GiB."""
+    image = files.dirty or files.clean
+    if image is None:
+        return []
+    name = relative(files, image.name)
+    extents = space.extents_of(name)
+    held = allocated.get(name, 0)
+    if extents < FRAGMENTED_EXTENTS or extents * _GIB <= FRAGMENTED_PER_GIB * held:
+        return []
+    clean = facts.image_path(files, files.vid.clean)
+    tool = ("btrfs filesystem defragment -t 128M %s" if facts.fstype == "btrfs" else "xfs_fsr %s") % shell_path(clean)
+    when = "once its VM has stopped (the stop commits it as the clean image), " if image is files.dirty else ""
+    return [Finding(FRAGMENTED, str(files.vid), name, INFO, (
+        "image %s of volume %s is in %d extents (%d per GiB of its %d bytes of data): reading it takes many more "
+        "seeks than it needs; the way out, %swhile the VM is stopped: %s, then remove its precache (rm %s) and run "
+        "dom0.reflink.reflink_volume with vid: %s for a fresh one (the VM starts from the precache); the "
+        "defragmented image shares nothing with its revisions any more, which costs up to its size until they go"
+        % (image.name, files.vid, extents, extents * _GIB // max(held, 1), held, when, tool,
+           shell_path(facts.image_path(files, files.vid.precache)), files.vid)))]
+
+
+def stranded(facts: PoolFacts, space: SpaceMap, files: VolumeFiles) -> list[Finding]:
+    """A volume whose stranded bytes (btrfs) exceed a quarter of its allocated bytes."""
+    figures = space.volumes.get(str(files.vid))
+    if figures is None or not figures.stranded or figures.stranded <= STRANDED_SHARE * figures.allocated:
+        return []
+    clean = shell_path(facts.image_path(files, files.vid.clean))
+    return [Finding(STRANDED, str(files.vid), None, INFO, (
+        "volume %s keeps %d of its %d allocated bytes in btrfs extents that no file references any more: btrfs frees "
+        "an extent only when its last reference goes, and the volume's images still reference parts of them (a VM "
+        "that rewrote most of its image leaves that); the way out is dom0.reflink.reflink_dedupe with vids: [%s], "
+        "which writes the parts still in use once more and frees the rest, keeping every image's data and mtime; or "
+        "a full rewrite while the VM is stopped: btrfs filesystem defragment -t 128M %s, then remove the precache "
+        "(rm %s) and run dom0.reflink.reflink_volume with vid: %s for a fresh one, and remove the revisions that "
+        "still hold the old extents (dom0.reflink.reflink_gc)"
+        % (files.vid, figures.stranded, figures.allocated, files.vid, clean,
+           shell_path(facts.image_path(files, files.vid.precache)), files.vid)))]
