@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 import subprocess
 
 from space_helpers import MIB, Volume, space_map, tool_env, used_bytes, write_fragmented
@@ -15,6 +17,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._inspect.pool_space i
 from ansible_collections.dom0.reflink.plugins.module_utils._state.scan import PoolScan
 
 VID = "appvms/work/private"
+COLLECTIONS = str(pathlib.Path(__file__).resolve().parents[2] / "build" / "pytest-collections")   # conftest's
 
 
 def make_pool(base):
@@ -73,3 +76,42 @@ def test_extent_counts_and_shared_bytes(reflink_dir):
     shared = space.shared_bytes({precache: clean, revision: clean, "appvms/frag/private.img": clean,
                                  "not/a/file.img": clean})
     assert shared == {precache: 4 * MIB, revision: 0, "appvms/frag/private.img": 0, "not/a/file.img": 0}
+
+
+NOCOW_READER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.dom0.reflink.plugins.module_utils._inspect.pool_extents import read_sharing
+from ansible_collections.dom0.reflink.plugins.module_utils._inspect.space import ImageFile, SpaceMap
+files = [ImageFile(name, name.rpartition(".img")[0]) for name in sys.argv[3:]]
+space = SpaceMap(files, read_sharing(int(sys.argv[2]), [entry.file for entry in files]))
+print(json.dumps({"methods": sorted(space.sharing.methods), "nocow": space.nocow_files()}))
+"""
+
+
+def test_nocow_images_are_read_with_their_extents(btrfs_dir):
+    """btrfs's No_COW attribute of each image, from its inode item (root) or its flags (FIEMAP, without root)."""
+    make_pool(btrfs_dir)
+    flagged = btrfs_dir / "appvms" / "nocow"
+    flagged.mkdir()
+    subprocess.run(["chattr", "+C", str(flagged)], check=True, env=tool_env())
+    nocow = Volume(btrfs_dir, "appvms/nocow/private", 8 * MIB)   # its images inherit the attribute
+    nocow.session([(0, MIB)], seed=3)
+    expected = sorted(os.path.relpath(path, btrfs_dir) for path in flagged.iterdir())
+    assert len(expected) == 3   # clean, precache, the revision
+    space = space_map(btrfs_dir)
+    assert sorted(space.nocow_files()) == expected
+    assert space.sharing.methods == {"btrfs extents"}
+    for path in [btrfs_dir, btrfs_dir / "appvms", flagged, btrfs_dir / "vm-templates"] + list(flagged.iterdir()):
+        path.chmod(0o755)
+    names_read = [entry.file for entry in space.files]
+    fd = os.open(btrfs_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        out = subprocess.run(["/usr/bin/python3", "-c", NOCOW_READER, COLLECTIONS, str(fd)] + names_read,
+                             user=65534, group=65534, pass_fds=[fd], capture_output=True, text=True, check=False)
+    finally:
+        os.close(fd)
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    assert found["methods"] == ["fiemap blocks"]
+    assert sorted(found["nocow"]) == expected

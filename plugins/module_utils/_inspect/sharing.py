@@ -51,6 +51,8 @@ class Sharing:
     # file index -> its data extents as read (btrfs: extent items with data; elsewhere: FIEMAP mappings);
     # absent when none were read (no data, or counted by its st_blocks)
     extents: dict[int, int] = dataclasses.field(default_factory=dict)
+    # files with btrfs's No_COW attribute (read with their extents: the inode item, or the file's flags)
+    nocow: set[int] = dataclasses.field(default_factory=set)
 
     def add(self, owners: tuple[int, ...], kept: bool, size: int, stranded: int = 0) -> None:
         entry = self.groups.get((owners, kept))

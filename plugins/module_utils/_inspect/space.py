@@ -191,6 +191,10 @@ class SpaceMap:
         index = self._index.get(file)
         return 0 if index is None else self.sharing.extents.get(index, 0)
 
+    def nocow_files(self) -> list[str]:
+        """The files read with btrfs's No_COW attribute, in the order given."""
+        return [self.files[index].file for index in sorted(self.sharing.nocow)]
+
     def shared_bytes(self, partners: Mapping[str, str]) -> dict[str, int]:
         """For each file of ``partners`` (file -> partner file), the bytes it holds together with its partner.
 
