@@ -32,10 +32,11 @@ description:
     shared, and a file's exclusive bytes are its allocated bytes.
   - RV(findings) lists what is wrong with the pool, or worth knowing, each with the way out. Kinds, severity and
     way out:
-  - V(nocow) (warning) - an image, a VM directory, a prefix directory or the pool directory has btrfs's No_COW
-    attribute (C(chattr +C)); reflinks to and from such files fail, so every clone silently becomes a full copy.
-    Way out - C(chattr -C) on the directory; an image keeps the attribute while it holds data, so copy it into a
-    new file and rename that over it (the message gives the commands), or, for a precache, remove it and run
+  - V(nocow) (warning) - a VM directory, a prefix directory or the pool directory (always), or an image (with
+    O(space), read with its extents) has btrfs's No_COW attribute (C(chattr +C)); files made in such a directory
+    inherit it, and reflinks to and from such files fail, so every clone silently becomes a full copy. Way out -
+    C(chattr -C) on the directory; an image keeps the attribute while it holds data, so copy it into a new file
+    and rename that over it (the message gives the commands), or, for a precache, remove it and run
     M(dom0.reflink.reflink_volume).
   - V(not_shared) (with O(space); warning for a precache, info for a revision or pin) - a precache that holds
     bytes its clean image does not share (a copy, not a reflink); a revision or pin that shares none of its bytes
@@ -64,8 +65,8 @@ description:
     move the pool to btrfs or to XFS made with C(reflink=1).
   - Warnings are what is wrong whatever the pool is used for; infos are what normal use leaves behind and costs
     space or speed. A pool made and used only by this collection and qubesd has no warnings. The checks that
-    need extent maps run only with O(space=true); the others cost one C(open) and one C(ioctl) per image on
-    btrfs (the No_COW flag) and nothing measurable elsewhere.
+    need extent maps run only with O(space=true); the others read what the scan has read already, qubes.xml,
+    C(/sys/block), and on btrfs the No_COW flag of each VM directory (see docs/performance.md for their cost).
 extends_documentation_fragment:
   - dom0.reflink.attributes.info_module
   - dom0.reflink.qubes_xml
@@ -88,7 +89,7 @@ options:
     description:
       - Read every image file's extent map (btrfs's extent items as root, FIEMAP elsewhere) and report
         RV(volumes[].space) and RV(pool.space), and the findings that need the maps (V(not_shared),
-        V(fragmented), V(stranded)).
+        V(fragmented), V(stranded), and V(nocow) of images).
       - The whole pool is read, also with O(vids): a block that an image of another volume holds too is
         kept, not freed. Costs about what C(btrfs filesystem du -s) over the pool costs (see docs/performance.md).
     type: bool

@@ -5,16 +5,19 @@
 
 They read only the pool's :class:`SpaceMap` (made once for the space
 figures): which files hold which bytes together, each file's extent count,
-each volume's stranded bytes.
+each volume's stranded bytes, the images with btrfs's No_COW attribute (read
+with their extents, at no cost).
 """
 
 from __future__ import annotations
 
+import os
+
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect.finding import (
-    FRAGMENTED, FRAGMENTED_EXTENTS, FRAGMENTED_PER_GIB, INFO, NOT_SHARED, STRANDED, STRANDED_SHARE, WARNING, Finding,
-    PoolFacts, relative, shell_path)
+    FRAGMENTED, FRAGMENTED_EXTENTS, FRAGMENTED_PER_GIB, INFO, NOCOW, NOT_SHARED, STRANDED, STRANDED_SHARE, WARNING,
+    Finding, PoolFacts, relative, shell_path)
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect.space import SpaceMap
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FRESH, VolumeFiles
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FRESH, FileInfo, VolumeFiles
 
 _GIB = 1024 ** 3
 
@@ -22,11 +25,45 @@ _GIB = 1024 ** 3
 def extent_findings(facts: PoolFacts, space: SpaceMap) -> list[Finding]:
     """not_shared, fragmented and stranded for the volumes the report covers."""
     allocated = {entry.file: entry.allocated for volume in space.volumes.values() for entry in volume.files}
-    found = not_shared(facts, space, allocated)
+    found = nocow_images(facts, space)
+    found.extend(not_shared(facts, space, allocated))
     for files in facts.volumes:
         found.extend(fragmented(facts, space, files, allocated))
         found.extend(stranded(facts, space, files))
     return found
+
+
+def nocow_images(facts: PoolFacts, space: SpaceMap) -> list[Finding]:
+    """Images of the covered volumes with btrfs's No_COW attribute."""
+    flagged = set(space.nocow_files())
+    if not flagged:
+        return []
+    found = []
+    for files in facts.volumes:
+        for info in files.all_with_pins():
+            if relative(files, info.name) in flagged:
+                found.append(_nocow_image(facts, files, info))
+    return found
+
+
+def _nocow_image(facts: PoolFacts, files: VolumeFiles, info: FileInfo) -> Finding:
+    path = facts.image_path(files, info.name)
+    directory = os.path.dirname(path)
+    problem = ("image %s of volume %s has btrfs's No_COW attribute (chattr +C): no reflink to or from it is possible, "
+               "so its clones are full copies, and btrfs keeps no checksums of its data; the attribute cannot be "
+               "taken off a file that holds data, so the way out is to " % (relative(files, info.name), files.vid))
+    if files.precache is info:
+        way_out = ("remove it (rm %s) and run dom0.reflink.reflink_volume with vid: %s, which makes a fresh "
+                   "precache as a reflink of the clean image (chattr -C %s first if the directory has the attribute)"
+                   % (shell_path(path), files.vid, shell_path(directory)))
+    else:
+        copy = shell_path(path + ".copy")
+        way_out = ("copy it, while its VM is stopped, into a new file of a directory without the attribute and rename "
+                   "the copy over it: chattr -C %s (if the directory has it), then cp --reflink=never "
+                   "--preserve=timestamps %s %s && mv %s %s; the copy shares nothing with the volume's other images "
+                   "until dom0.reflink.reflink_dedupe shares them again"
+                   % (shell_path(directory), shell_path(path), copy, copy, shell_path(path)))
+    return Finding(NOCOW, str(files.vid), relative(files, info.name), WARNING, problem + way_out)
 
 
 def not_shared(facts: PoolFacts, space: SpaceMap, allocated: dict[str, int]) -> list[Finding]:

@@ -3,30 +3,22 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The cheap findings: what the names, sizes, inode flags and loop devices of a pool's files say.
 
-They read nothing but what the scan already has, qubes.xml, /sys/block and
-(on btrfs only) each directory's and image's inode flags: one open and one
-ioctl per file.  Each message names the way out.
+They read nothing but what the scan already has (on btrfs, the directories'
+No_COW flags, one ioctl per directory the scan opens anyway), qubes.xml and
+/sys/block.  Each message names the way out.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import UnsafePath
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.file_flags import has_nocow
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect.finding import (
     DIRECT_IO_LOOP, INFO, NO_REFLINK, NOCOW, PENDING_COMMIT, SIZE_MISMATCH, STALE_PRECACHE, WARNING, Finding, PoolFacts,
     relative, shell_path)
-from ansible_collections.dom0.reflink.plugins.module_utils._state.files import STALE, FileInfo, VolumeFiles
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import STALE, VolumeFiles
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import QUBESD_OWNED_KINDS
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import DIRTY, loop_direct_io
-
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_GONE = (errno.ENOENT, errno.ELOOP, errno.ENXIO)
-
 
 def file_findings(facts: PoolFacts) -> list[Finding]:
     """Every cheap finding of the pool and of the volumes the report covers."""
@@ -54,57 +46,15 @@ def no_reflink(facts: PoolFacts) -> list[Finding]:
 # -- btrfs's No_COW attribute -------------------------------------------------------------------------------------
 
 def nocow(facts: PoolFacts) -> list[Finding]:
-    """The pool directory, its prefix directories, the VM directories and images of the covered volumes (btrfs)."""
-    found = []
-    if has_nocow(facts.pool_dir.open_fd()):
-        found.append(_nocow_directory(None, facts.path))
-    by_vm_dir: dict[str, list[VolumeFiles]] = {}
-    for files in facts.volumes:
-        by_vm_dir.setdefault(files.vid.vm_dir, []).append(files)
-    for prefix in names.PREFIXES:
-        prefix_dir = _open_dir(facts.pool_dir, prefix)
-        if prefix_dir is None:
-            continue
-        with prefix_dir:
-            if has_nocow(prefix_dir.open_fd()):
-                found.append(_nocow_directory(prefix, prefix_dir.path))
-            for vm_dir_name in sorted(by_vm_dir):
-                vm_prefix, _sep, vm = vm_dir_name.partition("/")
-                if vm_prefix != prefix:
-                    continue
-                vm_dir = _open_dir(prefix_dir, vm)
-                if vm_dir is not None:
-                    with vm_dir:
-                        found.extend(_nocow_in_vm_dir(facts, vm_dir, vm_dir_name, by_vm_dir[vm_dir_name]))
-    return found
+    """The pool directory, its prefix directories and the VM directories of the covered volumes (btrfs).
 
-
-def _nocow_in_vm_dir(facts: PoolFacts, vm_dir: Directory, vm_dir_name: str, volumes: list[VolumeFiles]) -> list[Finding]:
-    found = []
-    if has_nocow(vm_dir.open_fd()):
-        found.append(_nocow_directory(vm_dir_name, vm_dir.path))
-    for files in volumes:
-        for info in files.all_with_pins():
-            try:
-                fd = os.open(info.name, _OPEN_FLAGS, dir_fd=vm_dir.open_fd())
-            except OSError as exc:
-                if exc.errno in _GONE:
-                    continue   # removed or replaced since the scan: nothing to say about it
-                raise
-            try:
-                flagged = has_nocow(fd)
-            finally:
-                os.close(fd)
-            if flagged:
-                found.append(_nocow_image(facts, files, info))
-    return found
-
-
-def _open_dir(parent: Directory, name: str) -> Directory | None:
-    try:
-        return parent.open_dir(name)
-    except UnsafePath:
-        return None   # a symlink or a file: the report lists it under unsafe_entries
+    Images made in such a directory inherit the attribute.  The scan reads
+    the directories' flags while it has them open; an image's own attribute
+    is read with its extents (extent_findings): an open and an ioctl per
+    image would cost reflink_info without space a third of its time.
+    """
+    return [_nocow_directory(name or None, os.path.join(facts.path, name) if name else facts.path)
+            for name in sorted(facts.nocow_dirs)]
 
 
 def _nocow_directory(name: str | None, path: str) -> Finding:
@@ -113,46 +63,39 @@ def _nocow_directory(name: str | None, path: str) -> Finding:
         "%s %s has btrfs's No_COW attribute (chattr +C): every file or directory made in it inherits it, and a "
         "reflink between a No_COW file and any other fails, so clones of such images silently become full copies "
         "(and btrfs keeps no checksums of their data); the way out is chattr -C %s, which new files then follow; "
-        "images that already have the attribute keep it (see their own findings)" % (what, path, shell_path(path))))
-
-
-def _nocow_image(facts: PoolFacts, files: VolumeFiles, info: FileInfo) -> Finding:
-    path = facts.image_path(files, info.name)
-    directory = os.path.dirname(path)
-    problem = ("image %s of volume %s has btrfs's No_COW attribute (chattr +C): no reflink to or from it is possible, "
-               "so its clones are full copies, and btrfs keeps no checksums of its data; the attribute cannot be "
-               "taken off a file that holds data, so the way out is to " % (relative(files, info.name), files.vid))
-    if files.precache is info:
-        way_out = ("remove it (rm %s) and run dom0.reflink.reflink_volume with vid: %s, which makes a fresh "
-                   "precache as a reflink of the clean image (chattr -C %s first if the directory has the attribute)"
-                   % (shell_path(path), files.vid, shell_path(directory)))
-    else:
-        copy = shell_path(path + ".copy")
-        way_out = ("copy it, while its VM is stopped, into a new file of a directory without the attribute and rename "
-                   "the copy over it: chattr -C %s (if the directory has it), then cp --reflink=never "
-                   "--preserve=timestamps %s %s && mv %s %s; the copy shares nothing with the volume's other images "
-                   "until dom0.reflink.reflink_dedupe shares them again"
-                   % (shell_path(directory), shell_path(path), copy, copy, shell_path(path)))
-    return Finding(NOCOW, str(files.vid), relative(files, info.name), WARNING, problem + way_out)
+        "images that already have the attribute keep it (reflink_info with space: true lists them)"
+        % (what, path, shell_path(path))))
 
 
 # -- loop devices ---------------------------------------------------------------------------------------------------
 
 def direct_io_loops(facts: PoolFacts) -> list[Finding]:
-    """Loop devices with direct I/O over images of the covered volumes (btrfs: qubes-issues #9488)."""
+    """Loop devices with direct I/O over images of the covered volumes (btrfs: qubes-issues #9488).
+
+    Only the loop devices whose backing file lies in the pool are looked at
+    (found by name, not by walking every image: a dom0 has a few dozen).
+    """
+    inside = facts.surroundings.pool_realpath.rstrip("/") + "/"
+    backed = {path[len(inside):]: devices for path, devices in facts.surroundings.loops.items()
+              if path.startswith(inside)}
+    if not backed:
+        return []
+    by_vid = {str(files.vid): files for files in facts.volumes}
     found: list[Finding] = []
-    if not facts.surroundings.loops:
-        return found
-    for files in facts.volumes:
-        for info in files.all_with_pins():
-            for device in facts.surroundings.loops_of(files.vid, info.name):
-                if loop_direct_io(device):
-                    found.append(Finding(DIRECT_IO_LOOP, str(files.vid), relative(files, info.name), WARNING, (
-                        "loop device %s reads and writes image %s of volume %s with direct I/O, on btrfs: a page "
-                        "that changes while it is being written gets a checksum that does not match the data on "
-                        "disk, and reads of it then fail with checksum errors (qubes-issues #9488); the way out is "
-                        "losetup --direct-io=off %s now, and attaching the image without --direct-io (losetup's "
-                        "default) from now on" % (device, relative(files, info.name), files.vid, device))))
+    for relative_path in sorted(backed):
+        vm_dir, _sep, name = relative_path.rpartition("/")
+        image = names.classify(name)
+        files = by_vid.get("%s/%s" % (vm_dir, image.volume)) if image is not None else None
+        if files is None:
+            continue   # not an image of a covered volume
+        for device in backed[relative_path]:
+            if loop_direct_io(device):
+                found.append(Finding(DIRECT_IO_LOOP, str(files.vid), relative_path, WARNING, (
+                    "loop device %s reads and writes image %s of volume %s with direct I/O, on btrfs: a page "
+                    "that changes while it is being written gets a checksum that does not match the data on "
+                    "disk, and reads of it then fail with checksum errors (qubes-issues #9488); the way out is "
+                    "losetup --direct-io=off %s now, and attaching the image without --direct-io (losetup's "
+                    "default) from now on" % (device, relative_path, files.vid, device))))
     return found
 
 

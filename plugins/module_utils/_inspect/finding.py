@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
@@ -75,6 +75,7 @@ class PoolFacts:
     volumes: Sequence[VolumeFiles]    # the volumes the report covers (all, or those of vids)
     surroundings: Surroundings
     qubes: QubesPool | None
+    nocow_dirs: Collection[str] = ()   # directories with No_COW, relative to the pool ("" for the pool itself)
 
     def image_path(self, files: VolumeFiles, name: str) -> str:
         """The absolute path of the volume's file ``name`` (as a command in a message needs it)."""

@@ -10,7 +10,8 @@ import os
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import filesystem_report, probe_reflink
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import (filesystem_report, filesystem_type,
+                                                                                probe_reflink)
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import pool_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect.finding import PoolFacts
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect.findings import pool_findings
@@ -69,7 +70,8 @@ def run_info_task(params: Params, check_mode: bool = False) -> Result:
         with pool_lock(pool_dir, exclusive=False, timeout=params["lock_timeout"],
                        purpose="reflink_info", create=False):
             # The space map needs every image of the pool, whatever part of it is reported.
-            scan = PoolScan.read(pool_dir, None if read_maps else only)
+            # On btrfs the scan notes the directories' No_COW flags while it has them open (the nocow finding).
+            scan = PoolScan.read(pool_dir, None if read_maps else only, read_flags=filesystem_type(path) == "btrfs")
             maps = PoolSpaceReport.read(pool_dir, scan) if read_maps else None
         if only is not None and read_maps:
             scan = scan.limited_to(only)
@@ -85,7 +87,8 @@ def run_info_task(params: Params, check_mode: bool = False) -> Result:
             volumes.append(report)
         pool = filesystem_report(path, reflink)
         pool["unsafe_entries"] = sorted(scan.unsafe)
-        facts = PoolFacts(pool_dir, path, str(pool["fstype"]), reflink, scan.sorted_volumes(), surroundings, qubes)
+        facts = PoolFacts(pool_dir, path, str(pool["fstype"]), reflink, scan.sorted_volumes(), surroundings, qubes,
+                          scan.nocow_dirs)
         findings = pool_findings(facts, maps.space if space and maps is not None else None)
         result = _info_result(pool, volumes, qubes, scan.volumes, wanted)
         if maps is not None:
