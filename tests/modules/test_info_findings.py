@@ -157,21 +157,25 @@ def test_extent_findings_and_their_ways_out(large_reflink_dir, run_module):
     assert "in 3072 extents" in message(found, "fragmented", "appvms/frag/private")
     assert "reflink_dedupe" in message(found, "not_shared", "appvms/full/private")
     strand_space = next(volume for volume in found["volumes"] if volume["vid"] == "appvms/strand/private")["space"]
+    clean = strand.clean
+    rewrite = f"cp --reflink=never --preserve=timestamps {clean} {clean}.copy && mv {clean}.copy {clean}"
     if kind == "btrfs":
         assert strand_space["stranded"] == 48 * MIB and strand_space["allocated"] == 112 * MIB
-        assert "btrfs filesystem defragment -t 128M %s" % strand.clean in message(found, "stranded", strand.vid)
+        assert rewrite in message(found, "stranded", strand.vid)
     else:
         assert strand_space["stranded"] == 0
 
     # The ways out, as the messages name them.  The stranded bytes first, alone: the filesystem's own count of
-    # what its way out frees is the truth for the figure.
+    # what its way out frees is the truth for the figure (on XFS, where nothing is stranded, the same rewrite
+    # frees nothing).
     before = used_bytes(pool)
-    defragment = ["btrfs", "filesystem", "defragment", "-t", "128M"] if kind == "btrfs" else ["xfs_fsr"]
-    subprocess.run(defragment + [str(strand.clean)], check=True, capture_output=True, env=tool_env())
+    subprocess.run(rewrite, shell=True, check=True)  # noqa: S602  (the command as the message gives it)
     strand.precache.unlink()
     freed = before - used_bytes(pool)
     tolerance = MIB + 0.01 * strand_space["stranded"]
     assert abs(freed - strand_space["stranded"]) <= tolerance, (freed, strand_space["stranded"])
+    defragment = ["btrfs", "filesystem", "defragment", "-t", "128M"] if kind == "btrfs" else ["xfs_fsr"]
+    assert " ".join(defragment + [str(frag.clean)]) in message(found, "fragmented", frag.vid)
     subprocess.run(defragment + [str(frag.clean)], check=True, capture_output=True, env=tool_env())
     for volume in (copied, frag):
         volume.precache.unlink()

@@ -110,8 +110,10 @@ def test_space_figures_of_a_pool_made_by_qubesd_and_the_modules(large_reflink_di
     for result in (real, check, part):
         ok(result)
     assert {name: os.stat(pool / name).st_mtime_ns for name in image_files(pool)} == before   # read-only
-    # A pool made and used only by this collection and qubesd: no warning (here, no finding at all).
-    assert real["findings"] == []
+    # A pool made and used only by this collection and qubesd: no warning.  Stranded bytes are what normal use
+    # leaves (a VM that rewrote most of an extent's data): how many depends on how btrfs laid out the first write.
+    assert [finding for finding in real["findings"] if finding["severity"] == "warning"] == []
+    assert {finding["kind"] for finding in real["findings"]} <= ({"stranded"} if kind == "btrfs" else set())
     for key in ("volumes", "if_removed", "findings", "missing"):
         assert check[key] == real[key], key
     # The filesystem's usage moves a little while the other run probes for reflinks (two unnamed files).

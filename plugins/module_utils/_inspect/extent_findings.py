@@ -144,13 +144,15 @@ def stranded(facts: PoolFacts, space: SpaceMap, files: VolumeFiles) -> list[Find
     if figures is None or not figures.stranded or figures.stranded <= STRANDED_SHARE * figures.allocated:
         return []
     clean = shell_path(facts.image_path(files, files.vid.clean))
+    copy = shell_path(facts.image_path(files, files.vid.clean) + ".copy")
     return [Finding(STRANDED, str(files.vid), None, INFO, (
         "volume %s keeps %d of its %d allocated bytes in btrfs extents that no file references any more: btrfs frees "
         "an extent only when its last reference goes, and the volume's images still reference parts of them (a VM "
         "that rewrote most of its image leaves that); the way out is dom0.reflink.reflink_dedupe with vids: [%s], "
         "which writes the parts still in use once more and frees the rest, keeping every image's data and mtime; or "
-        "a full rewrite while the VM is stopped: btrfs filesystem defragment -t 128M %s, then remove the precache "
-        "(rm %s) and run dom0.reflink.reflink_volume with vid: %s for a fresh one, and remove the revisions that "
-        "still hold the old extents (dom0.reflink.reflink_gc)"
-        % (files.vid, figures.stranded, figures.allocated, files.vid, clean,
+        "a full rewrite while the VM is stopped (it needs the image's size free for a moment): cp --reflink=never "
+        "--preserve=timestamps %s %s && mv %s %s, then remove the precache (rm %s) and run "
+        "dom0.reflink.reflink_volume with vid: %s for a fresh one; revisions and pins that still reference the old "
+        "extents keep them until they go (dom0.reflink.reflink_gc)"
+        % (files.vid, figures.stranded, figures.allocated, files.vid, clean, copy, copy, clean,
            shell_path(facts.image_path(files, files.vid.precache)), files.vid)))]
