@@ -25,13 +25,13 @@ description:
   - With O(space=true) it reads every image's extent map and says what each volume and file costs and what
     removing it would free (RV(volumes[].space), RV(pool.space)); O(if_removed) answers the same for any set of
     volumes and files. Every figure is the change of the filesystem's free space that removing that set makes
-    (within 1 MiB + 1 %), on btrfs (whole extents, read from btrfs's own records: needs root) and on XFS (blocks,
+    (within 1 MiB + 1 %), on btrfs (whole extents, read from btrfs's own records, which needs root) and on XFS (blocks,
     FIEMAP). Metadata (inodes, extent items, checksums, small files stored inline) is not counted. On XFS a
     block that two pool images and a file outside the pool share counts as freed when those two go, which
     overstates (FIEMAP cannot tell; a filesystem made with C(mkfs.xfs -m rmapbt=1) could). On ext4 nothing is
     shared, and a file's exclusive bytes are its allocated bytes.
   - RV(findings) lists what is wrong with the pool, or worth knowing, each with the way out. Kinds, severity and
-    way out:
+    way out, one by one below.
   - V(nocow) (warning) - a VM directory, a prefix directory or the pool directory (always), or an image (with
     O(space), read with its extents) has btrfs's No_COW attribute (C(chattr +C)); files made in such a directory
     inherit it, and reflinks to and from such files fail, so every clone silently becomes a full copy. Way out -
@@ -41,10 +41,10 @@ description:
   - V(not_shared) (with O(space); warning for a precache, info for a revision or pin) - a precache that holds
     bytes its clean image does not share (a copy, not a reflink); a revision or pin that shares none of its bytes
     with the clean image (a full copy, or the data was replaced whole since, as an import does). Way out - remove
-    the precache and run M(dom0.reflink.reflink_volume) for a fresh one; M(dom0.reflink.reflink_dedupe) shares
+    the precache and run M(dom0.reflink.reflink_volume) for a fresh one; C(dom0.reflink.reflink_dedupe) shares
     what is the same again; M(dom0.reflink.reflink_gc) or M(dom0.reflink.reflink_pin) remove what is not needed.
-  - V(direct_io_loop) (warning) - a loop device with direct I/O on over a pool image on btrfs: data changed
-    while in flight gets checksums that do not match, and reads fail (qubes-issues #9488). Way out -
+  - V(direct_io_loop) (warning) - a loop device with direct I/O on over a pool image on btrfs; data changed
+    while in flight gets checksums that do not match, and reads fail (Qubes issue 9488). Way out -
     C(losetup --direct-io=off /dev/loopN), and attach images without C(--direct-io).
   - V(size_mismatch) (info) - the image's size differs from the C(size) qubes.xml records for the volume
     (qubesd takes the size from the image and records it at its next save). Way out - C(qvm-volume resize) to
@@ -53,15 +53,15 @@ description:
   - V(stale_precache) (info) - a precache whose mtime or size is not the clean image's. Way out -
     M(dom0.reflink.reflink_volume) makes a fresh one, M(dom0.reflink.reflink_gc) removes it.
   - V(pending_commit) (warning) - a dirty image of a volume that is not running (a crash stopped its VM before
-    the commit): uncommitted data. Way out - M(dom0.reflink.reflink_volume) with C(state=stopped) commits it.
+    the commit), so its data is not committed. Way out - M(dom0.reflink.reflink_volume) with C(state=stopped) commits it.
     Not reported for snapshot and volatile volumes of qubes.xml, whose dirty images qubesd discards.
   - V(fragmented) (with O(space); info) - the image a VM runs from (dirty, else clean) in at least 1,000 extents
     and more than 1,000 per GiB of its data. Way out - C(btrfs filesystem defragment) or C(xfs_fsr) while the VM
     is stopped, then a fresh precache (remove it, run M(dom0.reflink.reflink_volume)).
   - V(stranded) (with O(space); info) - a volume whose stranded bytes (RV(volumes[].space.stranded)) exceed a
-    quarter of its allocated bytes. Way out - M(dom0.reflink.reflink_dedupe), or a full rewrite of the image
+    quarter of its allocated bytes. Way out - C(dom0.reflink.reflink_dedupe), or a full rewrite of the image
     (the message gives the commands).
-  - V(no_reflink) (warning) - the pool's filesystem cannot share blocks: every clone is a full copy. Way out -
+  - V(no_reflink) (warning) - the pool's filesystem cannot share blocks, so every clone is a full copy. Way out -
     move the pool to btrfs or to XFS made with C(reflink=1).
   - Warnings are what is wrong whatever the pool is used for; infos are what normal use leaves behind and costs
     space or speed. A pool made and used only by this collection and qubesd has no warnings. The checks that
@@ -90,7 +90,7 @@ options:
       - Read every image file's extent map (btrfs's extent items as root, FIEMAP elsewhere) and report
         RV(volumes[].space) and RV(pool.space), and the findings that need the maps (V(not_shared),
         V(fragmented), V(stranded), and V(nocow) of images).
-      - The whole pool is read, also with O(vids): a block that an image of another volume holds too is
+      - The whole pool is read, also with O(vids) - a block that an image of another volume holds too is
         kept, not freed. Costs about what C(btrfs filesystem du -s) over the pool costs (see docs/performance.md).
     type: bool
     default: false
