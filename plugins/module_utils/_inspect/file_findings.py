@@ -20,6 +20,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._state.files import S
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import QUBESD_OWNED_KINDS
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import DIRTY, loop_direct_io
 
+
 def file_findings(facts: PoolFacts) -> list[Finding]:
     """Every cheap finding of the pool and of the volumes the report covers."""
     found = no_reflink(facts)

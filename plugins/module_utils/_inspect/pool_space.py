@@ -85,8 +85,8 @@ class PoolSpaceReport:
         """What the user should know about how exact the figures are."""
         found = []
         if self.vanished:
-            shown = ", ".join(self.vanished[:10]) + (" and %d more" % (len(self.vanished) - 10)
-                                                      if len(self.vanished) > 10 else "")
+            more = len(self.vanished) - 10
+            shown = ", ".join(self.vanished[:10]) + (" and %d more" % more if more > 0 else "")
             found.append("%d image file(s) were removed or replaced while their extents were read (qubesd started or "
                          "stopped a VM meanwhile?): %s; the space figures count them as empty: run reflink_info again "
                          "for exact figures" % (len(self.vanished), shown))

@@ -10,8 +10,8 @@ import os
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import (filesystem_report, filesystem_type,
-                                                                                probe_reflink)
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import filesystem_report, filesystem_type
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import probe_reflink
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import pool_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect.finding import PoolFacts
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect.findings import pool_findings
