@@ -76,15 +76,7 @@ def run_info_task(params: Params, check_mode: bool = False) -> Result:
         if only is not None and read_maps:
             scan = scan.limited_to(only)
         surroundings = Surroundings.read(path, qubes.name if qubes is not None else None)
-        volumes = []
-        for files in scan.sorted_volumes():
-            report = volume_report(path, files, surroundings)
-            report["artifacts"] = artifacts_of(files)
-            listed = qubes.volume(files.vid) if qubes is not None else None
-            report["qubes"] = listed.as_dict() if listed is not None else None
-            if space and maps is not None:
-                report["space"] = maps.volume(str(files.vid))
-            volumes.append(report)
+        volumes = _volume_reports(path, scan, surroundings, qubes, maps if space else None)
         pool = filesystem_report(path, reflink)
         pool["unsafe_entries"] = sorted(scan.unsafe)
         facts = PoolFacts(pool_dir, path, str(pool["fstype"]), reflink, scan.sorted_volumes(), surroundings, qubes,
@@ -101,6 +93,21 @@ def run_info_task(params: Params, check_mode: bool = False) -> Result:
     if warnings:
         result["warnings"] = warnings
     return result
+
+
+def _volume_reports(path: str, scan: PoolScan, surroundings: Surroundings, qubes: QubesPool | None,
+                    maps: PoolSpaceReport | None) -> list[dict[str, object]]:
+    """The volume dicts, sorted by vid; with ``maps``, each with its ``space``."""
+    volumes = []
+    for files in scan.sorted_volumes():
+        report = volume_report(path, files, surroundings)
+        report["artifacts"] = artifacts_of(files)
+        listed = qubes.volume(files.vid) if qubes is not None else None
+        report["qubes"] = listed.as_dict() if listed is not None else None
+        if maps is not None:
+            report["space"] = maps.volume(str(files.vid))
+        volumes.append(report)
+    return volumes
 
 
 def _info_result(pool: dict[str, object], volumes: list[dict[str, object]], qubes: QubesPool | None,
