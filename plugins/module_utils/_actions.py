@@ -16,9 +16,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from typing import Any
 
 from ansible_collections.dom0.reflink.plugins.module_utils import _clone as clone
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import PoolError
+from ansible_collections.dom0.reflink.plugins.module_utils._errors import CloneError, PoolError, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import read_xattr, set_xattr
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import FileInfo
 
@@ -131,6 +132,26 @@ class Clone(Action):
         if self.how == clone.COPY:
             return self.text + " (sparse copy: reflink not possible here)"
         return self.text + (" (%s)" % self.how if self.how else "")
+
+
+class MakePrecache(Clone):
+    """The precache: a clone of clean with its mtime.  Without room for it, the way out is named."""
+
+    def run(self, workspace: Any) -> None:
+        try:
+            super().run(workspace)
+        except (OSError, ReflinkError) as exc:
+            code = getattr(exc, "errno", None)
+            if code not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise CloneError(
+                "no space left for the precache %s (%s): it is a reflink of the clean image where the file "
+                "system shares blocks, and a full (sparse) copy of its data where it cannot"
+                % (self.dst, os.strerror(code)), code,
+                "a rerun fails the same way until there is room: free some space (dom0.reflink.reflink_gc), or set "
+                "revisions_to_keep: -1 for this volume (snapshots disabled: it then keeps no precache and no "
+                "revisions; qubesd starts the VM on its clean image itself, so what the VM writes cannot be "
+                "reverted)") from None
 
 
 class KeepAsRevision(Clone):

@@ -81,8 +81,8 @@ class VolumePlanner:
                               % (what, self.vid, "; ".join(reasons), way_out))
 
     def new_precache(self):
-        return act.Clone(self.rel, self.vid.clean, self.vid.precache, "refresh precache",
-                         copy_mtime=True)
+        return act.MakePrecache(self.rel, self.vid.clean, self.vid.precache, "refresh precache",
+                                copy_mtime=True)
 
     def remove_everything(self, why):
         """Remove actions for every file of the volume (the dirty image last)."""

@@ -18,7 +18,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._errors import (
     UnsafePath,
 )
 from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory, remove_tree
-from ansible_collections.dom0.reflink.plugins.module_utils._locks import METADATA_DIR, pool_lock
+from ansible_collections.dom0.reflink.plugins.module_utils._locks import METADATA_DIR, NO_SPACE_ERRNOS, pool_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._qubes_xml import missing_volumes, read_qubes_xml
 from ansible_collections.dom0.reflink.plugins.module_utils._task import execute, missing_pool_warning
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import (
@@ -239,17 +239,20 @@ def run_pool_task(params, check_mode, diff):
     path = params["path"]
     # Nothing here depends on qubes.xml, but a qubes_xml that names a missing or bad file fails alike everywhere.
     read_qubes_xml(params.get("qubes_xml"), path)
+    if params["state"] == "absent":
+        refuse_symlinked_pool(path)
     pool_dir, exists = open_pool_or_parent(path)
     before = _layout(path)
+    warnings = []
     try:
         if params["state"] == "present":
             probe_at = pool_dir or Directory.open_pool(os.path.dirname(os.path.abspath(path)))
             try:
-                reflink = probe_reflink(probe_at)
+                reflink = _probe(probe_at, exists, warnings)
             finally:
                 if probe_at is not pool_dir:
                     probe_at.close()
-            if not reflink and params["require_reflink"]:
+            if reflink is False and params["require_reflink"]:
                 raise PoolError(
                     "the filesystem of %s (%s) does not support reflinks, so every clone would be a full "
                     "copy; use btrfs or XFS (reflink=1), or set require_reflink: false"
@@ -273,6 +276,8 @@ def run_pool_task(params, check_mode, diff):
     report = filesystem_report(report_at, reflink)
     report["path"] = path
     result = {"changed": bool(steps), "actions": done, "pool": report}
+    if warnings:
+        result["warnings"] = warnings
     if diff:
         after = _layout(path)
         if check_mode:
@@ -280,6 +285,33 @@ def run_pool_task(params, check_mode, diff):
                      "directories": list(names.PREFIXES) if params["state"] == "present" else []}
         result["diff"] = {"before": before, "after": after}
     return result
+
+
+def refuse_symlinked_pool(path: str) -> None:
+    """Refuse to remove a pool whose path is a symlink: its contents would go, then its rmdir would fail."""
+    link = path.rstrip("/") or "/"
+    if os.path.islink(link):
+        raise PoolError("pool path %s is a symlink (to %s): nothing was removed; give the pool's real path %s "
+                        "to remove the pool, then remove the symlink itself"
+                        % (path, os.readlink(link), os.path.realpath(link)))
+
+
+def _probe(directory: Directory, exists: bool, warnings: list[str]) -> bool | None:
+    """The reflink probe; on an existing pool whose file system is full, None (unknown) and a warning."""
+    try:
+        return probe_reflink(directory)
+    except (OSError, ReflinkError) as exc:
+        code = getattr(exc, "errno", None)
+        if code not in NO_SPACE_ERRNOS:
+            raise
+        if not exists:
+            raise PoolError("cannot set up a pool: the reflink probe could not write its small test file in %s "
+                            "(%s): the file system is full; free some space first"
+                            % (directory.path, os.strerror(code))) from None
+    warnings.append("the file system of %s is full, so the reflink probe could not write its small test file: "
+                    "pool.reflink is null (unknown); reflink_gc and state=absent of volumes and pins work on a "
+                    "full pool and free space" % directory.path)
+    return None
 
 
 def _pool_lock_if(pool_dir, params, check_mode, create=True):

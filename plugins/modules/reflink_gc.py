@@ -34,6 +34,7 @@ description:
   - A file that some process holds open (qubesd's Import writer keeps the import image open while a
     slow restore streams in) is never removed. One walk of C(/proc/*/fd) per run finds them by
     device and inode, and they are listed in RV(skipped_files) with the holders' pids and commands.
+  - It works on a full file system, when it is needed most (nothing a removal does needs new space).
   - qubesd does not take the collection's locks. Before each removal gc checks again that the volume
     has not become in use since the pool was read (a dirty image, a loop device on one of its images,
     qubesd's running-state file); a volume whose VM started meanwhile keeps the rest of its files and
