@@ -59,6 +59,9 @@ class Action:
         """The plan stopped because the volume became in use: take back what should not stay; like undo."""
         return self.undo(workspace)
 
+    def predict_how(self, probe: Any) -> None:
+        """Check mode: say how the step would go, where the plan can tell (``probe``: see planned_texts)."""
+
     @property
     def done(self):
         return self.text
@@ -126,6 +129,10 @@ class Clone(Action):
         size = source.size if self.size is None else self.size
         mtime = source.mtime_ns if self.copy_mtime else -1
         files[self.dst] = FileInfo(self.dst, size, source.usage, mtime)
+
+    def predict_how(self, probe: Any) -> None:
+        # Between two images of the pool: a reflink where the pool's file system shares blocks.
+        self.how = probe()[0]
 
     @property
     def done(self):

@@ -27,7 +27,13 @@ from ansible_collections.dom0.reflink.plugins.module_utils._locks import volume_
 from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._operations import VolumePlanner, check_revisions_to_keep
 from ansible_collections.dom0.reflink.plugins.module_utils._qubes_xml import read_qubes_xml, refuse_qubesd_volume
-from ansible_collections.dom0.reflink.plugins.module_utils._task import PlanFailed, _open_task_pool, execute, simulate
+from ansible_collections.dom0.reflink.plugins.module_utils._task import (
+    PlanFailed,
+    _open_task_pool,
+    execute,
+    planned_texts,
+    simulate,
+)
 from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_volume_size
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import Surroundings, read_volume, volume_report
 
@@ -198,8 +204,9 @@ def run_volume_batch(params, check_mode, diff, purpose="reflink_volume volumes")
                 surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
                 plans = _plan_all(requests, workspaces, surroundings, qubes)
                 if check_mode:
+                    probed = {}
                     for plan in plans:
-                        plan.done = [action.text for action in plan.actions]
+                        plan.done = planned_texts(plan.actions, plan.workspace.prefix_dir, probed)
                 else:
                     _execute_all(plans, surroundings, pool)
         finally:

@@ -51,7 +51,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._qubes_xml import (
     orphan_reason,
     read_qubes_xml,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._task import execute, missing_pool_warning
+from ansible_collections.dom0.reflink.plugins.module_utils._task import execute, missing_pool_warning, planned_texts
 from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_duration
 from ansible_collections.dom0.reflink.plugins.module_utils._volume import Surroundings
 
@@ -305,11 +305,12 @@ def run_gc_task(params, check_mode):
             if meta is not None:
                 with meta:
                     locks = meta.open_dir(LOCKS_DIR)
+            probed = {}
             try:
                 for key in sorted(planner.per_volume):
                     vid, volume_actions = planner.per_volume[key]
                     if check_mode:
-                        actions.extend(action.text for action in volume_actions)
+                        actions.extend(planned_texts(volume_actions, pool_dir, probed))
                         removed.extend(a.entry for a in volume_actions if isinstance(a, Removal))
                         continue
                     lock = try_volume_lock(locks, vid) if locks is not None else None

@@ -94,6 +94,13 @@ class Stage(Action):
         usage = 0 if self.source is None else min(self.source.usage, self.size)
         files[self.name] = FileInfo(self.name, self.size, usage)
 
+    def predict_how(self, probe: Any) -> None:
+        if self.source is None:
+            self.how = clone.EMPTY
+            return
+        how = probe(self.source.fd)[0]
+        self.how = how if how != clone.COPY or self.allow_copy else None
+
     @property
     def done(self):
         if self.how == clone.COPY:

@@ -227,7 +227,7 @@ def run_volume_task(params, check_mode, diff, purpose, plan, extra=None, changes
                                     qubes=qubes.volume(vid) if qubes is not None else None)
             actions = plan(planner, {"workspace": workspace, "vm_dir_names": vm_dir_names, "warnings": warnings})
             if check_mode:
-                reported = [action.text for action in actions]
+                reported = planned_texts(actions, workspace.vm_dir or workspace.prefix_dir)
                 after = simulate(files, actions)
             else:
                 reported = execute(actions, workspace, guard=InUseGuard(files, surroundings))
