@@ -30,6 +30,7 @@ options:
   lock_timeout:
     description:
       - Seconds to wait for the pool and volume locks held by another task, then fail naming the holder.
+        A whole number, 0 or more (V(0) does not wait).
     type: int
     default: 60
 notes:

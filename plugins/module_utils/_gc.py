@@ -39,7 +39,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._locks import (
     pool_lock,
     try_volume_lock,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_vid
+from ansible_collections.dom0.reflink.plugins.module_utils._names import classify, parse_vid, revision_id_problem
 from ansible_collections.dom0.reflink.plugins.module_utils._operations import (
     SNAPSHOTS_DISABLED,
     VolumePlanner,
@@ -190,7 +190,8 @@ class GcPlanner:
             elif _age(self.now, files.import_) >= min_age:
                 actions.append(self.removal(vid, files.import_, "import image that no begun import claims"))
         for info in files.junk_revisions:
-            actions.append(self.removal(vid, info, "revision file whose id is not an integer"))
+            problem = revision_id_problem(classify(info.name).revision_text)
+            actions.append(self.removal(vid, info, "not a valid revision file: %s" % problem))
         keep = self.revisions_to_keep_of(vid, listed)
         excess = 0 if keep is None else len(files.revisions) - max(keep, 0)
         for number, info in files.revisions[:max(excess, 0)]:
@@ -277,8 +278,14 @@ def parse_gc_options(params):
 def run_gc_task(params, check_mode):
     """reflink_gc: scan, plan, remove (unless in check mode), report."""
     options = parse_gc_options(params)
-    only = [parse_vid(vid) for vid in params["vids"]] if params.get("vids") else None
+    # An empty list means no volume, never every volume (an empty template variable must not widen the task).
+    only = [parse_vid(vid) for vid in params["vids"]] if params.get("vids") is not None else None
     path = params["pool"]
+    if options["remove_orphans"] and options["keep_vids"] == set():
+        raise InvalidArgument("keep_vids is an empty list and remove_orphans is true: that would remove every "
+                              "volume of the pool (an empty keep_vids is almost always an empty template "
+                              "variable); nothing was changed; name the volumes that should exist in keep_vids, "
+                              "or leave keep_vids out to take them from qubes.xml")
     qubes = read_qubes_xml(params.get("qubes_xml"), path)
     if options["remove_orphans"] and options["keep_vids"] is None and qubes is None:
         raise InvalidArgument("remove_orphans needs keep_vids (the list of volumes that should exist), or a "
@@ -296,7 +303,7 @@ def run_gc_task(params, check_mode):
             planner = GcPlanner(pool_dir, options, now, qubes)
             surroundings = Surroundings.read(path, qubes.name if qubes else None)
             try:
-                planner.plan(scan, surroundings, *read_journals(pool_dir))
+                planner.plan(scan, surroundings, *read_journals(pool_dir, only))
             finally:
                 planner.close()
             skipped.extend(planner.skipped)

@@ -194,8 +194,16 @@ def plan_absent(path, pool_dir):
     images = image_files_in(scan)
     if images:
         shown = ", ".join(images[:5]) + (" and %d more" % (len(images) - 5) if len(images) > 5 else "")
-        raise PoolError("pool %s still holds %d image file(s): %s; remove the volumes first "
-                        "(dom0.reflink.reflink_volume state=absent)" % (path, len(images), shown))
+        pins = ["%s/%s" % (volume.vid.vm_dir, volume.pins[name].name)
+                for volume in scan.sorted_volumes() for name in sorted(volume.pins)]
+        how = "dom0.reflink.reflink_volume state=absent"
+        if pins:
+            # state=absent keeps a volume's pins: without remove_pins the pool would still not be empty.
+            how += (" with remove_pins: true, since %d of them are pins (%s), which state=absent keeps otherwise; "
+                    "or remove the pins one by one with dom0.reflink.reflink_pin state=absent"
+                    % (len(pins), ", ".join(pins[:5]) + (" and %d more" % (len(pins) - 5) if len(pins) > 5 else "")))
+        raise PoolError("pool %s still holds %d image file(s): %s; remove the volumes first (%s)"
+                        % (path, len(images), shown, how))
     foreign = foreign_entries(pool_dir, scan)
     if foreign:
         raise PoolError("pool %s holds files that are not part of a pool: %s; move them away first"
@@ -336,7 +344,7 @@ def run_info_task(params, check_mode=False):
     """reflink_info: report the pool and its volumes; never changes anything."""
     path = params["pool"]
     only = None
-    if params.get("vids"):
+    if params.get("vids") is not None:   # an empty list reports no volume, never every volume
         only = [names.parse_vid(vid) for vid in params["vids"]]
     qubes = read_qubes_xml(params.get("qubes_xml"), path)
     wanted = None if only is None else {str(vid) for vid in only}

@@ -260,9 +260,18 @@ def _open_task_pool(path, check_mode, warnings):
     return Directory.open_pool(path)
 
 
+def check_lock_timeout(value: object) -> object:
+    """``lock_timeout`` (None where a module has none): a whole number of seconds, 0 or more."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise InvalidArgument("lock_timeout must be a whole number of seconds, 0 or more (0: do not wait), got %r"
+                              % (value,))
+    return value
+
+
 def main_wrapper(module, work):
     """Call ``work()`` and exit the module with its result, or fail with a clear message."""
     try:
+        check_lock_timeout(module.params.get("lock_timeout"))
         result = work()
     except PlanFailed as exc:
         # A batch's failure also says what each item done before it left (``result``).

@@ -93,6 +93,8 @@ options:
         A running volume (dirty image present) is extended in place and every loop device
         backed by it is told its new size.
       - A smaller size is refused unless O(allow_shrink=true).
+      - With O(state=stopped) or O(state=absent) a size is not used, and the task warns about it. In
+        O(volumes), only an item's own size is warned about, not the task's (a default for the other items).
     type: raw
   remove_pins:
     description:
@@ -325,6 +327,8 @@ def main():
         request = volume_request(params)
 
         def plan(planner, context):
+            if request.warning:
+                context["warnings"].append(request.warning)
             return plan_request(request, planner, context["vm_dir_names"],
                                 vm_dir_exists=context["workspace"].vm_dir is not None)
 
