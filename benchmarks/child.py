@@ -48,9 +48,9 @@ def _timed(work):
 
 def _pool_work(kind: str, pool: str):
     # Imported here, before the clock starts, from the collection PYTHONPATH points at.
-    from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory  # noqa: PLC0415
-    from ansible_collections.dom0.reflink.plugins.module_utils._gc import run_gc_task  # noqa: PLC0415
-    from ansible_collections.dom0.reflink.plugins.module_utils._pool import PoolScan, run_info_task  # noqa: PLC0415
+    from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory  # noqa: PLC0415
+    from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc import run_gc_task  # noqa: PLC0415
+    from ansible_collections.dom0.reflink.plugins.module_utils._plans.pool import PoolScan, run_info_task  # noqa: PLC0415
 
     if kind == 'scan':
         def work():

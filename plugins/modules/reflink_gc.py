@@ -299,8 +299,8 @@ skipped_files:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dom0.reflink.plugins.module_utils._gc import run_gc_task
-from ansible_collections.dom0.reflink.plugins.module_utils._task import QUBES_XML_ARGUMENT_SPEC, main_wrapper
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc import run_gc_task
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import QUBES_XML_ARGUMENT_SPEC, main_wrapper
 
 
 def main():

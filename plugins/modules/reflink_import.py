@@ -185,8 +185,8 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dom0.reflink.plugins.module_utils._imports import run_import_task
-from ansible_collections.dom0.reflink.plugins.module_utils._task import main_wrapper, volume_argument_spec
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.imports import run_import_task
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import main_wrapper, volume_argument_spec
 
 
 def main():

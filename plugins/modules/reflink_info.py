@@ -226,8 +226,8 @@ missing:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dom0.reflink.plugins.module_utils._pool import run_info_task
-from ansible_collections.dom0.reflink.plugins.module_utils._task import QUBES_XML_ARGUMENT_SPEC, main_wrapper
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.pool import run_info_task
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import QUBES_XML_ARGUMENT_SPEC, main_wrapper
 
 
 def main():

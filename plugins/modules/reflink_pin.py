@@ -138,9 +138,9 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dom0.reflink.plugins.module_utils._names import format_timestamp
-from ansible_collections.dom0.reflink.plugins.module_utils._pins import PinPlanner, check_pin_name, parse_pin_source
-from ansible_collections.dom0.reflink.plugins.module_utils._task import (
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import format_timestamp
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.pins import PinPlanner, check_pin_name, parse_pin_source
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import (
     main_wrapper,
     run_volume_task,
     volume_argument_spec,

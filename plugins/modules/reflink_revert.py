@@ -102,10 +102,10 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dom0.reflink.plugins.module_utils._actions import read_revert_marker
-from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_revision
-from ansible_collections.dom0.reflink.plugins.module_utils._pins import PinPlanner, check_pin_name
-from ansible_collections.dom0.reflink.plugins.module_utils._task import (
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import read_revert_marker
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_revision
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.pins import PinPlanner, check_pin_name
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import (
     main_wrapper,
     run_volume_task,
     volume_argument_spec,

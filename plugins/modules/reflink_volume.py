@@ -296,8 +296,8 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dom0.reflink.plugins.module_utils._batch import plan_request, run_volume_batch, volume_request
-from ansible_collections.dom0.reflink.plugins.module_utils._task import (
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.batch import plan_request, run_volume_batch, volume_request
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import (
     main_wrapper,
     run_volume_task,
     volume_argument_spec,

@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _clone as clone
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import CloneError
-from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 
 from disk_helpers import MIB, allocated, listing, same_bytes, write_image
 

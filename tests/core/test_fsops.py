@@ -9,10 +9,10 @@ import stat
 
 import pytest
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _fsops as fsops
-from ansible_collections.dom0.reflink.plugins.module_utils import _names as names
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import UnsafePath
-from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._fs import directory as fsops
+from ansible_collections.dom0.reflink.plugins.module_utils._base import names
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import UnsafePath
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 
 from disk_helpers import listing
 

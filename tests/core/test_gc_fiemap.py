@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._gc import GcPlanner, parse_gc_options
-from ansible_collections.dom0.reflink.plugins.module_utils._pool import PoolScan
-from ansible_collections.dom0.reflink.plugins.module_utils._volume import Surroundings
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc import GcPlanner, parse_gc_options
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.pool import PoolScan
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import Surroundings
 
 REVISION = "private.img.1@2026-01-02T03:04:05Z"
 PARAMS = {"min_age": "1h", "import_max_age": "1d", "revisions_to_keep": 0, "revisions_to_keep_per_volume": {},

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _holders as holders
+from ansible_collections.dom0.reflink.plugins.module_utils._fs import holders
 
 
 def identity(path):

@@ -15,19 +15,19 @@ import time
 
 import pytest
 
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import LockTimeout
-from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._locks import pool_lock, volume_lock
-from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_vid
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import LockTimeout
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import pool_lock, volume_lock
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
 
 VID = parse_vid("appvms/work/private")
 
 HOLDER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[2])
-    from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
-    from ansible_collections.dom0.reflink.plugins.module_utils._locks import volume_lock
-    from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_vid
+    from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
+    from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_lock
+    from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
     with Directory.open_pool(sys.argv[1]) as pool:
         with volume_lock(pool, parse_vid("appvms/work/private"), timeout=5, purpose="test holder import"):
             print("held", flush=True)

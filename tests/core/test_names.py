@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _names as names
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._base import names
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
 
 BAD_VIDS = {
     "empty": ("", "non-empty"),

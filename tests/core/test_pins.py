@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _names as names
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
-from ansible_collections.dom0.reflink.plugins.module_utils._pins import (
+from ansible_collections.dom0.reflink.plugins.module_utils._base import names
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.pins import (
     MakePin,
     RemovePin,
     RestorePin,
     check_pin_name,
     parse_pin_source,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._volume import FileInfo, VolumeFiles
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo, VolumeFiles
 
 BAD_PIN_NAMES = ["", "../x", "A", "x@y", "x~y", "a" * 41, "good\n", "x/y", "-x", "_x", "x.y", "x y", None, 7]
 

@@ -12,10 +12,10 @@ import pytest
 
 from qubes_xml_helpers import BILLION_LAUGHS, app_vm, dom0_layout, qubes_xml, reflink_pool, template_vm
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _names as names
-from ansible_collections.dom0.reflink.plugins.module_utils import _qubes_xml as qx
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
-from ansible_collections.dom0.reflink.plugins.module_utils._volume import Surroundings, VolumeFiles, FileInfo
+from ansible_collections.dom0.reflink.plugins.module_utils._base import names
+from ansible_collections.dom0.reflink.plugins.module_utils._state import qubes_xml as qx
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import Surroundings, VolumeFiles, FileInfo
 
 
 def write(tmp_path, text, name="qubes.xml"):

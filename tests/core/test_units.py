@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
-from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_duration, parse_size, parse_volume_size
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_duration, parse_size, parse_volume_size
 
 GIB = 1024 ** 3
 

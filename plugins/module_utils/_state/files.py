@@ -16,8 +16,8 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _names as names
-from ansible_collections.dom0.reflink.plugins.module_utils._fsops import allocated_bytes
+from ansible_collections.dom0.reflink.plugins.module_utils._base import names
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import allocated_bytes
 
 QUBES_RUNNING_GLOB = "/var/run/qubes/volume-running-*"
 _SYS_BLOCK = "/sys/block"

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _actions as act
-from ansible_collections.dom0.reflink.plugins.module_utils._compare import same_content
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import (
+from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import same_content
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     InvalidArgument,
     VolumeInUse,
     VolumeStateError,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._holders import describe_holders, open_holders
-from ansible_collections.dom0.reflink.plugins.module_utils._names import format_timestamp
-from ansible_collections.dom0.reflink.plugins.module_utils._volume import loop_size
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.holders import describe_holders, open_holders
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import format_timestamp
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import loop_size
 
 # revisions_to_keep: -1 means "snapshots disabled": no revision, no precache.
 SNAPSHOTS_DISABLED = -1

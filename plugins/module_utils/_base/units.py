@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
 
 _SIZE_FACTORS = {
     "": 1, "b": 1,

@@ -16,44 +16,44 @@ import os
 import stat
 import time
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _actions as act
-from ansible_collections.dom0.reflink.plugins.module_utils._compare import exclusive_bytes
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, ReflinkError
-from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._gc_steps import (
+from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import exclusive_bytes
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc_steps import (
     Removal,
     execute_reporting,
     read_journals,
     remove_journal_step,
     remove_vm_dir_step,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._holders import set_aside_held_files
-from ansible_collections.dom0.reflink.plugins.module_utils._inuse_guard import InUseGuard
-from ansible_collections.dom0.reflink.plugins.module_utils._journal import (
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.holders import set_aside_held_files
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import (
     BEGUN,
     journal_name,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._locks import (
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import (
     LOCKS_DIR,
     metadata_dir,
     pool_lock,
     try_volume_lock,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._names import classify, parse_vid, revision_id_problem
-from ansible_collections.dom0.reflink.plugins.module_utils._operations import (
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import classify, parse_vid, revision_id_problem
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import (
     SNAPSHOTS_DISABLED,
     VolumePlanner,
     check_revisions_to_keep,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._pool import PoolScan, require_pool
-from ansible_collections.dom0.reflink.plugins.module_utils._qubes_xml import (
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.pool import PoolScan, require_pool
+from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import (
     QUBESD_OWNED_KINDS,
     orphan_reason,
     read_qubes_xml,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._task import execute, missing_pool_warning, planned_texts
-from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_duration
-from ansible_collections.dom0.reflink.plugins.module_utils._volume import Surroundings
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import execute, missing_pool_warning, planned_texts
+from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_duration
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import Surroundings
 
 
 def _age(now, info):

@@ -15,10 +15,10 @@ import json
 import os
 import time
 
-from ansible_collections.dom0.reflink.plugins.module_utils._actions import Action
-from ansible_collections.dom0.reflink.plugins.module_utils._fsops import read_xattr, set_xattr
-from ansible_collections.dom0.reflink.plugins.module_utils._locks import metadata_subdir
-from ansible_collections.dom0.reflink.plugins.module_utils._names import escape_vid
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import Action
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import read_xattr, set_xattr
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import metadata_subdir
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import escape_vid
 
 JOURNALS_DIR = "imports"
 BEGUN = "begun"

@@ -22,8 +22,8 @@ import os
 import secrets
 import stat
 
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import PoolError, UnsafePath
-from ansible_collections.dom0.reflink.plugins.module_utils._names import TEMPFILE_SUFFIX_LEN
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import PoolError, UnsafePath
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import TEMPFILE_SUFFIX_LEN
 
 FILE_MODE = 0o600
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC

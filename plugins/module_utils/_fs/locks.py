@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import LockTimeout, NoSpaceForLock
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import LockTimeout, NoSpaceForLock
 
 METADATA_DIR = ".reflink"
 LOCKS_DIR = "locks"

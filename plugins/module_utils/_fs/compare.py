@@ -19,7 +19,7 @@ import fcntl
 import os
 import struct
 
-from ansible_collections.dom0.reflink.plugins.module_utils._clone import data_segments, file_size
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import data_segments, file_size
 
 # _IOWR('f', 11, struct fiemap): the same number on every Linux architecture.
 FS_IOC_FIEMAP = 0xC020660B

@@ -18,28 +18,28 @@ import os
 import stat
 from typing import Any
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _clone as clone
-from ansible_collections.dom0.reflink.plugins.module_utils import _compare as compare
-from ansible_collections.dom0.reflink.plugins.module_utils._checksum import (
+from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
+from ansible_collections.dom0.reflink.plugins.module_utils._fs import compare
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum import (
     VerifyChecksum,
     parse_checksum,
     verify_clean_checksum,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import CloneError, InvalidArgument
-from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._journal import read_journal
-from ansible_collections.dom0.reflink.plugins.module_utils._locks import volume_lock
-from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_vid
-from ansible_collections.dom0.reflink.plugins.module_utils._operations import check_revisions_to_keep
-from ansible_collections.dom0.reflink.plugins.module_utils._staging import (
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError, InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import read_journal
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_lock
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import check_revisions_to_keep
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.staging import (
     Stage,
     new_volume_actions,
     one_shot_journal_actions,
     plan_two_phase,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._task import run_volume_task
-from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_volume_size
-from ansible_collections.dom0.reflink.plugins.module_utils._volume import VolumeFiles
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import run_volume_task
+from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_volume_size
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
 
 
 # -- sources ---------------------------------------------------------------

@@ -8,20 +8,20 @@ from __future__ import annotations
 import contextlib
 import os
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _names as names
-from ansible_collections.dom0.reflink.plugins.module_utils._actions import Step
-from ansible_collections.dom0.reflink.plugins.module_utils._clone import probe_reflink
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import (
+from ansible_collections.dom0.reflink.plugins.module_utils._base import names
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import Step
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import probe_reflink
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     InvalidArgument,
     PoolError,
     ReflinkError,
     UnsafePath,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._fsops import Directory, remove_tree
-from ansible_collections.dom0.reflink.plugins.module_utils._locks import METADATA_DIR, NO_SPACE_ERRNOS, pool_lock
-from ansible_collections.dom0.reflink.plugins.module_utils._qubes_xml import missing_volumes, read_qubes_xml
-from ansible_collections.dom0.reflink.plugins.module_utils._task import execute, missing_pool_warning
-from ansible_collections.dom0.reflink.plugins.module_utils._volume import (
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory, remove_tree
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import METADATA_DIR, NO_SPACE_ERRNOS, pool_lock
+from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import missing_volumes, read_qubes_xml
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import execute, missing_pool_warning
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import (
     Surroundings,
     VolumeFiles,
     scan_names,

@@ -18,10 +18,10 @@ import fcntl
 import os
 from typing import Any
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _clone as clone
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import CloneError, PoolError, ReflinkError
-from ansible_collections.dom0.reflink.plugins.module_utils._fsops import read_xattr, set_xattr
-from ansible_collections.dom0.reflink.plugins.module_utils._volume import FileInfo
+from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError, PoolError, ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import read_xattr, set_xattr
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo
 
 LOOP_SET_CAPACITY = 0x4C07
 

@@ -17,11 +17,11 @@ import re
 import time
 from typing import Any
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _actions as act
-from ansible_collections.dom0.reflink.plugins.module_utils import _clone as clone
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, VolumeStateError
-from ansible_collections.dom0.reflink.plugins.module_utils._names import PIN_NAME_PATTERN, parse_revision, parse_timestamp
-from ansible_collections.dom0.reflink.plugins.module_utils._volume import FileInfo
+from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
+from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, VolumeStateError
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import PIN_NAME_PATTERN, parse_revision, parse_timestamp
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo
 
 _PIN_NAME_RE = re.compile(PIN_NAME_PATTERN)
 

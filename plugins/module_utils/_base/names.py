@@ -15,7 +15,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
 
 PREFIXES = ("appvms", "vm-templates")
 

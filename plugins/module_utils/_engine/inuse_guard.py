@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import VolumeInUse
-from ansible_collections.dom0.reflink.plugins.module_utils._volume import (
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import VolumeInUse
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import (
     VolumeFiles,
     loop_devices,
     qubes_running_names,

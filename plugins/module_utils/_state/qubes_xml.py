@@ -18,7 +18,7 @@ import xml.parsers.expat
 from xml.etree import ElementTree
 from dataclasses import dataclass, field
 
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
 
 DEFAULT_PATH = "/var/lib/qubes/qubes.xml"
 AUTO = "auto"

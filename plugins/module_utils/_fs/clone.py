@@ -19,7 +19,7 @@ import platform
 import stat
 from typing import Any
 
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import CloneError
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError
 
 FALLBACK_ERRNOS = frozenset((errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV))
 

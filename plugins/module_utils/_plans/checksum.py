@@ -14,9 +14,9 @@ import hashlib
 import os
 import re
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _clone as clone
-from ansible_collections.dom0.reflink.plugins.module_utils._actions import Action
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import (
+from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import Action
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     ChecksumMismatch,
     InvalidArgument,
     ReflinkError,

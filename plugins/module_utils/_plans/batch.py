@@ -20,22 +20,22 @@ import re
 import resource
 from dataclasses import dataclass, field
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _actions as act
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, PoolError, ReflinkError
-from ansible_collections.dom0.reflink.plugins.module_utils._inuse_guard import InUseGuard
-from ansible_collections.dom0.reflink.plugins.module_utils._locks import volume_locks
-from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_vid
-from ansible_collections.dom0.reflink.plugins.module_utils._operations import VolumePlanner, check_revisions_to_keep
-from ansible_collections.dom0.reflink.plugins.module_utils._qubes_xml import read_qubes_xml, refuse_qubesd_volume
-from ansible_collections.dom0.reflink.plugins.module_utils._task import (
+from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, PoolError, ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_locks
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import VolumePlanner, check_revisions_to_keep
+from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml, refuse_qubesd_volume
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import (
     PlanFailed,
     _open_task_pool,
     execute,
     planned_texts,
     simulate,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._units import parse_volume_size
-from ansible_collections.dom0.reflink.plugins.module_utils._volume import Surroundings, read_volume, volume_report
+from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_volume_size
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import Surroundings, read_volume, volume_report
 
 STATES = ("present", "absent", "stopped")
 ITEM_KEYS = ("vid", "state", "size", "allow_shrink", "revisions_to_keep")

@@ -14,16 +14,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ansible_collections.dom0.reflink.plugins.module_utils._actions import Workspace
-from ansible_collections.dom0.reflink.plugins.module_utils._clone import clone_probe
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import InvalidArgument, ReflinkError
-from ansible_collections.dom0.reflink.plugins.module_utils._fsops import AbsentDirectory, Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._inuse_guard import InUseGuard, VolumeBecameInUse
-from ansible_collections.dom0.reflink.plugins.module_utils._locks import volume_lock
-from ansible_collections.dom0.reflink.plugins.module_utils._names import parse_vid
-from ansible_collections.dom0.reflink.plugins.module_utils._operations import VolumePlanner
-from ansible_collections.dom0.reflink.plugins.module_utils._qubes_xml import read_qubes_xml, refuse_qubesd_volume
-from ansible_collections.dom0.reflink.plugins.module_utils._volume import (
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import clone_probe
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import AbsentDirectory, Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard, VolumeBecameInUse
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_lock
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import VolumePlanner
+from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml, refuse_qubesd_volume
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import (
     Surroundings,
     VolumeFiles,
     read_volume,

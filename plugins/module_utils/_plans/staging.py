@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _clone as clone
-from ansible_collections.dom0.reflink.plugins.module_utils._actions import (
+from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import (
     Action,
     Fsync,
     MakeVmDir,
@@ -24,15 +24,15 @@ from ansible_collections.dom0.reflink.plugins.module_utils._actions import (
     RemoveVmDirIfEmpty,
     ResizeInPlace,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._checksum import VerifyChecksum, sha256_of
-from ansible_collections.dom0.reflink.plugins.module_utils._errors import (
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum import VerifyChecksum, sha256_of
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     ChecksumMismatch,
     InvalidArgument,
     ReflinkError,
     VolumeInUse,
     VolumeStateError,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._journal import (
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import (
     BEGUN,
     COMMITTED,
     CORRUPT,
@@ -43,7 +43,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._journal import (
     journal_name,
     read_import_marker,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._volume import FileInfo, VolumeFiles
+from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo, VolumeFiles
 
 
 class Stage(Action):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import errno
 import re
 
-from ansible_collections.dom0.reflink.plugins.module_utils import _actions as act
-from ansible_collections.dom0.reflink.plugins.module_utils._journal import JOURNALS_DIR, journal_name, journals_dir, load_record
-from ansible_collections.dom0.reflink.plugins.module_utils._task import PlanFailed, PlanWithdrawn, execute
+from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import JOURNALS_DIR, journal_name, journals_dir, load_record
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import PlanFailed, PlanWithdrawn, execute
 
 
 class Removal(act.Remove):
