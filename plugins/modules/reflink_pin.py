@@ -21,6 +21,8 @@ description:
   - Running the task again with the same content reports no change. A pin of that name with
     other content is refused unless O(force=true).
   - A running volume can be pinned, since qubesd never writes its clean image or revisions while it runs.
+  - In check mode, the pin of a volume that does not exist yet (an earlier task of the same play creates it)
+    is planned with a warning; a real run refuses a volume without such an image.
   - M(dom0.reflink.reflink_revert) with O(dom0.reflink.reflink_revert#module:pin) makes a pin's
     content the volume's clean image again.
 extends_documentation_fragment:
@@ -127,7 +129,9 @@ volume:
   returned: always
   type: dict
 diff:
-  description: With C(--diff), the volume's files (pins included) and revision ids before and after.
+  description:
+    - With C(--diff), the volume's files (pins included) and revision ids before and after.
+    - A replacement with O(force=true) also shows the pin, under C(pin), before and after.
   returned: when diff mode is on
   type: dict
 """
@@ -161,11 +165,13 @@ def main():
         state = params["state"]
         pinned = {}
 
-        def plan(planner, _context):
+        def plan(planner, context):
             pins = PinPlanner(planner)
             if state == "absent":
                 return pins.absent(name)
-            actions, pinned["source"] = pins.present(name, revision, params["force"])
+            actions, pinned["source"] = pins.present(name, revision, params["force"],
+                                                     context["warnings"] if module.check_mode else None)
+            pinned["replaced"] = bool(actions) and name in planner.files.pins
             return actions
 
         def report_pin(after):
@@ -175,9 +181,14 @@ def main():
             return {"pin": {"name": name, "size": info.size, "timestamp": format_timestamp(info.mtime_ns // 10 ** 9),
                             "source": pinned["source"]}}
 
-        return run_volume_task(params, module.check_mode, module._diff,
-                               "reflink_pin %s %s state=%s" % (params["vid"], name, state), plan,
-                               extra=report_pin, changes="pin" if state == "present" else None)
+        result = run_volume_task(params, module.check_mode, module._diff,
+                                 "reflink_pin %s %s state=%s" % (params["vid"], name, state), plan,
+                                 extra=report_pin, changes="pin" if state == "present" else None)
+        if "diff" in result and pinned.get("replaced"):
+            # A forced replacement may keep the pin's size and time: the diff says what changed.
+            result["diff"]["before"]["pin"] = {"name": name, "content": "its old content"}
+            result["diff"]["after"]["pin"] = {"name": name, "content": "that of %s (replaced, force)" % pinned["source"]}
+        return result
 
     main_wrapper(module, work)
 

@@ -17,10 +17,15 @@ import functools
 import os
 import platform
 import stat
+from typing import Any
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError
 
 FALLBACK_ERRNOS = frozenset((errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV))
+
+# What to do when a reflink is not possible and fallback: never forbids the copy (a rerun fails the same way).
+NO_REFLINK_WAY_OUT = ("a rerun fails the same way: put the source on the pool's file system (one that shares blocks: "
+                      "btrfs, or XFS with reflink=1), or set fallback: errno to allow a sparse copy")
 
 # How the result of a fill came about.
 REFLINK = "reflink"
@@ -174,7 +179,8 @@ def fill_from(dst_fd, src_fd, *, dst_size=None, allow_copy=True, describe=None):
         if not allow_copy:
             raise CloneError(
                 "cannot reflink %s to %s (%s) and copying is not allowed (fallback: never)"
-                % (source, destination, errno.errorcode.get(exc.errno, exc.errno)), exc.errno) from None
+                % (source, destination, errno.errorcode.get(exc.errno, exc.errno)), exc.errno,
+                NO_REFLINK_WAY_OUT) from None
         src_size = file_size(src_fd)
         sparse_copy(src_fd, dst_fd, src_size if dst_size is None else min(src_size, dst_size))
         how = COPY
@@ -252,3 +258,34 @@ def probe_reflink(directory):
                 os.close(fd)
         for name in created:
             directory.unlink(name, sync=False, missing_ok=True)
+
+
+def clone_probe(directory: Any, src_fd: int | None = None) -> tuple[str | None, int | None]:
+    """How a clone into a new file of ``directory`` would go, for a plan: ``(REFLINK, None)``, ``(COPY, errno)`` or ``(None, None)``.
+
+    From the open file ``src_fd``, or (None) between two files of the directory (probe_reflink).
+    COPY: the errno gate says a reflink is not possible (errno says why), so a copy is needed.
+    None: it cannot be told here (a pool that does not exist yet, no O_TMPFILE, a full file
+    system, an error the real run reports).  A source is cloned into an unnamed file (O_TMPFILE)
+    that vanishes when closed: nothing shows in the directory, nothing is written to the source.
+    """
+    if getattr(directory, "fd", None) is None:
+        return None, None
+    if src_fd is None:
+        try:
+            return (REFLINK, None) if probe_reflink(directory) else (COPY, errno.EOPNOTSUPP)
+        except (OSError, CloneError):
+            return None, None
+    try:
+        fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=directory.fd)
+    except (OSError, AttributeError):
+        return None, None
+    try:
+        ficlone(fd, src_fd)
+    except OSError as exc:
+        return (COPY, exc.errno) if exc.errno in FALLBACK_ERRNOS else (None, None)
+    except CloneError:   # FICLONE's number is unknown here: the real run says so
+        return None, None
+    finally:
+        os.close(fd)
+    return REFLINK, None

@@ -27,7 +27,13 @@ from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volu
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import VolumePlanner, check_revisions_to_keep
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml, refuse_qubesd_volume
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import PlanFailed, _open_task_pool, execute, simulate
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import (
+    PlanFailed,
+    _open_task_pool,
+    execute,
+    planned_texts,
+    simulate,
+)
 from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_volume_size
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import Surroundings, read_volume, volume_report
 
@@ -53,6 +59,7 @@ class VolumeRequest:
     revisions_to_keep: int | None = None
     remove_pins: bool = False
     label: str = ""       # how an error names the item ("" for a single-volume task)
+    warning: str = ""     # what the task should be told about this request, or ""
 
     @property
     def changes(self):
@@ -61,14 +68,28 @@ class VolumeRequest:
 
 def volume_request(params):
     """The request of a single-volume task (options already checked by the module)."""
+    size = None if params["size"] is None else parse_volume_size(params["size"])
     return VolumeRequest(
         vid=parse_vid(params["vid"]),
         state=params["state"],
-        size=None if params["size"] is None else parse_volume_size(params["size"]),
+        size=size,
         allow_shrink=params["allow_shrink"],
         revisions_to_keep=check_revisions_to_keep(params["revisions_to_keep"], optional=True),
         remove_pins=params["remove_pins"],
+        warning=_unused_size(params["state"], size, ""),
     )
+
+
+def _unused_size(state: str, size: int | None, label: str) -> str:
+    """The warning for a size given with a state that does not use it (never ignored silently), or ""."""
+    if size is None or state == "present":
+        return ""
+    if state == "absent":
+        why = "state=absent removes the volume"
+    else:
+        why = ("state=stopped commits the pending dirty image at its own size; to resize, run state=present "
+               "with size after it")
+    return "%ssize %d was not used: %s" % ("%s: " % label if label else "", size, why)
 
 
 def batch_requests(params):
@@ -112,14 +133,17 @@ def _item_request(item, params, label):
     if state not in STATES:
         raise InvalidArgument("state must be one of %s (got %r)" % (", ".join(STATES), state))
     size = value("size")
+    size = None if size is None else parse_volume_size(size)
     return VolumeRequest(
         vid=parse_vid(item["vid"]),
         state=state,
-        size=None if size is None else parse_volume_size(size),
+        size=size,
         allow_shrink=_boolean(value("allow_shrink"), "allow_shrink"),
         revisions_to_keep=check_revisions_to_keep(_integer(value("revisions_to_keep")), optional=True),
         remove_pins=params["remove_pins"],
         label=label,
+        # Only the item's own size: the task's is a default for the items that create or resize.
+        warning=_unused_size(state, size if item.get("size") is not None else None, label),
     )
 
 
@@ -182,7 +206,7 @@ def run_volume_batch(params, check_mode, diff, purpose="reflink_volume volumes")
     """Run ``reflink_volume`` with ``volumes`` and return its result dict."""
     requests = batch_requests(params)
     pool = params["pool"]
-    warnings = []
+    warnings = [request.warning for request in requests if request.warning]
     qubes = read_qubes_xml(params.get("qubes_xml"), pool)
     for request in requests:
         if request.changes is not None:
@@ -198,8 +222,9 @@ def run_volume_batch(params, check_mode, diff, purpose="reflink_volume volumes")
                 surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
                 plans = _plan_all(requests, workspaces, surroundings, qubes)
                 if check_mode:
+                    probed = {}
                     for plan in plans:
-                        plan.done = [action.text for action in plan.actions]
+                        plan.done = planned_texts(plan.actions, plan.workspace.prefix_dir, probed)
                 else:
                     _execute_all(plans, surroundings, pool)
         finally:

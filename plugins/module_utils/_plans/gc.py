@@ -39,7 +39,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import (
     pool_lock,
     try_volume_lock,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import classify, parse_vid, revision_id_problem
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import (
     SNAPSHOTS_DISABLED,
     VolumePlanner,
@@ -51,7 +51,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml impo
     orphan_reason,
     read_qubes_xml,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import execute, missing_pool_warning
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import execute, missing_pool_warning, planned_texts
 from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_duration
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import Surroundings
 
@@ -190,7 +190,8 @@ class GcPlanner:
             elif _age(self.now, files.import_) >= min_age:
                 actions.append(self.removal(vid, files.import_, "import image that no begun import claims"))
         for info in files.junk_revisions:
-            actions.append(self.removal(vid, info, "revision file whose id is not an integer"))
+            problem = revision_id_problem(classify(info.name).revision_text)
+            actions.append(self.removal(vid, info, "not a valid revision file: %s" % problem))
         keep = self.revisions_to_keep_of(vid, listed)
         excess = 0 if keep is None else len(files.revisions) - max(keep, 0)
         for number, info in files.revisions[:max(excess, 0)]:
@@ -277,8 +278,14 @@ def parse_gc_options(params):
 def run_gc_task(params, check_mode):
     """reflink_gc: scan, plan, remove (unless in check mode), report."""
     options = parse_gc_options(params)
-    only = [parse_vid(vid) for vid in params["vids"]] if params.get("vids") else None
+    # An empty list means no volume, never every volume (an empty template variable must not widen the task).
+    only = [parse_vid(vid) for vid in params["vids"]] if params.get("vids") is not None else None
     path = params["pool"]
+    if options["remove_orphans"] and options["keep_vids"] == set():
+        raise InvalidArgument("keep_vids is an empty list and remove_orphans is true: that would remove every "
+                              "volume of the pool (an empty keep_vids is almost always an empty template "
+                              "variable); nothing was changed; name the volumes that should exist in keep_vids, "
+                              "or leave keep_vids out to take them from qubes.xml")
     qubes = read_qubes_xml(params.get("qubes_xml"), path)
     if options["remove_orphans"] and options["keep_vids"] is None and qubes is None:
         raise InvalidArgument("remove_orphans needs keep_vids (the list of volumes that should exist), or a "
@@ -296,7 +303,7 @@ def run_gc_task(params, check_mode):
             planner = GcPlanner(pool_dir, options, now, qubes)
             surroundings = Surroundings.read(path, qubes.name if qubes else None)
             try:
-                planner.plan(scan, surroundings, *read_journals(pool_dir))
+                planner.plan(scan, surroundings, *read_journals(pool_dir, only))
             finally:
                 planner.close()
             skipped.extend(planner.skipped)
@@ -305,11 +312,12 @@ def run_gc_task(params, check_mode):
             if meta is not None:
                 with meta:
                     locks = meta.open_dir(LOCKS_DIR)
+            probed = {}
             try:
                 for key in sorted(planner.per_volume):
                     vid, volume_actions = planner.per_volume[key]
                     if check_mode:
-                        actions.extend(action.text for action in volume_actions)
+                        actions.extend(planned_texts(volume_actions, pool_dir, probed))
                         removed.extend(a.entry for a in volume_actions if isinstance(a, Removal))
                         continue
                     lock = try_volume_lock(locks, vid) if locks is not None else None

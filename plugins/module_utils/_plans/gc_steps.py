@@ -13,7 +13,7 @@ import errno
 import re
 
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import JOURNALS_DIR, journals_dir, load_record
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import JOURNALS_DIR, journal_name, journals_dir, load_record
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import PlanFailed, PlanWithdrawn, execute
 
 
@@ -51,14 +51,21 @@ class Removal(act.Remove):
 _JOURNAL_TEMPFILE_RE = re.compile(r".+\.json~[a-z0-9_]{8}\Z")
 
 
-def read_journals(pool_dir):
-    """The journals of ``.reflink/imports/``: ({name: (record or None if unreadable, mtime)}, {tempfile: mtime})."""
+def read_journals(pool_dir, only_vids=None):
+    """The journals of ``.reflink/imports/``: ({name: (record or None if unreadable, mtime)}, {tempfile: mtime}).
+
+    ``only_vids``: only the journals of these volumes (found by name: an unreadable journal of
+    another volume is not this run's to remove).
+    """
     found = {}
     tempfiles = {}
+    wanted = None if only_vids is None else {journal_name(vid) for vid in only_vids}
     with journals_dir(pool_dir) as journals:
         if journals is None:
             return found, tempfiles
         for name in journals.names():
+            if wanted is not None and name.partition("~")[0] not in wanted:
+                continue
             st = journals.lstat(name)
             if st is not None and _JOURNAL_TEMPFILE_RE.match(name):
                 tempfiles[name] = st.st_mtime  # a journal write killed between its link and rename

@@ -13,8 +13,10 @@ checksums in ``_checksum.py``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
+from typing import Any
 
 from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
 from ansible_collections.dom0.reflink.plugins.module_utils._fs import compare
@@ -23,7 +25,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum impor
     parse_checksum,
     verify_clean_checksum,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError, InvalidArgument
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import read_journal
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_lock
@@ -130,6 +132,15 @@ def _own_image(files, source):
     return None
 
 
+def _refuse_impossible_reflink(workspace: Any, source: Source) -> None:
+    """fallback: never, and a reflink from ``source`` into the pool is not possible: refused before any change."""
+    how, code = clone.clone_probe(workspace.vm_dir or workspace.prefix_dir, source.fd)
+    if how == clone.COPY:
+        raise CloneError("cannot reflink %s into the pool (%s: another file system, or one that cannot share "
+                         "blocks) and copying is not allowed (fallback: never); nothing was changed; %s"
+                         % (source.description, errno.errorcode.get(code or 0, code), clone.NO_REFLINK_WAY_OUT), code)
+
+
 def plan_import(planner, workspace, options, source, journal, warnings=None, check_mode=False):
     """Plan the task of reflink_import; ``options`` holds the parsed module options.
 
@@ -151,6 +162,11 @@ def plan_import(planner, workspace, options, source, journal, warnings=None, che
     own = _own_image(files, source)
     if own is not None:
         raise InvalidArgument("the source %s is the volume's own image %s" % (source.description, own))
+    if source is not None and source.size == 0:
+        # As size: 0 is: a truncated download or an empty device would replace the volume by nothing.
+        raise InvalidArgument("the source %s is empty (0 bytes): a volume of zero bytes cannot hold anything, so "
+                              "it is not imported; nothing was changed (to clear the volume, give size alone, "
+                              "without src or src_vid)" % source.description)
     planner.refuse_if_in_use("import into")
     result_size = size if size is not None else source.size
     planner.check_size(result_size)
@@ -158,6 +174,9 @@ def plan_import(planner, workspace, options, source, journal, warnings=None, che
         if options["checksum"]:
             verify_clean_checksum(workspace.vm_dir, vid, options["checksum"])
         return planner.finish_precache(keep) + stale_journal
+    planner.refuse_if_import_held("import into")
+    if source is not None and options["fallback"] == "never":
+        _refuse_impossible_reflink(workspace, source)
     actions = []
     if not files.exists:
         actions.extend(new_volume_actions(planner, workspace))

@@ -18,7 +18,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     UnsafePath,
 )
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory, remove_tree
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import METADATA_DIR, pool_lock
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import METADATA_DIR, NO_SPACE_ERRNOS, pool_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import missing_volumes, read_qubes_xml
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import execute, missing_pool_warning
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import (
@@ -194,8 +194,16 @@ def plan_absent(path, pool_dir):
     images = image_files_in(scan)
     if images:
         shown = ", ".join(images[:5]) + (" and %d more" % (len(images) - 5) if len(images) > 5 else "")
-        raise PoolError("pool %s still holds %d image file(s): %s; remove the volumes first "
-                        "(dom0.reflink.reflink_volume state=absent)" % (path, len(images), shown))
+        pins = ["%s/%s" % (volume.vid.vm_dir, volume.pins[name].name)
+                for volume in scan.sorted_volumes() for name in sorted(volume.pins)]
+        how = "dom0.reflink.reflink_volume state=absent"
+        if pins:
+            # state=absent keeps a volume's pins: without remove_pins the pool would still not be empty.
+            how += (" with remove_pins: true, since %d of them are pins (%s), which state=absent keeps otherwise; "
+                    "or remove the pins one by one with dom0.reflink.reflink_pin state=absent"
+                    % (len(pins), ", ".join(pins[:5]) + (" and %d more" % (len(pins) - 5) if len(pins) > 5 else "")))
+        raise PoolError("pool %s still holds %d image file(s): %s; remove the volumes first (%s)"
+                        % (path, len(images), shown, how))
     foreign = foreign_entries(pool_dir, scan)
     if foreign:
         raise PoolError("pool %s holds files that are not part of a pool: %s; move them away first"
@@ -239,17 +247,20 @@ def run_pool_task(params, check_mode, diff):
     path = params["path"]
     # Nothing here depends on qubes.xml, but a qubes_xml that names a missing or bad file fails alike everywhere.
     read_qubes_xml(params.get("qubes_xml"), path)
+    if params["state"] == "absent":
+        refuse_symlinked_pool(path)
     pool_dir, exists = open_pool_or_parent(path)
     before = _layout(path)
+    warnings = []
     try:
         if params["state"] == "present":
             probe_at = pool_dir or Directory.open_pool(os.path.dirname(os.path.abspath(path)))
             try:
-                reflink = probe_reflink(probe_at)
+                reflink = _probe(probe_at, exists, warnings)
             finally:
                 if probe_at is not pool_dir:
                     probe_at.close()
-            if not reflink and params["require_reflink"]:
+            if reflink is False and params["require_reflink"]:
                 raise PoolError(
                     "the filesystem of %s (%s) does not support reflinks, so every clone would be a full "
                     "copy; use btrfs or XFS (reflink=1), or set require_reflink: false"
@@ -273,6 +284,8 @@ def run_pool_task(params, check_mode, diff):
     report = filesystem_report(report_at, reflink)
     report["path"] = path
     result = {"changed": bool(steps), "actions": done, "pool": report}
+    if warnings:
+        result["warnings"] = warnings
     if diff:
         after = _layout(path)
         if check_mode:
@@ -280,6 +293,33 @@ def run_pool_task(params, check_mode, diff):
                      "directories": list(names.PREFIXES) if params["state"] == "present" else []}
         result["diff"] = {"before": before, "after": after}
     return result
+
+
+def refuse_symlinked_pool(path: str) -> None:
+    """Refuse to remove a pool whose path is a symlink: its contents would go, then its rmdir would fail."""
+    link = path.rstrip("/") or "/"
+    if os.path.islink(link):
+        raise PoolError("pool path %s is a symlink (to %s): nothing was removed; give the pool's real path %s "
+                        "to remove the pool, then remove the symlink itself"
+                        % (path, os.readlink(link), os.path.realpath(link)))
+
+
+def _probe(directory: Directory, exists: bool, warnings: list[str]) -> bool | None:
+    """The reflink probe; on an existing pool whose file system is full, None (unknown) and a warning."""
+    try:
+        return probe_reflink(directory)
+    except (OSError, ReflinkError) as exc:
+        code = getattr(exc, "errno", None)
+        if code not in NO_SPACE_ERRNOS:
+            raise
+        if not exists:
+            raise PoolError("cannot set up a pool: the reflink probe could not write its small test file in %s "
+                            "(%s): the file system is full; free some space first"
+                            % (directory.path, os.strerror(code))) from None
+    warnings.append("the file system of %s is full, so the reflink probe could not write its small test file: "
+                    "pool.reflink is null (unknown); reflink_gc and state=absent of volumes and pins work on a "
+                    "full pool and free space" % directory.path)
+    return None
 
 
 def _pool_lock_if(pool_dir, params, check_mode, create=True):
@@ -304,7 +344,7 @@ def run_info_task(params, check_mode=False):
     """reflink_info: report the pool and its volumes; never changes anything."""
     path = params["pool"]
     only = None
-    if params.get("vids"):
+    if params.get("vids") is not None:   # an empty list reports no volume, never every volume
         only = [names.parse_vid(vid) for vid in params["vids"]]
     qubes = read_qubes_xml(params.get("qubes_xml"), path)
     wanted = None if only is None else {str(vid) for vid in only}

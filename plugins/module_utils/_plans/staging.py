@@ -13,6 +13,7 @@ nothing: the import image holds another program's work.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import (
@@ -20,10 +21,12 @@ from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions 
     Fsync,
     MakeVmDir,
     Remove,
+    RemoveVmDirIfEmpty,
     ResizeInPlace,
 )
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum import VerifyChecksum
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum import VerifyChecksum, sha256_of
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
+    ChecksumMismatch,
     InvalidArgument,
     ReflinkError,
     VolumeInUse,
@@ -90,6 +93,13 @@ class Stage(Action):
     def simulate(self, files):
         usage = 0 if self.source is None else min(self.source.usage, self.size)
         files[self.name] = FileInfo(self.name, self.size, usage)
+
+    def predict_how(self, probe: Any) -> None:
+        if self.source is None:
+            self.how = clone.EMPTY
+            return
+        how = probe(self.source.fd)[0]
+        self.how = how if how != clone.COPY or self.allow_copy else None
 
     @property
     def done(self):
@@ -191,8 +201,12 @@ def _plan_abort(planner, workspace, journal, warnings, check_mode):
                 "claims it (it may be qubesd's own import in progress); reflink_gc removes it once it is "
                 "older than min_age" % (vid, rel(vid.import_)))
         return []
+    planner.refuse_if_import_held("abort the import into")
     actions = [Remove(rel, vid.import_, why)] if files.import_ is not None else []
     actions.append(RemoveJournal(workspace.pool_dir, vid))
+    if state == BEGUN and journal.get("made_vm_dir") and workspace.vm_dir is not None \
+            and set(workspace.vm_dir.names()) <= {vid.import_}:
+        actions.append(RemoveVmDirIfEmpty(vid))   # begin made it for the import: nothing else is in it
     return actions
 
 
@@ -204,8 +218,12 @@ def _plan_commit(planner, workspace, options, journal, warnings, check_mode):
         raise VolumeStateError(_corrupt(vid, "commit cannot check that the import image is the one begun")
                                + "; then begin again")
     if state != BEGUN:
-        if state == COMMITTED or read_import_marker(workspace.vm_dir, vid.clean) is not None:
-            return planner.finish_precache(keep)  # this commit happened: a rerun changes nothing
+        marked = read_import_marker(workspace.vm_dir, vid.clean) is not None
+        if state == COMMITTED or marked:
+            # This commit happened: a rerun changes nothing, once what it is given matches what was committed.
+            if marked or (files.clean is not None and files.clean.ino == journal.get("clean_ino")):
+                _check_committed(planner, workspace, options)
+            return planner.finish_precache(keep)
         if journal is None and check_mode:
             warnings.append(_planned_only(vid, "commit"))
             size = options["size"] if options["size"] is not None else files.size
@@ -218,6 +236,7 @@ def _plan_commit(planner, workspace, options, journal, warnings, check_mode):
     begun_at = journal.get("written", "?")
     if files.import_ is None and files.clean is not None and files.clean.ino == journal.get("import_ino"):
         # The commit's rename happened and the task died before it recorded it: finish.
+        _check_committed(planner, workspace, options)
         return planner.finish_precache(keep) + [
             WriteJournal(workspace.pool_dir, vid, {"vid": str(vid), "state": COMMITTED},
                          "record the import of %s as committed" % vid)]
@@ -231,6 +250,7 @@ def _plan_commit(planner, workspace, options, journal, warnings, check_mode):
     _refuse_replaced(planner, journal)
     try:
         planner.refuse_if_in_use("commit an import into")
+        planner.refuse_if_import_held("commit an import into")
     except VolumeInUse as exc:
         raise VolumeInUse("%s (the begun import stays as it is; state=abort discards it)" % exc) from None
     size = options["size"]
@@ -250,6 +270,33 @@ def _plan_commit(planner, workspace, options, journal, warnings, check_mode):
     if target != files.import_.size:
         planner.check_size(target)
     return _commit_actions(planner, workspace, options, None, checks, target, begun_at)
+
+
+def _check_committed(planner: Any, workspace: Any, options: dict[str, Any]) -> None:
+    """A rerun of a finished commit: the ``size`` and ``checksum`` it is given must match the committed image."""
+    vid, files, rel = planner.vid, planner.files, planner.rel
+    committed = files.clean
+    if committed is None:
+        return
+    way_out = ("nothing was changed; to import other data, begin a new import (state=begin, write the data, "
+               "state=commit)")
+    if options["size"] is not None and options["size"] != committed.size:
+        raise VolumeStateError(
+            "the import of %s was committed already, at %d bytes (%s), but this commit gives size %d; "
+            "give the committed size (or none) to confirm it; %s"
+            % (vid, committed.size, rel(vid.clean), options["size"], way_out))
+    if options["checksum"]:
+        fd = workspace.vm_dir.open_file(vid.clean, os.O_RDONLY)
+        try:
+            actual = sha256_of(fd)
+        finally:
+            os.close(fd)
+        if actual != options["checksum"]:
+            way_out = "check the checksum; " + way_out
+            raise ChecksumMismatch(
+                "checksum mismatch: the import of %s was committed already, and the committed image %s has "
+                "sha256:%s, not the expected sha256:%s; %s"
+                % (vid, rel(vid.clean), actual, options["checksum"], way_out), way_out)
 
 
 def _commit_actions(planner, workspace, options, assumed, checks, target, begun_at):
@@ -307,9 +354,12 @@ def _plan_begin(planner, workspace, options, journal):
         journal_text = ("replace the stale import journal of %s (its import image, begun at %s, is gone) with "
                         "a record of this begin" % (vid, journal.get("written", "?")))
     planner.refuse_if_in_use("import into")
+    planner.refuse_if_import_held("begin an import into")
     planner.check_size(size)
     actions = [] if workspace.vm_dir is not None else [MakeVmDir(vid)]
     actions.append(Stage(rel, vid.import_, None, size, allow_copy=True))
-    actions.append(WriteJournal(workspace.pool_dir, vid, {"vid": str(vid), "state": BEGUN, "size": size},
-                                journal_text))
+    record = {"vid": str(vid), "state": BEGUN, "size": size}
+    if workspace.vm_dir is None:
+        record["made_vm_dir"] = True   # so that state=abort removes it again
+    actions.append(WriteJournal(workspace.pool_dir, vid, record, journal_text))
     return actions

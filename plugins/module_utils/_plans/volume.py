@@ -20,6 +20,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
     VolumeInUse,
     VolumeStateError,
 )
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.holders import describe_holders, open_holders
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import format_timestamp
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import loop_size
 
@@ -80,13 +81,32 @@ class VolumePlanner:
             raise VolumeInUse("cannot %s volume %s: it is in use (%s); %s"
                               % (what, self.vid, "; ".join(reasons), way_out))
 
+    def refuse_if_import_held(self, what: str) -> None:
+        """Refuse to replace or remove the import image while a process holds it open.
+
+        qubesd's Import writer keeps it open while a slow restore streams in: replaced or
+        removed, the data would go into a file nobody can commit.  One walk of /proc, and
+        only when there is an import image.
+        """
+        info = self.files.import_
+        if info is None:
+            return
+        found = open_holders([(info.dev, info.ino)]).get((info.dev, info.ino))
+        if found:
+            raise VolumeInUse(
+                "cannot %s volume %s: its import image %s is held open by %s (qubesd's Import writer keeps it "
+                "open while data streams in), and this would replace or remove it; nothing was changed; run "
+                "this again once that process has closed it" % (what, self.vid, self.rel(info.name),
+                                                                describe_holders(found)))
+
     def new_precache(self):
-        return act.Clone(self.rel, self.vid.clean, self.vid.precache, "refresh precache",
-                         copy_mtime=True)
+        return act.MakePrecache(self.rel, self.vid.clean, self.vid.precache, "refresh precache",
+                                copy_mtime=True)
 
     def remove_everything(self, why):
         """Remove actions for every file of the volume (the dirty image last)."""
         files = self.files
+        self.refuse_if_import_held("remove the files of")
         ordered = list(files.tempfiles)
         ordered.extend(info for info in (files.import_,) if info)
         ordered.extend(info for _number, info in files.revisions)

@@ -12,9 +12,11 @@ does not import Ansible: it only calls the module object it is given.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import Workspace
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import clone_probe
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import AbsentDirectory, Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard, VolumeBecameInUse
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_lock
@@ -88,18 +90,19 @@ def execute(actions, workspace, guard=None):
             except VolumeBecameInUse as exc:
                 raise _withdrawn(exc, ran, done, workspace) from None
             except (ReflinkError, OSError) as exc:
-                undone = _undo(list(reversed(ran)), workspace)
+                undone, taken_back = _undo(list(reversed(ran)), workspace)
                 raise PlanFailed("could not check whether the volume became in use before step '%s' (%s); "
                                  "completed steps are listed in actions%s; run the task again"
-                                 % (action.text, exc, undone), done) from None
+                                 % (action.text, exc, undone), done, _left_changed(ran, taken_back)) from None
         try:
             action.run(workspace)
         except (ReflinkError, OSError, OverflowError) as exc:
             # The failed step may have done part of its work (a rename whose directory fsync
             # failed): it is undone first, with the steps before it.
-            undone = _undo([action, *reversed(ran)], workspace)
+            undone, taken_back = _undo([action, *reversed(ran)], workspace)
             raise PlanFailed("%s; completed steps are listed in actions%s; %s"
-                             % (_failure_text(action, exc), undone, _way_out(exc)), done) from None
+                             % (_failure_text(action, exc), undone, _way_out(exc)), done,
+                             _left_changed(ran, taken_back)) from None
         done.append(action.done)
         ran.append(action)
         if action.completes:
@@ -146,7 +149,9 @@ def _failure_text(action, exc):
 
 
 def _undo(actions, workspace):
+    """Undo ``actions`` (best effort): the text for the message, and the actions that were taken back."""
     undone = []
+    taken_back = []
     for action in actions:
         try:
             text = action.undo(workspace)
@@ -154,7 +159,33 @@ def _undo(actions, workspace):
             continue  # the next run of the task, or reflink_gc, deals with it
         if text:
             undone.append(text)
-    return "; undone: %s" % ", ".join(undone) if undone else ""
+            taken_back.append(action)
+    return ("; undone: %s" % ", ".join(undone) if undone else ""), taken_back
+
+
+def _left_changed(ran: list[Any], taken_back: list[Any]) -> bool:
+    """Whether a failed plan left a change: a step that ran, changes the disk, and was not taken back."""
+    return any(action.changes_disk and action not in taken_back for action in ran)
+
+
+def planned_texts(actions: list[Any], directory: Any, found: dict[Any, Any] | None = None) -> list[str]:
+    """Check mode: each action's text as the real run reports it, where the plan can tell how a clone goes.
+
+    ``directory``: one on the pool's file system.  A clone between two images of the pool is a
+    reflink where a probe of that file system succeeds (probed once, and only for a plan with a
+    clone); a staged source is probed by cloning it into an unnamed file there.  ``found``: a
+    dict of the probes made so far, shared by the calls of one task (a batch, gc).
+    """
+    found = {} if found is None else found
+
+    def probe(src_fd: int | None = None) -> tuple[str | None, int | None]:
+        if src_fd not in found:
+            found[src_fd] = clone_probe(directory, src_fd)
+        return found[src_fd]
+
+    for action in actions:
+        action.predict_how(probe)
+    return [action.done for action in actions]
 
 
 def simulate(files, actions):
@@ -196,7 +227,7 @@ def run_volume_task(params, check_mode, diff, purpose, plan, extra=None, changes
                                     qubes=qubes.volume(vid) if qubes is not None else None)
             actions = plan(planner, {"workspace": workspace, "vm_dir_names": vm_dir_names, "warnings": warnings})
             if check_mode:
-                reported = [action.text for action in actions]
+                reported = planned_texts(actions, workspace.vm_dir or workspace.prefix_dir)
                 after = simulate(files, actions)
             else:
                 reported = execute(actions, workspace, guard=InUseGuard(files, surroundings))
@@ -229,9 +260,18 @@ def _open_task_pool(path, check_mode, warnings):
     return Directory.open_pool(path)
 
 
+def check_lock_timeout(value: object) -> object:
+    """``lock_timeout`` (None where a module has none): a whole number of seconds, 0 or more."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise InvalidArgument("lock_timeout must be a whole number of seconds, 0 or more (0: do not wait), got %r"
+                              % (value,))
+    return value
+
+
 def main_wrapper(module, work):
     """Call ``work()`` and exit the module with its result, or fail with a clear message."""
     try:
+        check_lock_timeout(module.params.get("lock_timeout"))
         result = work()
     except PlanFailed as exc:
         # A batch's failure also says what each item done before it left (``result``).
