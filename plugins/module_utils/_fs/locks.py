@@ -16,13 +16,14 @@ that times out can name it (``/proc/locks`` tells which pid holds it).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import time
 from collections.abc import Iterable, Iterator
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import LockTimeout
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import LockTimeout, NoSpaceForLock
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory, PoolDirectory
 
@@ -32,6 +33,8 @@ POOL_LOCK = "pool.lock"
 _PROC_LOCKS = "/proc/locks"
 _POLL_START = 0.01
 _POLL_MAX = 0.25
+# A full file system, or the user's quota: what a write that needs new space fails with.
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def metadata_dir(pool_dir: PoolDirectory, create: bool) -> Directory | None:
@@ -101,6 +104,31 @@ def _describe_holders(fd: int, path: str) -> str:
     return ", ".join(parts)
 
 
+def _write_holder_record(fd: int, purpose: str) -> None:
+    """Write who holds the lock into its file: best effort, since only a timed-out waiter reads it.
+
+    On a full file system the record cannot be written (btrfs needs new space to rewrite even a few
+    bytes), and a full pool is when gc and removals are needed most: the lock is held all the same.
+    """
+    record = json.dumps({
+        "pid": os.getpid(),
+        "purpose": purpose,
+        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }).encode()
+    try:
+        # Overwritten in place, cut only when an older record was longer: a truncation is a metadata
+        # write, and a batch writes one record per volume.
+        os.pwrite(fd, record, 0)
+        if os.fstat(fd).st_size > len(record):
+            os.ftruncate(fd, len(record))
+    except OSError as exc:
+        if exc.errno not in NO_SPACE_ERRNOS:
+            raise
+        # An older holder's record would name the wrong process; cutting it frees space, needs none.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+
+
 class Lock:
     """A held flock; release with :meth:`release` or by leaving the ``with`` block."""
 
@@ -134,6 +162,10 @@ def acquire(directory: Directory, name: str, *, exclusive: bool, timeout: float,
         fd = directory.open_file(name, flags, 0o600)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno not in NO_SPACE_ERRNOS:
+            raise
+        raise NoSpaceForLock(_no_space_text(directory.join(name), "lock file", exc)) from None
     operation = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
     if deadline is None:
         deadline = time.monotonic() + timeout
@@ -152,27 +184,37 @@ def acquire(directory: Directory, name: str, *, exclusive: bool, timeout: float,
                 time.sleep(delay)
                 delay = min(delay * 2, _POLL_MAX)
         if exclusive:
-            record = json.dumps({
-                "pid": os.getpid(),
-                "purpose": purpose,
-                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }).encode()
-            # Overwritten in place, cut only when an older record was longer: a truncation is a metadata
-            # write, and a batch writes one record per volume.
-            os.pwrite(fd, record, 0)
-            if os.fstat(fd).st_size > len(record):
-                os.ftruncate(fd, len(record))
+            _write_holder_record(fd, purpose)
     except BaseException:
         os.close(fd)
         raise
     return Lock(fd)
 
 
+def _no_space_text(path: str, what: str, exc: OSError) -> str:
+    return ("cannot create the %s %s: %s; the file system is full and this step needs a little new space: "
+            "free some by hand (remove a file you do not need), then run the task again"
+            % (what, path, exc.strerror))
+
+
+@contextlib.contextmanager
+def _locks_dir(pool_dir: PoolDirectory, create: bool) -> Iterator[Directory | None]:
+    """``<pool>/.reflink/locks`` for the ``with`` block (see metadata_subdir); making it on a full file system fails clearly."""
+    with contextlib.ExitStack() as stack:
+        try:
+            locks = stack.enter_context(metadata_subdir(pool_dir, LOCKS_DIR, create))
+        except OSError as exc:
+            if exc.errno not in NO_SPACE_ERRNOS:
+                raise
+            raise NoSpaceForLock(_no_space_text(os.path.join(pool_dir.path, METADATA_DIR), "lock directory", exc)) from None
+        yield locks
+
+
 @contextlib.contextmanager
 def pool_lock(pool_dir: PoolDirectory, *, exclusive: bool, timeout: float, purpose: str,
               create: bool = True) -> Iterator[None]:
     """Hold the pool lock (shared or exclusive) for the ``with`` block."""
-    with metadata_subdir(pool_dir, LOCKS_DIR, create) as locks:
+    with _locks_dir(pool_dir, create) as locks:
         lock = None
         if locks is not None:
             lock = acquire(locks, POOL_LOCK, exclusive=exclusive, timeout=timeout, purpose=purpose,
@@ -233,13 +275,27 @@ def _holding(pool_dir: PoolDirectory, wanted: list[tuple[str, bool, str]], *, ti
     One deadline of ``timeout`` seconds covers them all; they are released in the reverse order.
     """
     deadline = time.monotonic() + timeout
-    with metadata_subdir(pool_dir, LOCKS_DIR, create) as locks:
-        held = []
+    with _locks_dir(pool_dir, create) as locks:
+        held: list[Lock] = []
         try:
             if locks is not None:
                 for name, exclusive, what in wanted:
-                    lock = acquire(locks, name, exclusive=exclusive, timeout=timeout, purpose=purpose,
-                                   what=what, create=create, deadline=deadline)
+                    try:
+                        lock = acquire(locks, name, exclusive=exclusive, timeout=timeout, purpose=purpose,
+                                       what=what, create=create, deadline=deadline)
+                    except NoSpaceForLock:
+                        if name == POOL_LOCK:
+                            raise
+                        # A full file system has no room for a new volume lock file (a volume qubesd made):
+                        # the pool lock held exclusively keeps every other task of the pool out instead
+                        # (each holds it shared), so that a removal, which frees space, still runs.
+                        for taken in reversed(held):
+                            taken.release()
+                        lock = acquire(locks, POOL_LOCK, exclusive=True, timeout=timeout, purpose=purpose,
+                                       what="pool (held exclusively: no room for the lock file of %s)" % what,
+                                       create=False, deadline=deadline)
+                        held = [lock] if lock is not None else []
+                        break
                     if lock is not None:
                         held.append(lock)
             yield

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, ReflinkError
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid, classify, parse_vid, revision_id_problem
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import exclusive_bytes
@@ -218,7 +217,9 @@ class GcPlanner:
             elif _age(self.now, files.import_) >= min_age:
                 actions.append(self.removal(vid, files.import_, "import image that no begun import claims"))
         for info in files.junk_revisions:
-            actions.append(self.removal(vid, info, "revision file whose id is not an integer"))
+            image = classify(info.name)
+            problem = revision_id_problem(image.revision_text or "") if image is not None else None
+            actions.append(self.removal(vid, info, "not a valid revision file: %s" % problem))
         keep = self.revisions_to_keep_of(vid, listed)
         excess = 0 if keep is None else len(files.revisions) - max(keep, 0)
         for number, info in files.revisions[:max(excess, 0)]:

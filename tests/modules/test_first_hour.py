@@ -1,0 +1,184 @@
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What a new user hit in the first hour (issue 26), outside imports: each a rule for every module.
+
+An empty list means nothing; a symlinked pool is not removed; revision ids are positive integers;
+options are checked, never ignored silently; messages name a way out that works; check and diff
+mode say what the real run does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from module_helpers import MIB, T0, assert_failed, make_pool, make_volume, pool_listing, put_file, stamp
+from staging_helpers import VID, assert_ok, assert_refused, image
+
+OLD = T0 - 7200
+
+
+def test_an_empty_vids_list_selects_no_volume(btrfs_dir, run_module):
+    pool = make_pool(btrfs_dir)
+    make_volume(pool, VID, revisions=[(1, T0 - 200), (2, T0 - 100)])
+    put_file(pool / "appvms/work/private.img~abcd1234", MIB, [(0, 4096)], mtime=OLD)
+    (pool / "appvms" / "empty").mkdir()
+    before = pool_listing(pool)
+    for check in (True, False):
+        gc = run_module("reflink_gc", check=check, pool=str(pool), vids=[], revisions_to_keep=0, min_age=0)
+        assert_ok(gc, False)
+        assert gc["removed"] == [] and gc["actions"] == [] and gc["reclaimed_bytes"] == 0
+        assert pool_listing(pool) == before
+    info = run_module("reflink_info", pool=str(pool), vids=[])
+    assert not info.get("failed") and info["volumes"] == [], info
+
+
+def test_keep_vids_empty_with_remove_orphans_is_refused(btrfs_dir, run_module):
+    pool = make_pool(btrfs_dir)
+    make_volume(pool, VID, mtime=OLD)
+    make_volume(pool, "appvms/mail/private", seed=2, mtime=OLD)
+    before = pool_listing(pool)
+    for check in (True, False):
+        result = run_module("reflink_gc", check=check, pool=str(pool), keep_vids=[], remove_orphans=True,
+                            min_age=0)
+        assert_failed(result, "keep_vids", "every volume", "qubes.xml")
+        assert pool_listing(pool) == before
+    # Without remove_orphans an empty keep_vids only reports.
+    reported = assert_ok(run_module("reflink_gc", pool=str(pool), keep_vids=[]), False)
+    assert sorted(item["vid"] for item in reported["orphans"]) == ["appvms/mail/private", VID]
+
+
+def test_gc_scoped_with_vids_leaves_other_volumes_journals(btrfs_dir, run_module):
+    pool = make_pool(btrfs_dir)
+    make_volume(pool, VID)
+    make_volume(pool, "appvms/mail/private", seed=2)
+    assert_ok(run_module("reflink_import", pool=str(pool), vid="appvms/mail/private", state="begin", size="1M"), True)
+    imports = pool / ".reflink" / "imports"
+    (imports / "appvms-other-private.json").write_text("{not json")      # another volume's, unreadable
+    (imports / "appvms-work-private.json").write_text("{not json")       # the scoped volume's, unreadable
+    journals_before = sorted(os.listdir(imports))
+    gc = assert_ok(run_module("reflink_gc", pool=str(pool), vids=[VID]), True)
+    assert gc["actions"] == ["remove journal .reflink/imports/appvms-work-private.json (unreadable journal)"]
+    assert sorted(os.listdir(imports)) == [name for name in journals_before if name != "appvms-work-private.json"]
+
+
+def test_pool_absent_on_a_symlink_removes_nothing(btrfs_dir, run_module):
+    pool = make_pool(btrfs_dir)
+    (pool / ".reflink").mkdir()
+    (pool / "appvms" / "gone").mkdir()
+    link = btrfs_dir / "link"
+    os.symlink(pool, link)
+    before = pool_listing(btrfs_dir)
+    for check in (True, False):
+        msg = assert_failed(run_module("reflink_pool", check=check, path=str(link), state="absent"),
+                            "symlink", str(pool), "nothing was removed")
+        assert "run the task again" not in msg
+        assert pool_listing(btrfs_dir) == before and os.path.islink(link)
+    assert_ok(run_module("reflink_pool", path=str(pool), state="absent"), True)
+    assert not pool.exists()
+
+
+def test_pool_refusal_names_the_pins_and_remove_pins(btrfs_dir, run_module):
+    pool = make_pool(btrfs_dir)
+    make_volume(pool, VID)
+    assert_ok(run_module("reflink_pin", pool=str(pool), vid=VID, name="keep"), True)
+    assert_ok(run_module("reflink_volume", pool=str(pool), vid=VID, state="absent"), True)
+    msg = assert_failed(run_module("reflink_pool", path=str(pool), state="absent"),
+                        "appvms/work/private.img.pin-keep", "remove_pins: true")
+    assert "reflink_pin state=absent" in msg
+    assert_ok(run_module("reflink_volume", pool=str(pool), vid=VID, state="absent", remove_pins=True), True)
+    assert_ok(run_module("reflink_pool", path=str(pool), state="absent"), True)
+
+
+def test_revision_ids_are_positive_integers_everywhere(btrfs_dir, run_module):
+    pool = make_pool(btrfs_dir)
+    make_volume(pool, VID, revisions=[(1, T0 - 100)])
+    zero = "private.img.0@%s" % stamp(T0 - 300)
+    negative = "private.img.-1@%s" % stamp(T0 - 200)
+    for name in (zero, negative):
+        put_file(pool / "appvms/work" / name, MIB, [(0, 4096)], mtime=T0 - 300)
+    info = run_module("reflink_info", pool=str(pool))
+    [volume] = info["volumes"]
+    assert [item["id"] for item in volume["revisions"]] == [1]
+    assert sorted(volume["artifacts"]["junk_revisions"]) == sorted([zero, negative])
+    gc = assert_ok(run_module("reflink_gc", pool=str(pool)), True)
+    reasons = {entry["file"].rpartition("/")[2]: entry["reason"] for entry in gc["removed"]}
+    assert set(reasons) == {zero, negative}
+    assert "id -1 is a negative number" in reasons[negative] and "not an integer" not in reasons[negative]
+    assert "id 0 is not a revision id" in reasons[zero]
+    assert os.path.exists(pool / "appvms/work" / ("private.img.1@%s" % stamp(T0 - 100)))
+
+
+def test_lock_timeout_must_not_be_negative(btrfs_dir, run_module):
+    pool = make_pool(btrfs_dir)
+    make_volume(pool, VID)
+    before = pool_listing(pool)
+    for module, args in (("reflink_volume", {"pool": str(pool), "vid": VID, "size": "8M"}),
+                         ("reflink_gc", {"pool": str(pool)}),
+                         ("reflink_info", {"pool": str(pool)}),
+                         ("reflink_pool", {"path": str(pool)})):
+        assert_failed(run_module(module, lock_timeout=-1, **args), "lock_timeout", "-1", "0 or more")
+    assert pool_listing(pool) == before
+    assert_ok(run_module("reflink_volume", pool=str(pool), vid=VID, size="8M", lock_timeout=0), True)
+
+
+def test_size_with_state_stopped_or_absent_is_warned_about(btrfs_dir, run_module):
+    pool = make_pool(btrfs_dir)
+    make_volume(pool, VID)
+    make_volume(pool, "appvms/mail/private", seed=2)
+    stopped = assert_ok(run_module("reflink_volume", pool=str(pool), vid=VID, state="stopped", size="8M"), False)
+    assert any("size 8388608 was not used" in text and "state=stopped" in text for text in stopped["warnings"])
+    assert os.path.getsize(image(pool)) == 4 * MIB
+    batch = assert_ok(run_module("reflink_volume", pool=str(pool), size="2M", volumes=[
+        {"vid": "appvms/mail/private", "state": "absent", "size": "4M"},    # its own size: warned about
+        {"vid": "appvms/new/private", "state": "absent"}]), True)          # the task's size: a default
+    assert batch["warnings"] == ["volumes item 1 (appvms/mail/private): size 4194304 was not used: "
+                                 "state=absent removes the volume"]
+    removed = assert_ok(run_module("reflink_volume", pool=str(pool), vid=VID, state="absent", size="8M"), True)
+    assert any("state=absent removes the volume" in text for text in removed["warnings"])
+
+
+def test_a_forced_pin_replacement_shows_in_the_diff(btrfs_dir, run_module):
+    pool = make_pool(btrfs_dir)
+    make_volume(pool, VID)
+    assert_ok(run_module("reflink_pin", pool=str(pool), vid=VID, name="keep"), True)
+    pin = pool / "appvms/work/private.img.pin-keep"
+    with open(pin, "r+b") as handle:   # other content, same size, allocation and time
+        handle.write(b"other data" * 100)
+    os.utime(pin, ns=(os.stat(image(pool)).st_mtime_ns,) * 2)
+    args = {"pool": str(pool), "vid": VID, "name": "keep", "force": True}
+    check = assert_ok(run_module("reflink_pin", check=True, diff=True, **args), True)
+    real = assert_ok(run_module("reflink_pin", diff=True, **args), True)
+    assert real["diff"]["before"] != real["diff"]["after"], real["diff"]
+    assert check["diff"] == real["diff"]
+
+
+def test_check_mode_plans_the_pin_of_a_volume_the_play_creates(btrfs_dir, ansible_env, tmp_path):
+    pool = make_pool(btrfs_dir)
+    saved = tmp_path / "pin.json"
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"dom0.reflink.reflink_volume": {"pool": str(pool), "vid": VID, "size": "4M"}},
+        {"dom0.reflink.reflink_pin": {"pool": str(pool), "vid": VID, "name": "first"}, "register": "pinned"},
+        {"ansible.builtin.copy": {"content": "{{ pinned | to_json }}", "dest": str(saved), "mode": "0600"},
+         "check_mode": False, "diff": False}]}]))
+    before = pool_listing(pool)
+    proc = subprocess.run(["ansible-playbook", "-i", "localhost,", "-c", "local", "--check", str(playbook)],
+                          env=ansible_env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert pool_listing(pool) == before
+    pinned = json.loads(saved.read_text())
+    assert pinned["changed"] is True and pinned["pin"]["name"] == "first"
+    assert any("does not exist" in text and "check mode" in text for text in pinned["warnings"])
+    # The real run creates the volume, then pins it.
+    saved.unlink()
+    real = subprocess.run(["ansible-playbook", "-i", "localhost,", "-c", "local", str(playbook)],
+                          env=ansible_env, capture_output=True, text=True, timeout=600, check=False)
+    assert real.returncode == 0, real.stdout + real.stderr
+    assert json.loads(saved.read_text())["changed"] is True and (pool / "appvms/work/private.img.pin-first").exists()
+
+
+def test_refused_pin_of_a_missing_volume_in_a_real_run(btrfs_dir, run_module):
+    pool = make_pool(btrfs_dir)
+    assert_refused(run_module("reflink_pin", pool=str(pool), vid=VID, name="first"), "no clean image")
