@@ -1,0 +1,363 @@
+# -*- coding: utf-8 -*-
+# Copyright: dom0.reflink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One step of the model-based test: predict, run in check mode, run for real, run again; check each.
+
+Properties checked around every task (``Harness.perform``):
+(a) what a user keeps is where the model says (clean, dirty, revisions, pins,
+    files the collection does not own);
+(b) a refusal changes nothing on disk and its message says why;
+(c) check mode predicts the real run and itself changes nothing;
+(d) the same task run again right after changes nothing;
+and the contract's invariants (modes, precache, revision ids, no stray tempfiles).
+A violation raises an AssertionError subclass named after it (so that
+Hypothesis shrinks each kind on its own), unless known_defects.py lists it.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import re
+import time
+
+import core_api as api
+import known_defects
+from disk import listing, parse_name, syncfs
+from pool_model import PoolModel
+from predict import Ctx, Refuse, Unsure
+
+_HOW = re.compile(r" \((?:reflink|sparse copy[^)]*)\)\Z")
+_BARE = {os.strerror(code) for code in errno.errorcode}
+_VIOLATIONS: dict[str, type] = {}
+STATS: collections.Counter = collections.Counter()   # (task label, how the real run ended) -> count
+
+
+class KnownDefectSeen(Exception):
+    """A known defect showed; the step stops checking and the model is read again."""
+
+
+def violation_type(name: str) -> type:
+    if name not in _VIOLATIONS:
+        _VIOLATIONS[name] = type("Violation_" + name, (AssertionError,), {})
+    return _VIOLATIONS[name]
+
+
+def _strip(value):
+    """A result without what check mode cannot know: usage figures, warnings, how a clone was made."""
+    if isinstance(value, dict):
+        return {key: _strip(item) for key, item in value.items() if key not in ("usage", "warnings", "diff")}
+    if isinstance(value, list):
+        return [_strip(item) for item in value]
+    if isinstance(value, str):
+        return _HOW.sub("", value)
+    return value
+
+
+def is_bare(msg: str) -> bool:
+    """A message that is only an errno's text (and perhaps a path): it does not say why or what to do."""
+    return msg.split(" (", maxsplit=1)[0].strip() in _BARE
+
+
+class Harness:
+    """The pool under test, its model, and the checks around each task."""
+
+    def __init__(self, base: str, kind: str, other_fs: str) -> None:
+        self.base = base                      # this example's directory on the file system under test
+        self.kind = kind
+        self.pool = os.path.join(base, "pool")
+        self.other_fs = other_fs              # a directory on another file system (cross-fs sources)
+        self.model = PoolModel()
+        self.holders: list = []               # (Popen, st_ino) of child processes holding a file open
+        self.filler: str | None = None        # the file that fills the file system
+        self.steps: list = []                 # what the machine did so far, for the reports
+        self.counter = 0
+
+    # -- the disk ------------------------------------------------------------
+
+    def snapshot(self, locks: bool = False) -> dict:
+        found = listing(self.base, locks=locks)
+        found.update(listing(self.other_fs, prefix="@other"))
+        return found
+
+    def read_model(self) -> PoolModel:
+        model = PoolModel.read(self.pool, self.model.foreign.keys())
+        return model
+
+    def ctx(self, snap: dict) -> Ctx:
+        held_inos = {ino for _proc, ino in self.holders}
+        held = set()
+        ages = {}
+        now = _now()
+        for rel, entry in snap.items():
+            parts = rel.split("/")
+            if len(parts) != 4 or parts[0] != "pool" or entry.kind != "file":
+                continue
+            image = parse_name(parts[3])
+            if image is None:
+                continue
+            vid = "%s/%s/%s" % (parts[1], parts[2], image.volume)
+            ages[(vid, parts[3])] = now - entry.mtime_ns / 1e9
+            if entry.ino in held_inos:
+                held.add((vid, parts[3]))
+                if image.kind == "import" and not image.tempfile:
+                    held.add((vid, "import"))
+        return Ctx(reflink=self.kind != "ext4", held=held, full=self.filler is not None, ages=ages)
+
+    # -- violations ----------------------------------------------------------
+
+    def violation(self, name: str, text: str, known: str | None = None) -> None:
+        if known is None and ".img.0@" in text:
+            known = "revision_zero_listed"   # a junk revision 0 taken for a revision (revert, prune, info)
+        text = "%s: %s\n  steps so far:\n    %s" % (name, text, "\n    ".join(self.steps[-40:]))
+        if known_defects.is_lenient(known):
+            known_defects.record(known, text.split("\n")[0], self.steps)
+            raise KnownDefectSeen(known)
+        raise violation_type(name)(text + ("\n  (known defect %s, strict)" % known if known else ""))
+
+    def flag(self, name: str, text: str, known: str | None = None) -> None:
+        """A violation found outside perform (by a rule looking at a result): a known one is reported."""
+        try:
+            self.violation(name, text, known)
+        except KnownDefectSeen:
+            self.model = self.read_model()
+
+    # -- one task --------------------------------------------------------------
+
+    def perform(self, label: str, module: str, options: dict, predict, rerun: bool = True,
+                vm_dir: str | None = None) -> api.Outcome | None:
+        """Predict, check mode, real run, rerun; check the properties; keep the model in step."""
+        self.steps.append("%s %s" % (label, _brief(options)))
+        before = self.snapshot()
+        ctx = self.ctx(before)
+        expected = self.model.copy()
+        outcome, why, known, explains = "ok", "", None, None
+        try:
+            explains = predict(expected, ctx)
+        except Refuse as exc:
+            outcome, why, known = "refuse" if exc.check_knows else "refuse_at_run", str(exc), exc.known
+        except Unsure as exc:
+            outcome, why = "any", str(exc)
+        try:
+            return self._perform(module, options, before, ctx, expected, outcome, why, known, explains, rerun, vm_dir)
+        except KnownDefectSeen:
+            self.model = self.read_model()
+            return None
+
+    def _perform(self, module, options, before, ctx, expected, outcome, why, known, explains, rerun, vm_dir):
+        with_locks = self.snapshot(locks=True)
+        check = api.run(module, options, check=True)
+        if self.snapshot(locks=True) != with_locks:
+            self.violation("check_mode_changed_disk", "%s: %s" % (module, _changes(with_locks,
+                                                                                   self.snapshot(locks=True))))
+        real = api.run(module, options)
+        after = self.snapshot()
+        STATS[(self.steps[-1].split(" {")[0], "refused" if real.refusal else "failed" if real.failed
+               else "changed" if real.result.get("changed") else "unchanged")] += 1
+        planned_only = any("check mode planned" in warning for warning in check.warnings)
+        self._check_outcome(check, real, outcome, why, known, ctx, planned_only)
+        if real.failed:
+            self._after_failure(real, before, after, expected, ctx, known)
+        else:
+            self._after_success(module, options, check, real, before, after, expected, outcome, explains, ctx,
+                                planned_only, vm_dir)
+        if rerun:
+            self._rerun(module, options, real, after, ctx, known)
+        return real
+
+    def _check_outcome(self, check, real, outcome, why, known, ctx, planned_only):
+        if outcome in ("refuse", "refuse_at_run") and not real.failed:
+            self.violation("should_refuse", "expected a refusal (%s), the task succeeded: %s"
+                           % (why, _brief(real.result)), known)
+        enospc = "No space left" in real.msg
+        if outcome == "refuse" and real.failed and not check.failed and not planned_only and not (ctx.full and enospc):
+            self.violation("check_mode_missed_refusal", "the real run failed (%s) where check mode succeeded: %s"
+                           % (real.msg, _brief(check.result)), known)
+        if outcome == "ok" and real.failed:
+            if ctx.full and enospc and ctx.allocates:
+                return
+            if ctx.full and enospc:
+                self.violation("full_disk_failure", "a task that needs no new space failed on a full file system: "
+                               "%s" % real.msg, "full_disk_cleanup")
+            self.violation("unexpected_failure", "expected success, got: %s" % real.msg)
+        if not real.failed and check.failed:
+            self.violation("check_failed_real_ok", "check mode failed (%s), the real run succeeded" % check.msg)
+
+    def _after_failure(self, real, before, after, expected, ctx, known):
+        disk_changed = after != before
+        if real.refusal and disk_changed:
+            self.violation("refusal_changed_disk", "%s; changes: %s" % (real.msg, _changes(before, after)), known)
+        if not disk_changed and real.result.get("changed"):
+            self.violation("failed_but_changed", "nothing changed on disk but changed: true (%s)" % real.msg,
+                           "failed_but_changed")
+        if disk_changed and not real.result.get("changed"):
+            self.violation("failed_changed_false", "the disk changed but changed: false (%s): %s"
+                           % (real.msg, _changes(before, after)))
+        if not real.msg.strip() or is_bare(real.msg):
+            self.violation("bare_message", "the message does not say why: %r" % real.msg,
+                           "full_disk_cleanup" if ctx.full else None)
+        if "No space left" in real.msg and "precache" in real.msg and "revisions_to_keep" not in real.msg:
+            self.violation("enospc_precache_advice", real.msg, "enospc_precache_advice")
+        found = self.read_model()
+        lost = _lost(self.model, expected, found)
+        if lost:
+            self.violation("failure_lost_data", "%s; lost: %s" % (real.msg, lost), known)
+        self.model = found
+
+    def _after_success(self, module, options, check, real, before, after, expected, outcome, explains, ctx,
+                       planned_only, vm_dir):
+        found = self.read_model()
+        if outcome == "ok":
+            differences = expected.differences(found)
+            if differences:
+                known = explains
+                if any(".img.0@" in text for text in differences):
+                    known = "revision_zero_listed"
+                self.violation("model_mismatch", "; ".join(differences), known)
+        self.model = found
+        changed = bool(real.result.get("changed"))
+        if changed != (after != before):
+            self.violation("changed_flag_wrong", "changed: %s but the disk %s: %s"
+                           % (changed, "changed" if after != before else "did not change",
+                              _changes(before, after)))
+        if not check.failed and not planned_only:
+            left, right = _strip(check.result), _strip(real.result)
+            if left != right:
+                self.violation("check_mode_differs", _dict_difference(left, right))
+        diff = real.result.get("diff")
+        # What diff mode shows of a volume: its files' names and sizes (not their inodes).
+        images_changed = any(_shown_by_diff(rel, before, after) for rel in set(before) | set(after))
+        forced_pin = module == "reflink_pin" and options.get("force") and changed
+        if (images_changed or forced_pin) and isinstance(diff, dict) and "before" in diff \
+                and diff["before"] == diff["after"]:
+            self.violation("diff_empty", "changed: true but --diff shows no difference: %s"
+                           % _brief(real.result.get("actions")), "diff_empty_forced_pin" if forced_pin else None)
+        self._invariants(before, after, vm_dir, module, options)
+
+    def _invariants(self, before, after, vm_dir, module, options):
+        temp_before = {rel for rel in before if "~" in rel}
+        stray = sorted(rel for rel in after if "~" in rel and rel not in temp_before)
+        if stray:
+            self.violation("stray_tempfiles", "tempfiles left after a successful task: %s" % stray)
+        for rel, entry in after.items():
+            parts = rel.split("/")
+            ours = (len(parts) == 4 and parts[0] == "pool" and parse_name(parts[3]) is not None) or \
+                rel.startswith("pool/.reflink/")
+            if ours and entry.kind == "file" and entry.mode != 0o600:
+                self.violation("file_mode", "%s has mode %o" % (rel, entry.mode))
+        if vm_dir is not None:
+            path = os.path.join(self.pool, vm_dir)
+            was_empty = "pool/" + vm_dir in before and not any(rel.startswith("pool/%s/" % vm_dir) for rel in before)
+            if os.path.isdir(path) and not os.listdir(path) and not was_empty:
+                self.violation("empty_vm_dir", "%s is left empty after %s" % (vm_dir, module),
+                               "abort_leaves_vm_dir" if options.get("state") == "abort" else None)
+        ids = {}
+        for rel in after:
+            parts = rel.split("/")
+            image = parse_name(parts[-1]) if len(parts) == 4 and parts[0] == "pool" else None
+            if image is not None and image.revision is not None and not image.tempfile:
+                ids.setdefault((parts[1], parts[2], image.volume, image.revision), []).append(rel)
+        twice = [files for files in ids.values() if len(files) > 1]
+        if twice:
+            self.violation("revision_id_twice", "two revision files with one id: %s" % twice)
+
+    def _rerun(self, module, options, real, after, ctx, known):
+        again = api.run(module, options)
+        now = self.snapshot()
+        if real.failed:
+            converges = "run the task again to finish" in real.msg
+            if converges and not ctx.full and again.failed:
+                self.violation("rerun_does_not_converge", "the failure said to run the task again, and that "
+                               "fails too: %s" % again.msg, known)
+            if not again.failed or converges:
+                self.model = self.read_model()
+                return
+            if now != after:
+                self.violation("rerun_of_refusal_changed_disk", _changes(after, now), known)
+            return
+        if again.failed:
+            self.violation("rerun_failed", again.msg,
+                           "full_disk_cleanup" if ctx.full and "No space left" in again.msg else None)
+        if again.result.get("changed") or now != after:
+            self.violation("rerun_changed", "changed: %s, actions %s; disk: %s"
+                           % (again.result.get("changed"), again.result.get("actions"), _changes(after, now)))
+
+    # -- holders and the full file system ------------------------------------
+
+    def release_holders(self) -> None:
+        for proc, _ino in self.holders:
+            proc.kill()
+            proc.wait()
+        self.holders = []
+
+    def free_disk(self) -> None:
+        if self.filler is not None:
+            os.unlink(self.filler)
+            syncfs(os.path.dirname(self.filler))
+            self.filler = None
+
+
+def _shown_by_diff(rel: str, before: dict, after: dict) -> bool:
+    """Whether a change of the entry ``rel`` is one that diff mode shows (a file of a VM directory came,
+    went or changed size)."""
+    if not rel.startswith(("pool/appvms/", "pool/vm-templates/")) or rel.count("/") != 3:
+        return False
+    if (rel in before) != (rel in after):
+        return True
+    return rel in before and before[rel].size != after[rel].size
+
+
+def _lost(before: PoolModel, expected: PoolModel, found: PoolModel) -> list:
+    """Contents a user keeps that a failed task took away although it was not to remove them."""
+    lost = []
+    for vid, vol in before.vols.items():
+        have = _kept(found.vols.get(vid))
+        allowed = _kept(expected.vols.get(vid))
+        for what, key in _kept(vol).items():
+            if key not in have.values() and key in allowed.values():
+                lost.append("%s %s" % (vid, what))
+    return lost
+
+
+def _kept(vol) -> dict:
+    if vol is None:
+        return {}
+    kept = {}
+    if vol.clean is not None:
+        kept["clean"] = vol.clean.key
+    if vol.dirty is not None:
+        kept["dirty"] = vol.dirty.key
+    for number, (content, _ts) in vol.revisions.items():
+        kept["revision %d" % number] = content.key
+    for name, (content, _ts) in vol.pins.items():
+        kept["pin %s" % name] = content.key
+    return kept
+
+
+def _changes(before: dict, after: dict) -> str:
+    gone = sorted(set(before) - set(after))
+    new = sorted(set(after) - set(before))
+    changed = sorted(rel for rel in set(before) & set(after) if before[rel] != after[rel])
+    return "removed %s, added %s, changed %s" % (gone[:8], new[:8], changed[:8])
+
+
+def _dict_difference(left, right, path="") -> str:
+    if isinstance(left, dict) and isinstance(right, dict):
+        if set(left) != set(right):
+            return "%s keys: check %s, real %s" % (path or "result", sorted(set(left) - set(right)),
+                                                  sorted(set(right) - set(left)))
+        for key in left:
+            if left[key] != right[key]:
+                return _dict_difference(left[key], right[key], "%s.%s" % (path, key))
+    return "%s: check mode %r, real run %r" % (path or "result", left, right)
+
+
+def _brief(value) -> str:
+    text = repr(value)
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+def _now() -> float:
+    return time.time()
+
