@@ -25,7 +25,7 @@ import time
 import core_api as api
 import known_defects
 from disk import listing, parse_name, syncfs
-from pool_model import PoolModel
+from pool_model import PoolModel, Vol
 from predict import Ctx, Refuse, Unsure
 
 _HOW = re.compile(r" \((?:reflink|sparse copy[^)]*)\)\Z")
@@ -216,6 +216,16 @@ class Harness:
                     known = "revision_zero_listed"
                 self.violation("model_mismatch", "; ".join(differences), known)
         self.model = found
+        reports = [real.result["volume"]] if isinstance(real.result.get("volume"), dict) else []
+        reports += [item for item in real.result.get("volumes", []) if module == "reflink_volume"]
+        for report in reports:
+            wrong = _report_differences(report, found)
+            if wrong:
+                zero = any(revision["id"] < 1 for revision in report.get("revisions", []))
+                self.violation("report_differs", "%s: %s" % (report.get("vid"), "; ".join(wrong)),
+                               "revision_zero_listed" if zero else None)
+        if module == "reflink_gc":
+            self._check_gc_report(real.result, before, after)
         changed = bool(real.result.get("changed"))
         if changed != (after != before):
             self.violation("changed_flag_wrong", "changed: %s but the disk %s: %s"
@@ -235,6 +245,16 @@ class Harness:
                            % _brief(real.result.get("actions")), "diff_empty_forced_pin" if forced_pin else None)
         self._invariants(before, after, vm_dir, module, options)
 
+    def _check_gc_report(self, result, before, after):
+        """gc's ``removed`` names every image file it removed, and only files that were there."""
+        reported = {"pool/" + entry["file"] for entry in result.get("removed", [])}
+        images = {rel for rel in before if rel.startswith(("pool/appvms/", "pool/vm-templates/"))
+                  and rel.count("/") == 3 and before[rel].kind == "file"}
+        gone = {rel for rel in images if rel not in after}
+        if gone - reported or reported - images:
+            self.violation("gc_report", "removed without a report: %s; reported but not there before: %s"
+                           % (sorted(gone - reported), sorted(reported - images)))
+
     def _invariants(self, before, after, vm_dir, module, options):
         temp_before = {rel for rel in before if "~" in rel}
         stray = sorted(rel for rel in after if "~" in rel and rel not in temp_before)
@@ -246,11 +266,13 @@ class Harness:
                 rel.startswith("pool/.reflink/")
             if ours and entry.kind == "file" and entry.mode != 0o600:
                 self.violation("file_mode", "%s has mode %o" % (rel, entry.mode))
-        if vm_dir is not None:
-            path = os.path.join(self.pool, vm_dir)
-            was_empty = "pool/" + vm_dir in before and not any(rel.startswith("pool/%s/" % vm_dir) for rel in before)
+        if vm_dir is None and module == "reflink_volume" and options.get("volumes"):
+            vm_dir = sorted({os.path.dirname(str(item.get("vid"))) for item in options["volumes"]})
+        for one in [vm_dir] if isinstance(vm_dir, str) else vm_dir or []:
+            path = os.path.join(self.pool, one)
+            was_empty = "pool/" + one in before and not any(rel.startswith("pool/%s/" % one) for rel in before)
             if os.path.isdir(path) and not os.listdir(path) and not was_empty:
-                self.violation("empty_vm_dir", "%s is left empty after %s" % (vm_dir, module),
+                self.violation("empty_vm_dir", "%s is left empty after %s" % (one, module),
                                "abort_leaves_vm_dir" if options.get("state") == "abort" else None)
         ids = {}
         for rel in after:
@@ -296,6 +318,23 @@ class Harness:
             os.unlink(self.filler)
             syncfs(os.path.dirname(self.filler))
             self.filler = None
+
+
+def _report_differences(report: dict, found: PoolModel) -> list:
+    """Where a returned volume dict disagrees with the disk."""
+    vol = found.vols.get(report.get("vid")) or Vol()
+    image = vol.dirty or vol.clean
+    state = "dirty" if vol.dirty is not None else "stopped" if vol.clean is not None else "absent"
+    expected = {
+        "size": image.size if image else 0,
+        "revisions": [{"id": number, "timestamp": vol.revisions[number][1]} for number in sorted(vol.revisions)],
+        "pins": sorted(vol.pins),
+        "precache": vol.precache,
+        "state": state,
+    }
+    given = dict(report, pins=[pin["name"] for pin in report.get("pins", [])])
+    return ["%s: reported %r, on disk %r" % (key, given.get(key), value)
+            for key, value in expected.items() if given.get(key) != value]
 
 
 def _shown_by_diff(rel: str, before: dict, after: dict) -> bool:

@@ -258,8 +258,16 @@ class PoolMachine(RuleBasedStateMachine):
                             min_age=min_age, revisions_to_keep=keep, rebuild_precache=rebuild)
         options["keep_vids"] = None if keep_vids == "none" else self.scope(
             keep_vids if keep_vids != "two" else "two", VIDS[-1])
+        before = self.h.model.copy()
         result = self.h.perform("gc", "reflink_gc", options, lambda m, c: predict_gc.gc(m, options, c))
         if result is not None and not result.failed:
+            scope = options["vids"]
+            pending = sorted(vid for vid, vol in before.vols.items()
+                             if vol.dirty is not None and (scope is None or vid in scope))
+            reported = sorted(item["vid"] for item in result.result.get("pending_commit", []))
+            if reported != pending:
+                self.h.flag("gc_pending_commit", "reported %s, dirty images of %s" % (reported, pending),
+                            "empty_vids_widen" if scope == [] else None)
             for entry in result.result.get("removed", []):
                 if ".img.-1@" in entry["file"] and "not an integer" in entry["reason"]:
                     self.h.flag("gc_reason_negative_revision", entry["reason"], "gc_reason_negative_revision")
@@ -287,6 +295,9 @@ class PoolMachine(RuleBasedStateMachine):
                 self.h.flag("info_revision_ids", "%s lists revision ids %s" % (volume["vid"], ids),
                             "revision_zero_listed")
                 continue
+            if vol is not None and volume.get("artifacts") != predict_gc.expected_artifacts(volume["vid"], vol):
+                self.h.flag("info_artifacts", "%s: reported %s, expected %s" % (
+                    volume["vid"], volume.get("artifacts"), predict_gc.expected_artifacts(volume["vid"], vol)))
             if vol is not None and (ids != vol.revision_ids() or [pin["name"] for pin in volume["pins"]]
                                     != sorted(vol.pins)):
                 self.h.flag("info_volume", "%s: revisions %s pins %s, model %s %s"
@@ -340,7 +351,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.plant.corrupt_journal(vid)
 
     @precondition(lambda self: len(self.h.holders) < 3 and any(vol.has_files for vol in self.h.model.vols.values()))
-    @rule(vid=vids, which=st.sampled_from(["import", "import", "revision", "leftover", "clean"]))
+    @rule(vid=vids, which=st.sampled_from(["import", "import", "revision", "leftover", "clean", "precache"]))
     def hold_open(self, vid, which) -> None:
         self.plant.hold(vid, which)
 

@@ -240,6 +240,8 @@ class Planting:
             name = "%s.img.%d@%s" % (volume, number, vol.revisions[number][1])
         elif which == "leftover" and vol.leftovers:
             name = sorted(vol.leftovers)[0]
+        elif which == "precache":
+            name = volume + "-precache.img"
         else:
             return
         path = os.path.join(vm_dir, name)

@@ -158,6 +158,11 @@ class PoolModel:
             for field, value in mine.items():
                 if theirs[field] != value:
                     found.append("%s %s: expected %r, found %r" % (vid, field, value, theirs[field]))
+            expected_ts = self.vols.get(vid, Vol()).clean_ts
+            found_ts = other.vols.get(vid, Vol()).clean_ts
+            if expected_ts is not None and mine["clean"] is not None and found_ts != expected_ts:
+                # Known where the task keeps clean (or makes it from a pin, with the pin's time).
+                found.append("%s clean's mtime: expected %s, found %s" % (vid, expected_ts, found_ts))
         for rel in sorted(set(self.foreign) | set(other.foreign)):
             if self.foreign.get(rel) != other.foreign.get(rel):
                 found.append("file %s the collection does not own: expected %r, found %r"

@@ -88,6 +88,10 @@ def gc(model, options: dict, ctx: Ctx) -> str | None:
         removed = {name for name in removed if (vid, name) not in ctx.held}
         _remove(vol, vid, files, removed)
         if options.get("rebuild_precache") and keep != -1 and vol.clean is not None and vol.precache != "fresh":
+            if (vid, os.path.basename(vid) + "-precache.img") in ctx.held:
+                # A rebuild renames over the held stale precache, which removes it too: left alone.
+                known = known or "gc_rebuild_replaces_held_precache"
+                continue
             ctx.allocates = True
             vol.precache = "fresh"
     for vid, vol in sorted(model.vols.items()):
@@ -122,6 +126,17 @@ def _remove(vol, vid: str, files: dict, removed: set) -> None:
         else:
             vol.leftovers = vol.leftovers - {name}
     assert volume
+
+
+def expected_artifacts(vid: str, vol) -> dict:
+    """The ``artifacts`` reflink_info should report of a volume: the leftovers gc would look at."""
+    volume = os.path.basename(vid)
+    return {
+        "tempfiles": sorted(name for name in vol.leftovers if "~" in name),
+        "import_image": volume + "-import.img" if vol.import_ is not None else None,
+        "junk_revisions": sorted(name for name in vol.leftovers if "~" not in name),
+        "stale_precache": volume + "-precache.img" if vol.precache == "stale" else None,
+    }
 
 
 def expected_info(model, options: dict) -> tuple[list, str | None]:

@@ -4,8 +4,8 @@
 """The stateful property-based test: PoolMachine on btrfs, XFS and ext4 (see machine.py, harness.py).
 
 Budget (environment, as `make test-model` passes them):
-  MODEL_EXAMPLES  sequences per file system (default 20; ext4 gets half)
-  MODEL_STEPS     steps per sequence at most (default 40)
+  MODEL_EXAMPLES  sequences per file system (default 80; ext4 gets half)
+  MODEL_STEPS     steps per sequence at most (default 50)
   MODEL_SEED      unset: the same sequences every run (derandomized); a number: that seed;
                   "random": a new seed each run (printed by Hypothesis on a failure)
   MODEL_STRICT    known defects that fail instead of being reported (see known_defects.py)
@@ -26,11 +26,11 @@ OTHER_FS = {"btrfs": "xfs", "xfs": "btrfs", "ext4": "btrfs"}
 
 
 def model_settings(kind: str) -> settings:
-    examples = int(os.environ.get("MODEL_EXAMPLES", "20"))
+    examples = int(os.environ.get("MODEL_EXAMPLES", "80"))
     if kind == "ext4":
         examples = max(1, examples // 2)
     seed = os.environ.get("MODEL_SEED", "")
-    return settings(max_examples=examples, stateful_step_count=int(os.environ.get("MODEL_STEPS", "40")),
+    return settings(max_examples=examples, stateful_step_count=int(os.environ.get("MODEL_STEPS", "50")),
                     deadline=None, derandomize=seed == "", database=None, print_blob=False,
                     suppress_health_check=list(HealthCheck))
 

@@ -257,3 +257,13 @@ def test_scoped_gc_removes_a_begun_import_of_another_volume(machine, kind):
         state.import_begin(size=65536, vid="appvms/a/data")
         state.gc(keep=None, keep_vids="none", min_age=0, rebuild=False, remove_orphans=False, scope="one",
                  vid="appvms/a/data2")
+
+
+def test_gc_rebuild_replaces_a_held_stale_precache(machine):
+    state = machine("xfs")
+    with shows("gc_rebuild_replaces_held_precache"):
+        state.make_pool(seeds=[0])
+        state.plant_leftover(kind="stale_precache", old=False, seed=0, vid="appvms/a/data")
+        state.hold_open(vid="appvms/a/data", which="precache")
+        state.gc(keep=None, keep_vids="none", min_age=0, rebuild=True, remove_orphans=False, scope="all",
+                 vid="appvms/a/data")
