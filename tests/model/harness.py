@@ -158,7 +158,7 @@ class Harness:
         planned_only = any("check mode planned" in warning for warning in check.warnings)
         self._check_outcome(check, real, outcome, why, known, ctx, planned_only)
         if real.failed:
-            self._after_failure(real, before, after, expected, ctx, known)
+            self._after_failure(module, options, real, before, after, expected, ctx, known)
         else:
             self._after_success(module, options, check, real, before, after, expected, outcome, explains, ctx,
                                 planned_only, vm_dir)
@@ -184,7 +184,7 @@ class Harness:
         if not real.failed and check.failed:
             self.violation("check_failed_real_ok", "check mode failed (%s), the real run succeeded" % check.msg)
 
-    def _after_failure(self, real, before, after, expected, ctx, known):
+    def _after_failure(self, module, options, real, before, after, expected, ctx, known):
         disk_changed = after != before
         if real.refusal and disk_changed:
             self.violation("refusal_changed_disk", "%s; changes: %s" % (real.msg, _changes(before, after)), known)
@@ -199,11 +199,31 @@ class Harness:
                            "full_disk_cleanup" if ctx.full else None)
         if "No space left" in real.msg and "precache" in real.msg and "revisions_to_keep" not in real.msg:
             self.violation("enospc_precache_advice", real.msg, "enospc_precache_advice")
+        if real.refusal:
+            self._way_out(module, options, real.msg)
         found = self.read_model()
         lost = _lost(self.model, expected, found)
         if lost:
             self.violation("failure_lost_data", "%s; lost: %s" % (real.msg, lost), known)
         self.model = found
+
+    def _way_out(self, module, options, msg):
+        """A refusal that names a way out (another task, or an option to set): that task works (in check mode)."""
+        vid = options.get("vid")
+        shared = {"pool": options.get("pool"), "vid": vid, "qubes_xml": "none"}
+        ways = []
+        if vid and "state=abort" in msg:
+            ways.append(("reflink_import", dict(shared, state="abort")))
+        if vid and "reflink_volume state=stopped" in msg:
+            ways.append(("reflink_volume", dict(shared, state="stopped")))
+        for option in ("discard_dirty", "force", "allow_shrink"):
+            if "%s: true" % option in msg and option in api.DEFAULTS[module]:
+                ways.append((module, dict(options, **{option: True})))
+        for way_module, way_options in ways:
+            outcome = api.run(way_module, way_options, check=True)
+            if outcome.failed:
+                self.violation("way_out_fails", "the refusal (%s) names a way out, %s %s, which fails: %s"
+                               % (msg, way_module, _brief(way_options), outcome.msg))
 
     def _after_success(self, module, options, check, real, before, after, expected, outcome, explains, ctx,
                        planned_only, vm_dir):

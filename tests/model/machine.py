@@ -252,10 +252,13 @@ class PoolMachine(RuleBasedStateMachine):
 
     @rule(scope=scopes, vid=vids, keep_vids=st.sampled_from(["none", "none", "none", "empty", "one", "two"]),
           remove_orphans=st.booleans(), min_age=st.sampled_from([0, 0, "0", "1h", "0s", -1]),
-          keep=st.sampled_from([None, None, 0, 1, 2, -1]), rebuild=st.booleans())
-    def gc(self, scope, vid, keep_vids, remove_orphans, min_age, keep, rebuild) -> None:
+          keep=st.sampled_from([None, None, 0, 1, 2, -1]), rebuild=st.booleans(),
+          import_max_age=st.sampled_from(["1d", "1d", "1d", 0]))
+    def gc(self, scope, vid, keep_vids, remove_orphans, min_age, keep, rebuild, import_max_age="1d") -> None:
+        """import_max_age 0: as if the journals were days old (a begun import then expires)."""
         options = self.opts(pool=self.h.pool, vids=self.scope(scope, vid), remove_orphans=remove_orphans,
-                            min_age=min_age, revisions_to_keep=keep, rebuild_precache=rebuild)
+                            min_age=min_age, revisions_to_keep=keep, rebuild_precache=rebuild,
+                            import_max_age=import_max_age)
         options["keep_vids"] = None if keep_vids == "none" else self.scope(
             keep_vids if keep_vids != "two" else "two", VIDS[-1])
         before = self.h.model.copy()
@@ -268,6 +271,11 @@ class PoolMachine(RuleBasedStateMachine):
             if reported != pending:
                 self.h.flag("gc_pending_commit", "reported %s, dirty images of %s" % (reported, pending),
                             "empty_vids_widen" if scope == [] else None)
+            for key, vids_expected in predict_gc.expected_reports(before, options).items():
+                vids_reported = sorted({item["vid"] for item in result.result.get(key, [])})
+                if vids_reported != vids_expected:
+                    self.h.flag("gc_" + key, "reported %s, expected %s" % (vids_reported, vids_expected),
+                                "empty_vids_widen" if scope == [] else None)
             for entry in result.result.get("removed", []):
                 if ".img.-1@" in entry["file"] and "not an integer" in entry["reason"]:
                     self.h.flag("gc_reason_negative_revision", entry["reason"], "gc_reason_negative_revision")

@@ -12,7 +12,6 @@ from predict import Ctx, Refuse, keep_of, vid_ok
 
 _DURATION_RE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*\Z", re.IGNORECASE)
 _FACTORS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-IMPORT_MAX_AGE = 86400
 
 
 def duration(value) -> float:
@@ -49,6 +48,8 @@ def gc(model, options: dict, ctx: Ctx) -> str | None:
     """Change ``model`` as the gc run should; returns the known defect that explains a difference, if any."""
     known = None
     min_age = duration(options.get("min_age", "1h"))
+    # Every journal of a run is younger than a day: with the default import_max_age none has expired.
+    expired = duration(options.get("import_max_age", "1d")) <= 0
     keep = keep_of(options.get("revisions_to_keep"), default=None)
     vids = options.get("vids")
     keep_vids = options.get("keep_vids")
@@ -79,6 +80,7 @@ def gc(model, options: dict, ctx: Ctx) -> str | None:
                 old = ctx.ages.get((vid, name), 0) >= min_age
                 if (what == "junk revision" or (what == "tempfile" and old)
                         or (what == "import" and vol.journal != "begun" and old)
+                        or (what == "import" and vol.journal == "begun" and expired)
                         or (what == "precache" and vol.precache == "stale")):
                     removed.add(name)
             if keep is not None:
@@ -99,7 +101,8 @@ def gc(model, options: dict, ctx: Ctx) -> str | None:
             continue
         if scope is not None and vid not in scope and vol.journal == "begun" and vol.import_ is not None:
             known = known or "gc_scoped_removes_begun_journal"   # today's gc takes it for one whose image is gone
-        if vol.journal == "corrupt" or (vol.journal == "begun" and vol.import_ is None):
+        if vol.journal == "corrupt" or (vol.journal == "begun" and vol.import_ is None) \
+                or (vol.journal == "committed" and expired):
             if scope is not None and vid not in scope:
                 known = known or "gc_scoped_removes_other_journal"
                 continue
@@ -126,6 +129,21 @@ def _remove(vol, vid: str, files: dict, removed: set) -> None:
         else:
             vol.leftovers = vol.leftovers - {name}
     assert volume
+
+
+def expected_reports(model, options: dict) -> dict:
+    """gc's orphans and orphaned_pins (vids) as the run should report them, from the model before it."""
+    scope = options.get("vids")
+    keep_vids = options.get("keep_vids")
+    orphans, orphaned_pins = [], []
+    for vid, vol in sorted(model.vols.items()):
+        if scope is not None and vid not in scope:
+            continue
+        if vol.pins and not vol.exists:
+            orphaned_pins.append(vid)
+        if keep_vids is not None and vid not in keep_vids and vol.has_files and vol.dirty is None:
+            orphans.append(vid)
+    return {"orphans": orphans, "orphaned_pins": orphaned_pins}
 
 
 def expected_artifacts(vid: str, vol) -> dict:
