@@ -26,7 +26,7 @@ import core_api as api
 import known_defects
 from disk import listing, parse_name, syncfs
 from pool_model import PoolModel, Vol
-from predict import Ctx, Refuse, Unsure
+from predict import Ctx, Refuse, RefuseOrWarn, Unsure
 
 _HOW = re.compile(r" \((?:reflink|sparse copy[^)]*)\)\Z")
 _BARE = {os.strerror(code) for code in errno.errorcode}
@@ -135,6 +135,8 @@ class Harness:
         outcome, why, known, explains = "ok", "", None, None
         try:
             explains = predict(expected, ctx)
+        except RefuseOrWarn as exc:
+            outcome, why, known = "refuse_or_warn", str(exc), exc.known
         except Refuse as exc:
             outcome, why, known = "refuse" if exc.check_knows else "refuse_at_run", str(exc), exc.known
         except Unsure as exc:
@@ -167,11 +169,15 @@ class Harness:
         return real
 
     def _check_outcome(self, check, real, outcome, why, known, ctx, planned_only):
+        if outcome == "refuse_or_warn" and not real.failed and not real.warnings:
+            self.violation("ignored_without_warning", "expected a refusal or a warning (%s), the task succeeded "
+                           "silently: %s" % (why, _brief(real.result)), known)
         if outcome in ("refuse", "refuse_at_run") and not real.failed:
             self.violation("should_refuse", "expected a refusal (%s), the task succeeded: %s"
                            % (why, _brief(real.result)), known)
         enospc = "No space left" in real.msg
-        if outcome == "refuse" and real.failed and not check.failed and not planned_only and not (ctx.full and enospc):
+        if outcome in ("refuse", "refuse_or_warn") and real.failed and not check.failed and not planned_only \
+                and not (ctx.full and enospc):
             self.violation("check_mode_missed_refusal", "the real run failed (%s) where check mode succeeded: %s"
                            % (real.msg, _brief(check.result)), known)
         if outcome == "ok" and real.failed:
@@ -246,6 +252,14 @@ class Harness:
                                "revision_zero_listed" if zero else None)
         if module == "reflink_gc":
             self._check_gc_report(real.result, before, after)
+        vol = found.vols.get(options.get("vid")) or Vol()
+        if "kept_pins" in real.result and real.result["kept_pins"] != sorted(vol.pins):
+            self.violation("report_differs", "kept_pins %s, pins on disk %s" % (real.result["kept_pins"], sorted(vol.pins)))
+        pin = real.result.get("pin")
+        if isinstance(pin, dict):
+            on_disk = vol.pins.get(pin.get("name"))
+            if on_disk is None or (pin.get("size"), pin.get("timestamp")) != (on_disk[0].size, on_disk[1]):
+                self.violation("report_differs", "pin %s, on disk %s" % (pin, on_disk))
         changed = bool(real.result.get("changed"))
         if changed != (after != before):
             self.violation("changed_flag_wrong", "changed: %s but the disk %s: %s"

@@ -37,6 +37,10 @@ class Refuse(Exception):
         self.check_knows = check_knows   # check mode can tell (False: only reading all the data can)
 
 
+class RefuseOrWarn(Refuse):
+    """The task must be refused, or succeed with a warning about what it ignores (then as if it were not given)."""
+
+
 class Unsure(Exception):
     """The spec does not fix the outcome here (a size that may not fit, say)."""
 
@@ -244,7 +248,7 @@ def volume_task(model, item: dict, ctx: Ctx) -> None:
     if state == "present":
         volume_present(vid, vol, size, item.get("allow_shrink") or False, keep, ctx)
     elif size is not None:
-        raise Refuse("size with state=%s" % state, known="size_ignored_stopped_absent")
+        raise RefuseOrWarn("size with state=%s" % state, known="size_ignored_stopped_absent")
     elif state == "stopped":
         volume_stopped(vol, keep, ctx)
     else:
