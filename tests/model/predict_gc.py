@@ -88,7 +88,7 @@ def gc(model, options: dict, ctx: Ctx) -> str | None:
                 removed.update(name for name, what in files.items()
                                if what.startswith("revision ") and int(what.split()[1]) in excess)
         removed = {name for name in removed if (vid, name) not in ctx.held}
-        _remove(vol, vid, files, removed)
+        _remove(vol, files, removed)
         if options.get("rebuild_precache") and keep != -1 and vol.clean is not None and vol.precache != "fresh":
             if (vid, os.path.basename(vid) + "-precache.img") in ctx.held:
                 # A rebuild renames over the held stale precache, which removes it too: left alone.
@@ -111,8 +111,7 @@ def gc(model, options: dict, ctx: Ctx) -> str | None:
     return known
 
 
-def _remove(vol, vid: str, files: dict, removed: set) -> None:
-    volume = os.path.basename(vid)
+def _remove(vol, files: dict, removed: set) -> None:
     for name in removed:
         what = files[name]
         if what == "clean":
@@ -128,7 +127,8 @@ def _remove(vol, vid: str, files: dict, removed: set) -> None:
             del vol.revisions[int(what.split()[1])]
         else:
             vol.leftovers = vol.leftovers - {name}
-    assert volume
+    if vol.clean is None and vol.precache == "fresh":
+        vol.precache = "stale"   # a precache left (held open) without its clean image
 
 
 def expected_reports(model, options: dict) -> dict:
