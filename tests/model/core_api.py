@@ -189,11 +189,12 @@ def run(module: str, options: dict, check: bool = False, diff: bool = True) -> O
             caught.append(exc)
             raise
 
+    result: dict | None = None
     try:
         main_wrapper(fake, work)
     except _Exit as done:
         result = done.result
-    else:
+    if result is None:
         raise AssertionError("main_wrapper returned without exit_json or fail_json")
     if fake.warnings:
         result["warnings"] = list(fake.warnings)

@@ -419,7 +419,7 @@ def _dict_difference(left, right, path="") -> str:
     if isinstance(left, dict) and isinstance(right, dict):
         if set(left) != set(right):
             return "%s keys: check %s, real %s" % (path or "result", sorted(set(left) - set(right)),
-                                                  sorted(set(right) - set(left)))
+                                                   sorted(set(right) - set(left)))
         for key in left:
             if left[key] != right[key]:
                 return _dict_difference(left[key], right[key], "%s.%s" % (path, key))
@@ -433,4 +433,3 @@ def _brief(value) -> str:
 
 def _now() -> float:
     return time.time()
-

@@ -96,7 +96,7 @@ class PoolMachine(RuleBasedStateMachine):
                 any(vol.pins for vol in self.h.model.vols.values())
             if only_pins and "remove_pins" not in result.msg:
                 self.h.flag("pool_refusal_pins_advice", "the pool holds only pins and the refusal does not "
-                                 "name remove_pins: %s" % result.msg, "pool_refusal_pins_advice")
+                            "name remove_pins: %s" % result.msg, "pool_refusal_pins_advice")
         if not all(os.path.isdir(os.path.join(self.h.pool, prefix)) for prefix in ("appvms", "vm-templates")):
             self.pool_present()
 
@@ -309,7 +309,7 @@ class PoolMachine(RuleBasedStateMachine):
             if vol is not None and (ids != vol.revision_ids() or [pin["name"] for pin in volume["pins"]]
                                     != sorted(vol.pins)):
                 self.h.flag("info_volume", "%s: revisions %s pins %s, model %s %s"
-                                 % (volume["vid"], ids, volume["pins"], vol.revision_ids(), sorted(vol.pins)))
+                            % (volume["vid"], ids, volume["pins"], vol.revision_ids(), sorted(vol.pins)))
 
     # -- odd arguments -----------------------------------------------------------------
 

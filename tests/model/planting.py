@@ -152,6 +152,7 @@ class Planting:
         mtime = time.time() - OLD if old else None
         if kind == "stale_precache":
             mtime = time.time() - OLD
+
         def plant():
             try:
                 write_content(path, make_content(4096, seed), mtime)
@@ -275,4 +276,3 @@ class Planting:
             os.close(fd)
         syncfs(self.fs_root)
         self._done("fill the file system (%d MiB)" % (offset >> 20))
-
