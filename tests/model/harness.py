@@ -223,7 +223,8 @@ class Harness:
         if vid and "reflink_volume state=stopped" in msg:
             ways.append(("reflink_volume", dict(shared, state="stopped")))
         for option in ("discard_dirty", "force", "allow_shrink"):
-            if "%s: true" % option in msg and option in api.DEFAULTS[module]:
+            # Not for a batch: setting it for the task does not settle another item's refusal.
+            if "%s: true" % option in msg and option in api.DEFAULTS[module] and not options.get("volumes"):
                 ways.append((module, dict(options, **{option: True})))
         for way_module, way_options in ways:
             outcome = api.run(way_module, way_options, check=True)

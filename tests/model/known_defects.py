@@ -55,6 +55,9 @@ KNOWN: dict[str, str] = {
     "gc_scoped_removes_begun_journal": "model test: reflink_gc with vids removes the journal of a begun two-phase "
                                        "import of a volume outside vids whose import image still exists; its "
                                        "commit then fails, and the next gc removes the writer's data",
+    "commit_finishes_on_reused_inode": "model test: a two-phase commit whose import image is gone reports success "
+                                       "(changed, 'record the import ... as committed') when the clean image has "
+                                       "the import image's old inode number (ext4 reuses it): the data is lost",
     "gc_rebuild_replaces_held_precache": "model test: reflink_gc with rebuild_precache renames a new precache over a "
                                          "stale one that a process holds open, while skipped_files reports it "
                                          "'not removed'",

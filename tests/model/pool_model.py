@@ -52,6 +52,7 @@ class Vol:
 
     clean: Content | None = None
     clean_ts: str | None = None          # revision timestamp the clean image's mtime gives
+    clean_ino: int | None = None
     dirty: Content | None = None
     precache: str = "missing"            # fresh, stale, missing
     revisions: dict = dataclasses.field(default_factory=dict)   # id -> (Content, timestamp)
@@ -183,6 +184,7 @@ def _read_image(vol: Vol, vm_dir: str, name: str, image) -> None:
     if image.kind == "clean":
         vol.clean = content
         vol.clean_ts = stamp(st.st_mtime_ns)
+        vol.clean_ino = st.st_ino
         vol.marker = _xattr(path, REVERT_XATTR)
         vol.imported = _xattr(path, IMPORT_XATTR) is not None
     elif image.kind == "dirty":

@@ -141,7 +141,10 @@ def commit_two_phase(model, vid, options: dict, ctx: Ctx) -> None:
             return
         raise Refuse("no two-phase import is begun")
     if vol.import_ is None:
-        raise Refuse("the begun import image is gone")
+        # Today's commit takes a clean image with the import image's old inode number for a commit
+        # that was renamed into place and not recorded; ext4 reuses a freed inode number at once.
+        reused = vol.clean is not None and vol.clean_ino == vol.begun_ino
+        raise Refuse("the begun import image is gone", known="commit_finishes_on_reused_inode" if reused else None)
     if vol.begun_ino is not None and vol.import_ino != vol.begun_ino:
         raise Refuse("the import image was replaced")
     if (vid, "import") in ctx.held:
