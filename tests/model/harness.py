@@ -17,19 +17,16 @@ Hypothesis shrinks each kind on its own), unless known_defects.py lists it.
 from __future__ import annotations
 
 import collections
-import errno
 import os
-import re
 import time
 
 import core_api as api
 import known_defects
 from disk import listing, parse_name, syncfs
+from checks import brief, changes, dict_difference, is_bare, lost, report_differences, shown_by_diff, strip
 from pool_model import PoolModel, Vol
 from predict import Ctx, Refuse, RefuseOrWarn, Unsure
 
-_HOW = re.compile(r" \((?:reflink|sparse copy[^)]*)\)\Z")
-_BARE = {os.strerror(code) for code in errno.errorcode}
 _VIOLATIONS: dict[str, type] = {}
 STATS: collections.Counter = collections.Counter()   # (task label, how the real run ended) -> count
 
@@ -42,22 +39,6 @@ def violation_type(name: str) -> type:
     if name not in _VIOLATIONS:
         _VIOLATIONS[name] = type("Violation_" + name, (AssertionError,), {})
     return _VIOLATIONS[name]
-
-
-def _strip(value):
-    """A result without what check mode cannot know: usage figures, warnings, how a clone was made."""
-    if isinstance(value, dict):
-        return {key: _strip(item) for key, item in value.items() if key not in ("usage", "warnings", "diff")}
-    if isinstance(value, list):
-        return [_strip(item) for item in value]
-    if isinstance(value, str):
-        return _HOW.sub("", value)
-    return value
-
-
-def is_bare(msg: str) -> bool:
-    """A message that is only an errno's text (and perhaps a path): it does not say why or what to do."""
-    return msg.split(" (", maxsplit=1)[0].strip() in _BARE
 
 
 class Harness:
@@ -128,7 +109,7 @@ class Harness:
     def perform(self, label: str, module: str, options: dict, predict, rerun: bool = True,
                 vm_dir: str | None = None) -> api.Outcome | None:
         """Predict, check mode, real run, rerun; check the properties; keep the model in step."""
-        self.steps.append("%s %s" % (label, _brief(options)))
+        self.steps.append("%s %s" % (label, brief(options)))
         before = self.snapshot()
         ctx = self.ctx(before)
         expected = self.model.copy()
@@ -150,9 +131,9 @@ class Harness:
     def _perform(self, module, options, before, ctx, expected, outcome, why, known, explains, rerun, vm_dir):
         with_locks = self.snapshot(locks=True)
         check = api.run(module, options, check=True)
-        if self.snapshot(locks=True) != with_locks:
-            self.violation("check_mode_changed_disk", "%s: %s" % (module, _changes(with_locks,
-                                                                                   self.snapshot(locks=True))))
+        after_check = self.snapshot(locks=True)
+        if after_check != with_locks:
+            self.violation("check_mode_changed_disk", "%s: %s" % (module, changes(with_locks, after_check)))
         real = api.run(module, options)
         after = self.snapshot()
         STATS[(self.steps[-1].split(" {")[0], "refused" if real.refusal else "failed" if real.failed
@@ -171,15 +152,15 @@ class Harness:
     def _check_outcome(self, check, real, outcome, why, known, ctx, planned_only):
         if outcome == "refuse_or_warn" and not real.failed and not real.warnings:
             self.violation("ignored_without_warning", "expected a refusal or a warning (%s), the task succeeded "
-                           "silently: %s" % (why, _brief(real.result)), known)
+                           "silently: %s" % (why, brief(real.result)), known)
         if outcome in ("refuse", "refuse_at_run") and not real.failed:
             self.violation("should_refuse", "expected a refusal (%s), the task succeeded: %s"
-                           % (why, _brief(real.result)), known)
+                           % (why, brief(real.result)), known)
         enospc = "No space left" in real.msg
         if outcome in ("refuse", "refuse_or_warn") and real.failed and not check.failed and not planned_only \
                 and not (ctx.full and enospc):
             self.violation("check_mode_missed_refusal", "the real run failed (%s) where check mode succeeded: %s"
-                           % (real.msg, _brief(check.result)), known)
+                           % (real.msg, brief(check.result)), known)
         if outcome == "ok" and real.failed:
             if ctx.full and enospc and ctx.allocates:
                 return
@@ -193,13 +174,13 @@ class Harness:
     def _after_failure(self, module, options, real, before, after, expected, ctx, known):
         disk_changed = after != before
         if real.refusal and disk_changed:
-            self.violation("refusal_changed_disk", "%s; changes: %s" % (real.msg, _changes(before, after)), known)
+            self.violation("refusal_changed_disk", "%s; changes: %s" % (real.msg, changes(before, after)), known)
         if not disk_changed and real.result.get("changed"):
             self.violation("failed_but_changed", "nothing changed on disk but changed: true (%s)" % real.msg,
                            "failed_but_changed")
         if disk_changed and not real.result.get("changed"):
             self.violation("failed_changed_false", "the disk changed but changed: false (%s): %s"
-                           % (real.msg, _changes(before, after)))
+                           % (real.msg, changes(before, after)))
         if not real.msg.strip() or is_bare(real.msg):
             self.violation("bare_message", "the message does not say why: %r" % real.msg,
                            "full_disk_cleanup" if ctx.full else None)
@@ -208,9 +189,9 @@ class Harness:
         if real.refusal:
             self._way_out(module, options, real.msg)
         found = self.read_model()
-        lost = _lost(self.model, expected, found)
-        if lost:
-            self.violation("failure_lost_data", "%s; lost: %s" % (real.msg, lost), known)
+        gone = lost(self.model, expected, found)
+        if gone:
+            self.violation("failure_lost_data", "%s; lost: %s" % (real.msg, gone), known)
         self.model = found
 
     def _way_out(self, module, options, msg):
@@ -230,7 +211,7 @@ class Harness:
             outcome = api.run(way_module, way_options, check=True)
             if outcome.failed:
                 self.violation("way_out_fails", "the refusal (%s) names a way out, %s %s, which fails: %s"
-                               % (msg, way_module, _brief(way_options), outcome.msg))
+                               % (msg, way_module, brief(way_options), outcome.msg))
 
     def _after_success(self, module, options, check, real, before, after, expected, outcome, explains, ctx,
                        planned_only, vm_dir):
@@ -246,7 +227,7 @@ class Harness:
         reports = [real.result["volume"]] if isinstance(real.result.get("volume"), dict) else []
         reports += [item for item in real.result.get("volumes", []) if module == "reflink_volume"]
         for report in reports:
-            wrong = _report_differences(report, found)
+            wrong = report_differences(report, found)
             if wrong:
                 zero = any(revision["id"] < 1 for revision in report.get("revisions", []))
                 self.violation("report_differs", "%s: %s" % (report.get("vid"), "; ".join(wrong)),
@@ -265,19 +246,19 @@ class Harness:
         if changed != (after != before):
             self.violation("changed_flag_wrong", "changed: %s but the disk %s: %s"
                            % (changed, "changed" if after != before else "did not change",
-                              _changes(before, after)))
+                              changes(before, after)))
         if not check.failed and not planned_only:
-            left, right = _strip(check.result), _strip(real.result)
+            left, right = strip(check.result), strip(real.result)
             if left != right:
-                self.violation("check_mode_differs", _dict_difference(left, right))
+                self.violation("check_mode_differs", dict_difference(left, right))
         diff = real.result.get("diff")
         # What diff mode shows of a volume: its files' names and sizes (not their inodes).
-        images_changed = any(_shown_by_diff(rel, before, after) for rel in set(before) | set(after))
+        images_changed = any(shown_by_diff(rel, before, after) for rel in set(before) | set(after))
         forced_pin = module == "reflink_pin" and options.get("force") and changed
         if (images_changed or forced_pin) and isinstance(diff, dict) and "before" in diff \
                 and diff["before"] == diff["after"]:
             self.violation("diff_empty", "changed: true but --diff shows no difference: %s"
-                           % _brief(real.result.get("actions")), "diff_empty_forced_pin" if forced_pin else None)
+                           % brief(real.result.get("actions")), "diff_empty_forced_pin" if forced_pin else None)
         self._invariants(before, after, vm_dir, module, options)
 
     def _check_gc_report(self, result, before, after):
@@ -331,14 +312,14 @@ class Harness:
                 self.model = self.read_model()
                 return
             if now != after:
-                self.violation("rerun_of_refusal_changed_disk", _changes(after, now), known)
+                self.violation("rerun_of_refusal_changed_disk", changes(after, now), known)
             return
         if again.failed:
             self.violation("rerun_failed", again.msg,
                            "full_disk_cleanup" if ctx.full and "No space left" in again.msg else None)
         if again.result.get("changed") or now != after:
             self.violation("rerun_changed", "changed: %s, actions %s; disk: %s"
-                           % (again.result.get("changed"), again.result.get("actions"), _changes(after, now)))
+                           % (again.result.get("changed"), again.result.get("actions"), changes(after, now)))
 
     # -- holders and the full file system ------------------------------------
 
@@ -353,83 +334,6 @@ class Harness:
             os.unlink(self.filler)
             syncfs(os.path.dirname(self.filler))
             self.filler = None
-
-
-def _report_differences(report: dict, found: PoolModel) -> list:
-    """Where a returned volume dict disagrees with the disk."""
-    vol = found.vols.get(report.get("vid")) or Vol()
-    image = vol.dirty or vol.clean
-    state = "dirty" if vol.dirty is not None else "stopped" if vol.clean is not None else "absent"
-    expected = {
-        "size": image.size if image else 0,
-        "revisions": [{"id": number, "timestamp": vol.revisions[number][1]} for number in sorted(vol.revisions)],
-        "pins": sorted(vol.pins),
-        "precache": vol.precache,
-        "state": state,
-    }
-    given = dict(report, pins=[pin["name"] for pin in report.get("pins", [])])
-    return ["%s: reported %r, on disk %r" % (key, given.get(key), value)
-            for key, value in expected.items() if given.get(key) != value]
-
-
-def _shown_by_diff(rel: str, before: dict, after: dict) -> bool:
-    """Whether a change of the entry ``rel`` is one that diff mode shows (a file of a VM directory came,
-    went or changed size)."""
-    if not rel.startswith(("pool/appvms/", "pool/vm-templates/")) or rel.count("/") != 3:
-        return False
-    if (rel in before) != (rel in after):
-        return True
-    return rel in before and before[rel].size != after[rel].size
-
-
-def _lost(before: PoolModel, expected: PoolModel, found: PoolModel) -> list:
-    """Contents a user keeps that a failed task took away although it was not to remove them."""
-    lost = []
-    for vid, vol in before.vols.items():
-        have = _kept(found.vols.get(vid))
-        allowed = _kept(expected.vols.get(vid))
-        for what, key in _kept(vol).items():
-            if key not in have.values() and key in allowed.values():
-                lost.append("%s %s" % (vid, what))
-    return lost
-
-
-def _kept(vol) -> dict:
-    if vol is None:
-        return {}
-    kept = {}
-    if vol.clean is not None:
-        kept["clean"] = vol.clean.key
-    if vol.dirty is not None:
-        kept["dirty"] = vol.dirty.key
-    for number, (content, _ts) in vol.revisions.items():
-        kept["revision %d" % number] = content.key
-    for name, (content, _ts) in vol.pins.items():
-        kept["pin %s" % name] = content.key
-    return kept
-
-
-def _changes(before: dict, after: dict) -> str:
-    gone = sorted(set(before) - set(after))
-    new = sorted(set(after) - set(before))
-    changed = sorted(rel for rel in set(before) & set(after) if before[rel] != after[rel])
-    return "removed %s, added %s, changed %s" % (gone[:8], new[:8], changed[:8])
-
-
-def _dict_difference(left, right, path="") -> str:
-    if isinstance(left, dict) and isinstance(right, dict):
-        if set(left) != set(right):
-            return "%s keys: check %s, real %s" % (path or "result", sorted(set(left) - set(right)),
-                                                   sorted(set(right) - set(left)))
-        for key in left:
-            if left[key] != right[key]:
-                return _dict_difference(left[key], right[key], "%s.%s" % (path, key))
-    return "%s: check mode %r, real run %r" % (path or "result", left, right)
-
-
-def _brief(value) -> str:
-    text = repr(value)
-    return text if len(text) < 300 else text[:300] + "..."
 
 
 def _now() -> float:
