@@ -171,9 +171,9 @@ def listing(root: str, prefix: str = "", locks: bool = False) -> dict[str, Entry
     """Every entry below ``root`` (not following symlinks), by path relative to it (``prefix`` in front).
 
     Lock files (and the directories made for them) are the collection's own
-    machinery: left out, unless ``locks`` (check mode must not even make one);
-    then without their content, which every exclusive lock rewrites with its
-    holder's record.  A directory's mtime is left out (its entries are compared instead).
+    machinery: left out, unless ``locks`` (check mode must not make one, nor
+    write the holder's record that a real run's exclusive lock writes into an
+    existing one).  A directory's mtime is left out (its entries are compared instead).
     """
     found: dict[str, Entry] = {}
     if not os.path.lexists(root):
@@ -190,11 +190,9 @@ def listing(root: str, prefix: str = "", locks: bool = False) -> dict[str, Entry
             is_lock = "/.reflink/locks/" in "/" + rel
             if not locks and (is_lock or rel.endswith((".reflink/locks", ".reflink"))):
                 continue
-            entry = entry_of(path, st, contents=not is_lock)
+            entry = entry_of(path, st)
             if entry.kind == "dir":
                 entry = dataclasses.replace(entry, mtime_ns=0)
-            if is_lock:
-                entry = dataclasses.replace(entry, size=0, mtime_ns=0)
             found[rel] = entry
     return found
 

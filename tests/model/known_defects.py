@@ -26,9 +26,6 @@ KNOWN: dict[str, str] = {
     "commit_finishes_on_reused_inode": "model test: a two-phase commit whose import image is gone reports success "
                                        "(changed, 'record the import ... as committed') when the clean image has "
                                        "the import image's old inode number (ext4 reuses it): the data is lost",
-    "gc_rebuild_replaces_held_precache": "model test: reflink_gc with rebuild_precache renames a new precache over a "
-                                         "stale one that a process holds open, while skipped_files reports it "
-                                         "'not removed'",
 }
 
 _SEEN: dict[str, dict] = {}

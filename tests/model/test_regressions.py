@@ -285,3 +285,13 @@ def test_commit_of_a_removed_import_image_on_a_reused_inode(machine):
         pytest.skip("ext4 did not reuse the import image's inode number this time: the case does not apply")
     with shows("commit_finishes_on_reused_inode"):
         state.import_commit(checksum=None, keep=None, size=None, vid=vid)
+
+
+def test_check_mode_writes_no_lock_record(machine):
+    """Check mode held the locks exclusively and wrote its holder's record into the existing lock files (the
+    volume's, the pool's for gc): a write in check mode, which must write nothing."""
+    state = machine("btrfs")
+    state.make_pool(seeds=[0])
+    state.volume_present(allow_shrink=False, keep=None, size=None, vid="appvms/a/data")
+    state.gc(keep=None, keep_vids="none", min_age=0, rebuild=False, remove_orphans=False, scope="all",
+             vid="appvms/a/data")

@@ -4,7 +4,8 @@
 
 An empty list means nothing; a symlinked pool is not removed; revision ids are positive integers;
 options are checked, never ignored silently; messages name a way out that works; check and diff
-mode say what the real run does.
+mode say what the real run does, and check mode writes nothing, lock files included.  gc leaves
+what a process holds open, a stale precache it would rebuild included.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import os
 import subprocess
 
-from module_helpers import MIB, T0, assert_failed, make_pool, make_volume, pool_listing, put_file, stamp
+from module_helpers import MIB, T0, assert_failed, holding_open, make_pool, make_volume, pool_listing, put_file, stamp
 from staging_helpers import VID, assert_ok, assert_refused, image
 
 OLD = T0 - 7200
@@ -182,3 +183,51 @@ def test_check_mode_plans_the_pin_of_a_volume_the_play_creates(btrfs_dir, ansibl
 def test_refused_pin_of_a_missing_volume_in_a_real_run(btrfs_dir, run_module):
     pool = make_pool(btrfs_dir)
     assert_refused(run_module("reflink_pin", pool=str(pool), vid=VID, name="first"), "no clean image")
+
+
+def test_check_mode_writes_nothing_into_the_lock_files(btrfs_dir, run_module):
+    """Check mode held each lock exclusively and wrote its holder's record into the lock file (found by tests/model)."""
+    pool = make_pool(btrfs_dir)
+    make_volume(pool, VID)
+    assert_ok(run_module("reflink_volume", pool=str(pool), vid=VID, size="8M"), True)   # makes the lock files
+    assert_ok(run_module("reflink_gc", pool=str(pool)), False)      # the pool lock, held exclusively once
+    locks = pool / ".reflink" / "locks"
+
+    def lock_files():
+        return {name: (os.stat(locks / name).st_mtime_ns, (locks / name).read_bytes()) for name in os.listdir(locks)}
+
+    before = lock_files()
+    assert sorted(before) == ["appvms-work-private.lock", "pool.lock"] and all(data for _mtime, data in before.values())
+    for module, options in (("reflink_volume", {"pool": str(pool), "vid": VID, "size": "16M"}),
+                            ("reflink_volume", {"pool": str(pool), "volumes": [{"vid": VID, "size": "16M"}]}),
+                            ("reflink_gc", {"pool": str(pool), "rebuild_precache": True}),
+                            ("reflink_pool", {"path": str(pool)})):
+        result = run_module(module, check=True, **options)
+        assert not result.get("failed"), result
+        assert lock_files() == before, module
+
+
+def test_gc_leaves_a_stale_precache_held_open_and_does_not_rebuild_it(btrfs_dir, run_module):
+    """rebuild_precache renamed a new precache over a stale one a process held open, while it reported the
+    stale one as not removed (found by tests/model): the rename takes the name from the held file as a
+    removal does."""
+    pool = make_pool(btrfs_dir)
+    make_volume(pool, VID)
+    precache = pool / "appvms/work/private-precache.img"
+    os.utime(precache, (T0 - 60, T0 - 60))          # stale: its mtime is not clean's
+    before = os.stat(precache)
+    with holding_open(precache) as (pid, command):
+        results = [run_module("reflink_gc", check=check, pool=str(pool), rebuild_precache=True) for check in (True, False)]
+        after = os.stat(precache)
+    for result in results:
+        assert_ok(result, False)
+        assert result["actions"] == [] and result["removed"] == []
+        [skipped] = result["skipped_files"]
+        assert skipped["file"] == "appvms/work/private-precache.img"
+        assert "pid %d (%s)" % (pid, command) in skipped["reason"] and "stale precache" in skipped["reason"]
+        assert skipped["reason"].endswith("nor rebuilt")
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    # Once it is closed, gc rebuilds it.
+    rebuilt = assert_ok(run_module("reflink_gc", pool=str(pool), rebuild_precache=True), True)
+    assert [entry["file"] for entry in rebuilt["removed"]] == ["appvms/work/private-precache.img"]
+    assert os.stat(precache).st_mtime_ns == os.stat(pool / "appvms/work/private.img").st_mtime_ns

@@ -3,20 +3,17 @@
 """What a new user hit in the first hour with reflink_import (issue 26): each refusal changes nothing.
 
 An empty source, an import image another process holds open, a rerun of a finished commit with
-other arguments, fallback: never where no reflink is possible, a checksum refusal, and an abort
+other arguments, fallback: never where no reflink is possible, a checksum refusal, an abort
 after a begin that made the VM directory.
 """
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
-from module_helpers import MIB, how_suffix, make_pool, make_volume, put_file
+from module_helpers import MIB, holding_open, how_suffix, make_pool, make_volume, put_file
 from staging_helpers import (
     VID,
     assert_ok,
@@ -29,20 +26,6 @@ from staging_helpers import (
     snapshot,
     vm_dir_of,
 )
-
-
-@contextlib.contextmanager
-def writer_holding(path):
-    """A process with ``path`` open for writing, as qubesd's Import writer keeps it; yields (pid, command)."""
-    child = subprocess.Popen([sys.executable, "-c",
-                              "import sys, time\nf = open(sys.argv[1], 'r+b')\nprint('open', flush=True)\n"
-                              "time.sleep(600)\n", str(path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "open"
-        yield child.pid, pathlib.Path("/proc/%d/comm" % child.pid).read_text().strip()
-    finally:
-        child.kill()
-        child.wait()
 
 
 def test_an_empty_source_is_refused_like_size_0(btrfs_dir, run_module):
@@ -80,8 +63,8 @@ def test_an_import_image_held_open_is_neither_replaced_nor_removed(btrfs_dir, ru
         ("reflink_import", {"vid": "appvms/gone/private", "src": str(src)}),
     ]
     before = snapshot(pool)
-    with writer_holding(held) as (pid, command), \
-            writer_holding(pool / "appvms/gone/private-import.img") as (other_pid, other_command):
+    with holding_open(held) as (pid, command), \
+            holding_open(pool / "appvms/gone/private-import.img") as (other_pid, other_command):
         for check in (True, False):
             for module, args in cases:
                 result = run_module(module, check=check, pool=str(pool), **args)
@@ -100,7 +83,7 @@ def test_a_begun_import_held_open_is_neither_committed_nor_aborted(btrfs_dir, ru
     make_volume(pool, VID)
     begun = assert_ok(run_module("reflink_import", pool=str(pool), vid=VID, state="begin", size="4M"), True)
     before = snapshot(pool)
-    with writer_holding(begun["import_image"]) as (pid, command):
+    with holding_open(begun["import_image"]) as (pid, command):
         for check in (True, False):
             for state in ("commit", "abort"):
                 result = run_module("reflink_import", check=check, pool=str(pool), vid=VID, state=state)

@@ -148,16 +148,19 @@ class Lock:
 
 
 def acquire(directory: Directory, name: str, *, exclusive: bool, timeout: float, purpose: str, what: str,
-            create: bool = True, deadline: float | None = None) -> Lock | None:
+            create: bool = True, deadline: float | None = None, record: bool = True) -> Lock | None:
     """Take the flock on ``directory/name`` within ``timeout`` seconds (or by ``deadline``, a monotonic time).
 
     Returns a :class:`Lock`, or None when ``create`` is false and the lock file
     does not exist (check mode: nothing can be holding it for our kind of work
     then, and we must not create it).  Raises LockTimeout naming the holder.
+    ``record``: an exclusive holder writes who it is into the file; check mode
+    holds the lock all the same, and writes nothing.
     """
     # A shared holder only reads (so reflink_info works on a read-only pool); an exclusive one
     # writes who it is into the file.
-    flags = (os.O_RDWR if exclusive else os.O_RDONLY) | (os.O_CREAT if create else 0)
+    record = record and exclusive
+    flags = (os.O_RDWR if record else os.O_RDONLY) | (os.O_CREAT if create else 0)
     try:
         fd = directory.open_file(name, flags, 0o600)
     except FileNotFoundError:
@@ -183,7 +186,7 @@ def acquire(directory: Directory, name: str, *, exclusive: bool, timeout: float,
                         % (timeout, what, directory.join(name), _describe_holders(fd, directory.join(name)))) from None
                 time.sleep(delay)
                 delay = min(delay * 2, _POLL_MAX)
-        if exclusive:
+        if record:
             _write_holder_record(fd, purpose)
     except BaseException:
         os.close(fd)
@@ -212,13 +215,13 @@ def _locks_dir(pool_dir: PoolDirectory, create: bool) -> Iterator[Directory | No
 
 @contextlib.contextmanager
 def pool_lock(pool_dir: PoolDirectory, *, exclusive: bool, timeout: float, purpose: str,
-              create: bool = True) -> Iterator[None]:
-    """Hold the pool lock (shared or exclusive) for the ``with`` block."""
+              create: bool = True, record: bool = True) -> Iterator[None]:
+    """Hold the pool lock (shared or exclusive) for the ``with`` block; ``record``: see :func:`acquire`."""
     with _locks_dir(pool_dir, create) as locks:
         lock = None
         if locks is not None:
             lock = acquire(locks, POOL_LOCK, exclusive=exclusive, timeout=timeout, purpose=purpose,
-                           what="pool", create=create)
+                           what="pool", create=create, record=record)
         try:
             yield
         finally:
@@ -227,13 +230,13 @@ def pool_lock(pool_dir: PoolDirectory, *, exclusive: bool, timeout: float, purpo
 
 
 def volume_lock(pool_dir: PoolDirectory, vid: Vid, *, timeout: float, purpose: str, create: bool = True,
-                exclusive: bool = True) -> contextlib.AbstractContextManager[None]:
+                exclusive: bool = True, record: bool = True) -> contextlib.AbstractContextManager[None]:
     """Hold the pool lock shared and the volume lock of ``vid`` for the ``with`` block.
 
-    ``exclusive=False`` takes the volume lock shared, for reading a source volume.
+    ``exclusive=False`` takes the volume lock shared, for reading a source volume; ``record``: see :func:`acquire`.
     """
     return _holding(pool_dir, [(POOL_LOCK, False, "pool"), (vid.lock_name, exclusive, "volume %s" % vid)],
-                    timeout=timeout, purpose=purpose, create=create)
+                    timeout=timeout, purpose=purpose, create=create, record=record)
 
 
 def try_volume_lock(locks_dir: Directory, vid: Vid) -> Lock | None:
@@ -251,7 +254,7 @@ def try_volume_lock(locks_dir: Directory, vid: Vid) -> Lock | None:
 
 
 def volume_locks(pool_dir: PoolDirectory, vids: Iterable[Vid], *, timeout: float, purpose: str,
-                 create: bool = True) -> contextlib.AbstractContextManager[None]:
+                 create: bool = True, record: bool = True) -> contextlib.AbstractContextManager[None]:
     """Hold the pool lock shared and the locks of all ``vids`` (exclusive) for the ``with`` block.
 
     The volume locks are taken in vid order, as every batch takes them, so two
@@ -260,16 +263,16 @@ def volume_locks(pool_dir: PoolDirectory, vids: Iterable[Vid], *, timeout: float
     volume (src_vid) holds the source's lock while it waits for its target's:
     against a batch holding the target and waiting for the source, one of the
     two times out (naming the holder) rather than both waiting forever.  One
-    deadline of ``timeout`` seconds covers them all.
+    deadline of ``timeout`` seconds covers them all.  ``record``: see :func:`acquire`.
     """
     wanted = [(POOL_LOCK, False, "pool")]
     wanted.extend((vid.lock_name, True, "volume %s" % vid) for vid in sorted(vids, key=str))
-    return _holding(pool_dir, wanted, timeout=timeout, purpose=purpose, create=create)
+    return _holding(pool_dir, wanted, timeout=timeout, purpose=purpose, create=create, record=record)
 
 
 @contextlib.contextmanager
 def _holding(pool_dir: PoolDirectory, wanted: list[tuple[str, bool, str]], *, timeout: float, purpose: str,
-             create: bool) -> Iterator[None]:
+             create: bool, record: bool) -> Iterator[None]:
     """Take the locks ``wanted`` ((name, exclusive, what), in that order) and hold them for the ``with`` block.
 
     One deadline of ``timeout`` seconds covers them all; they are released in the reverse order.
@@ -282,7 +285,7 @@ def _holding(pool_dir: PoolDirectory, wanted: list[tuple[str, bool, str]], *, ti
                 for name, exclusive, what in wanted:
                     try:
                         lock = acquire(locks, name, exclusive=exclusive, timeout=timeout, purpose=purpose,
-                                       what=what, create=create, deadline=deadline)
+                                       what=what, create=create, deadline=deadline, record=record)
                     except NoSpaceForLock:
                         if name == POOL_LOCK:
                             raise
@@ -293,7 +296,7 @@ def _holding(pool_dir: PoolDirectory, wanted: list[tuple[str, bool, str]], *, ti
                             taken.release()
                         lock = acquire(locks, POOL_LOCK, exclusive=True, timeout=timeout, purpose=purpose,
                                        what="pool (held exclusively: no room for the lock file of %s)" % what,
-                                       create=False, deadline=deadline)
+                                       create=False, deadline=deadline, record=record)
                         held = [lock] if lock is not None else []
                         break
                     if lock is not None:

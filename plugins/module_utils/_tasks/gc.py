@@ -77,7 +77,7 @@ def run_gc_task(params: Params, check_mode: bool) -> Result:
     with Directory.open_pool(path) as pool_dir:
         require_pool(pool_dir)
         with pool_lock(pool_dir, exclusive=True, timeout=params["lock_timeout"], purpose="reflink_gc",
-                       create=not check_mode):
+                       create=not check_mode, record=not check_mode):
             scan = PoolScan.read(pool_dir, only)
             planner = GcPlanner(pool_dir, options, now, qubes)
             surroundings = Surroundings.read(path, qubes.name if qubes else None)

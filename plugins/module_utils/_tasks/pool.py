@@ -103,4 +103,5 @@ def _pool_lock_if(pool_dir: Directory | None, params: Params, check_mode: bool,
     if pool_dir is None:
         return contextlib.nullcontext()
     return pool_lock(pool_dir, exclusive=True, timeout=params["lock_timeout"],
-                     purpose="reflink_pool state=%s" % params["state"], create=create and not check_mode)
+                     purpose="reflink_pool state=%s" % params["state"], create=create and not check_mode,
+                     record=not check_mode)

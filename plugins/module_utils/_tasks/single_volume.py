@@ -50,7 +50,7 @@ def run_single_volume_task(params: Params, check_mode: bool, diff: bool, purpose
     with open_task_pool(pool, check_mode, warnings) as pool_dir, Workspace(pool_dir, vid) as workspace:
         # The workspace checked that this is a pool before any lock file is made in it.
         with volume_lock(pool_dir, vid, timeout=params["lock_timeout"], purpose=purpose,
-                         create=not check_mode):
+                         create=not check_mode, record=not check_mode):
             workspace.open_vm_dir()
             listing, files = read_for_plan(workspace)
             # After the volume: a VM started in between is new to the plan, so the in-use guard withdraws

@@ -155,7 +155,7 @@ def run_volume_batch(params: Params, check_mode: bool, diff: bool, purpose: str 
         workspaces = [labelled(request, prefixes.workspace, request.vid) for request in requests]
         try:
             with volume_locks(pool_dir, [request.vid for request in requests], timeout=params["lock_timeout"],
-                              purpose=purpose, create=not check_mode):
+                              purpose=purpose, create=not check_mode, record=not check_mode):
                 surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
                 items = plan_all(requests, workspaces, surroundings, qubes, warnings)
                 _carry_out_all(items, surroundings, pool, check_mode,
