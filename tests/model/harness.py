@@ -53,6 +53,9 @@ class Harness:
         self.holders: list = []               # (Popen, st_ino) of child processes holding a file open
         self.filler: str | None = None        # the file that fills the file system
         self.steps: list = []                 # what the machine did so far, for the reports
+        # vid -> (st_ino, generation) of the import image each begin made, as the disk showed it right after:
+        # the model's own record of the begun file (not the journal's).
+        self.begun: dict = {}
         self.counter = 0
 
     # -- the disk ------------------------------------------------------------
@@ -64,6 +67,10 @@ class Harness:
 
     def read_model(self) -> PoolModel:
         model = PoolModel.read(self.pool, self.model.foreign.keys())
+        for vid, (ino, generation) in self.begun.items():
+            vol = model.vols.get(vid)
+            if vol is not None and vol.journal == "begun" and vol.begun_ino == ino:
+                vol.begun_gen = generation
         return model
 
     def ctx(self, snap: dict) -> Ctx:
@@ -216,6 +223,11 @@ class Harness:
     def _after_success(self, module, options, check, real, before, after, expected, outcome, explains, ctx,
                        planned_only, vm_dir):
         found = self.read_model()
+        if module == "reflink_import" and options.get("state") == "begin" and real.result.get("changed"):
+            vol = found.vols.get(options.get("vid"))
+            if vol is not None and vol.import_ino is not None:
+                self.begun[options["vid"]] = (vol.import_ino, vol.import_gen)
+                vol.begun_gen = vol.import_gen
         if outcome == "ok":
             differences = expected.differences(found)
             if differences:

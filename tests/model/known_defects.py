@@ -21,11 +21,7 @@ import json
 import os
 
 KNOWN: dict[str, str] = {
-    # Issue 26 (its seven defects and the smaller ones): all fixed, their entries deleted.
-    # Found by this test, beyond issue 26's list (see tests/model/README.md): not fixed on any branch yet.
-    "commit_finishes_on_reused_inode": "model test: a two-phase commit whose import image is gone reports success "
-                                       "(changed, 'record the import ... as committed') when the clean image has "
-                                       "the import image's old inode number (ext4 reuses it): the data is lost",
+    # Empty: issue 26's defects and the three this test found beyond them are fixed (see README.md).
 }
 
 _SEEN: dict[str, dict] = {}

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fcntl
 import json
 import os
+import struct
 import time
 
 from disk import Content, parse_name, read_content
@@ -22,6 +24,9 @@ from disk import Content, parse_name, read_content
 PREFIXES = ("appvms", "vm-templates")
 REVERT_XATTR = "user.dom0-reflink.reverted-to"
 IMPORT_XATTR = "user.dom0-reflink.imported"
+# FS_IOC_GETVERSION, _IOR('v', 1, long) on x86-64 and arm64: the inode's generation, which tells a file
+# from a later one that got its freed inode number (ext4 gives it to the next file made).
+FS_IOC_GETVERSION = 0x80087601 if struct.calcsize("l") == 8 else 0x80047601
 
 
 def stamp(mtime_ns: int) -> str:
@@ -61,9 +66,11 @@ class Vol:
     imported: bool = False               # clean carries the mark of a two-phase commit
     import_: Content | None = None       # the -import.img
     import_ino: int | None = None
+    import_gen: int | None = None        # the import image's inode generation
     journal: str | None = None           # begun, committed, corrupt (the .reflink/imports record)
     journal_size: int | None = None      # the size a begun import was begun with
     begun_ino: int | None = None         # the inode of the import image that begin made (from the journal)
+    begun_gen: int | None = None         # and its generation (as the disk showed it after the begin: harness.py)
     leftovers: frozenset = frozenset()   # names of tempfiles and junk revisions
 
     @property
@@ -192,10 +199,23 @@ def _read_image(vol: Vol, vm_dir: str, name: str, image) -> None:
     elif image.kind == "import":
         vol.import_ = content
         vol.import_ino = st.st_ino
+        vol.import_gen = inode_generation(path)
     elif image.kind == "revision":
         vol.revisions[image.revision] = (content, image.timestamp)
     elif image.kind == "pin":
         vol.pins[image.pin] = (content, stamp(st.st_mtime_ns))
+
+
+def inode_generation(path: str) -> int | None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        buffer = bytearray(8)
+        fcntl.ioctl(fd, FS_IOC_GETVERSION, buffer)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return struct.unpack_from("=I", buffer)[0]
 
 
 def _xattr(path: str, name: str) -> str | None:

@@ -175,7 +175,7 @@ def clear_volume(vol: Vol, keep_import: bool = False) -> None:
     vol.precache = "missing"
     if not keep_import:
         vol.import_ = None
-        vol.import_ino = None
+        vol.import_ino = vol.import_gen = None
 
 
 def refuse_in_use(vol: Vol, what: str) -> None:

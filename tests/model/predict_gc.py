@@ -107,7 +107,7 @@ def gc(model, options: dict, ctx: Ctx) -> str | None:
                 known = known or "gc_scoped_removes_other_journal"
                 continue
             vol.journal = None
-            vol.journal_size = vol.begun_ino = None
+            vol.journal_size = vol.begun_ino = vol.begun_gen = None
     return known
 
 
@@ -122,7 +122,7 @@ def _remove(vol, files: dict, removed: set) -> None:
             vol.precache = "missing"
         elif what == "import":
             vol.import_ = None
-            vol.import_ino = None
+            vol.import_ino = vol.import_gen = None
         elif what.startswith("revision "):
             del vol.revisions[int(what.split()[1])]
         else:

@@ -116,7 +116,7 @@ def begin(model, vid, options: dict, ctx: Ctx) -> None:
     refuse_held_import(vid, vol, ctx, "begin")
     ctx.allocates = True
     vol.import_ = Content.zeros(size)
-    vol.import_ino = vol.begun_ino = None
+    vol.import_ino = vol.begun_ino = vol.import_gen = vol.begun_gen = None
     vol.journal = "begun"
     vol.journal_size = size
 
@@ -141,11 +141,12 @@ def commit_two_phase(model, vid, options: dict, ctx: Ctx) -> None:
             return
         raise Refuse("no two-phase import is begun")
     if vol.import_ is None:
-        # Today's commit takes a clean image with the import image's old inode number for a commit
-        # that was renamed into place and not recorded; ext4 reuses a freed inode number at once.
-        reused = vol.clean is not None and vol.clean_ino == vol.begun_ino
-        raise Refuse("the begun import image is gone", known="commit_finishes_on_reused_inode" if reused else None)
-    if vol.begun_ino is not None and vol.import_ino != vol.begun_ino:
+        # Also where clean got the import image's freed inode number (ext4 gives it to the next file made):
+        # only the commit's own mark on clean says that the commit renamed it into place.
+        raise Refuse("the begun import image is gone")
+    # The begun file by inode number and generation: a new file may get a freed inode number.
+    replaced = vol.import_ino != vol.begun_ino or (vol.begun_gen is not None and vol.import_gen != vol.begun_gen)
+    if vol.begun_ino is not None and replaced:
         raise Refuse("the import image was replaced")
     if (vid, "import") in ctx.held:
         raise Unsure("the writer still holds the import image open")
@@ -161,7 +162,7 @@ def commit_two_phase(model, vid, options: dict, ctx: Ctx) -> None:
     if not vol.exists:
         clear_volume(vol, keep_import=True)
     vol.import_ = None
-    vol.import_ino = None
+    vol.import_ino = vol.import_gen = None
     commit(vol, new, keep, ctx)
     vol.imported = True
     vol.journal = "committed"
@@ -173,7 +174,7 @@ def abort(model, vid, ctx: Ctx) -> None:
     if vol.journal in ("begun", "corrupt"):
         refuse_held_import(vid, vol, ctx, "abort")
         vol.import_ = None
-        vol.import_ino = None
+        vol.import_ino = vol.import_gen = None
         vol.journal = None
         vol.journal_size = None
 

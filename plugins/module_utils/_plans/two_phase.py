@@ -26,6 +26,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import Fsync, MakeVmDir, Remove, RemoveVmDirIfEmpty, ResizeInPlace
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.markers import MarkImported, read_import_marker
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.inode_identity import generation_of
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum import VerifyChecksum, sha256_of
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import (
     BEGUN,
@@ -119,7 +120,7 @@ def _plan_commit(planner: VolumePlanner, workspace: Workspace, options: ImportOp
         if state == COMMITTED or marked:
             # This commit happened: a rerun changes nothing, once what it is given matches what was committed
             # (checked while clean is still that image: marked, or the inode the journal recorded).
-            if marked or (files.clean is not None and journal is not None and files.clean.ino == journal.get("clean_ino")):
+            if marked or (journal is not None and _is_recorded(planner, files.clean, journal, "clean")):
                 _check_committed(planner, workspace, options)
             return planner.finish_precache(keep)
         if journal is None and check_mode:
@@ -132,8 +133,12 @@ def _plan_commit(planner: VolumePlanner, workspace: Workspace, options: ImportOp
             "begun longer ago than its import_max_age): run state=begin first, have the data written into "
             "the import_image it returns, then commit" % vid)
     begun_at = journal.get("written", "?")
-    if files.import_ is None and files.clean is not None and files.clean.ino == journal.get("import_ino"):
-        # The commit's rename happened and the task died before it recorded it: finish.
+    if files.import_ is None and _is_recorded(planner, files.clean, journal, "import") \
+            and read_import_marker(workspace.vm_dir, vid.clean) is not None:
+        # The commit's rename happened and the task died before it recorded it: finish.  The mark is what
+        # MarkImported set on the import image before that rename; without it, clean is another file that
+        # got the import image's freed inode number (ext4 gives it to the next file made), and the import
+        # image is gone.
         _check_committed(planner, workspace, options)
         return planner.finish_precache(keep) + [
             WriteJournal(workspace.pool_dir, vid, {"vid": str(vid), "state": COMMITTED},
@@ -216,17 +221,35 @@ def _commit_actions(planner: VolumePlanner, workspace: Workspace, options: Impor
     return actions
 
 
+def _is_recorded(planner: VolumePlanner, info: FileInfo | None, journal: JournalRecord, what: str) -> bool:
+    """Whether ``info`` is the file the journal recorded as ``what`` ("import" or "clean").
+
+    The same inode number, and the same generation where the journal recorded one (a journal
+    written before generations were recorded has only the number): a file made after the
+    recorded one was removed may have its number (_fs/inode_identity.py).
+    """
+    if info is None or journal.get(what + "_ino") != info.ino:
+        return False
+    recorded = journal.get(what + "_gen")
+    if recorded is None or planner.vm_dir is None:
+        return True
+    return generation_of(planner.vm_dir, info.name) in (recorded, None)
+
+
 def _refuse_replaced(planner: VolumePlanner, journal: JournalRecord) -> None:
     vid, files, rel = planner.vid, planner.files, planner.rel
     begun_ino = journal.get("import_ino")
-    if begun_ino is not None and files.import_ is not None and begun_ino != files.import_.ino:
+    if begun_ino is not None and files.import_ is not None and not _is_recorded(planner, files.import_, journal, "import"):
+        found = "inode %d, begun as inode %d" % (files.import_.ino, begun_ino)
+        if files.import_.ino == begun_ino:
+            found = "inode %d of another generation: a new file got the begun file's freed inode number" % begun_ino
         raise VolumeStateError(
-            "the import image %s is not the file that state=begin created (inode %d, begun as inode %d): it "
+            "the import image %s is not the file that state=begin created (%s): it "
             "was replaced, perhaps by another program's import (qubesd's qvm-volume import makes its own), so "
             "it is left alone and the volume is unchanged. Once that other import is over, state=abort removes "
             "the image and the journal and state=begin starts afresh; have the writer write into the begun "
             "file in place (for example dd conv=notrunc) instead of replacing it"
-            % (rel(vid.import_), files.import_.ino, begun_ino))
+            % (rel(vid.import_), found))
 
 
 def _plan_begin(planner: VolumePlanner, workspace: Workspace, options: ImportOptions,
