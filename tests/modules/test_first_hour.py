@@ -103,6 +103,12 @@ def test_revision_ids_are_positive_integers_everywhere(btrfs_dir, run_module):
     [volume] = info["volumes"]
     assert [item["id"] for item in volume["revisions"]] == [1]
     assert sorted(volume["artifacts"]["junk_revisions"]) == sorted([zero, negative])
+    # "latest" is revision 1 for a revert and a pin too, never the junk 0 (found by tests/model).
+    pin = assert_ok(run_module("reflink_pin", check=True, pool=str(pool), vid=VID, name="p", revision="latest"), True)
+    assert pin["pin"]["source"] == "revision 1", pin
+    revert = assert_ok(run_module("reflink_revert", check=True, pool=str(pool), vid=VID), True)
+    assert any("private.img.1@" in action for action in revert["actions"]), revert
+    assert not any(".img.0@" in action or ".img.-1@" in action for action in revert["actions"] + pin["actions"])
     gc = assert_ok(run_module("reflink_gc", pool=str(pool)), True)
     reasons = {entry["file"].rpartition("/")[2]: entry["reason"] for entry in gc["removed"]}
     assert set(reasons) == {zero, negative}
