@@ -3,8 +3,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Defects the model-based test knows about: reported and passed over, until they are switched strict.
 
-Each entry is a defect of issue 26 (or found by this test) that a fix on
-another branch removes.  While it is listed here, a step that shows it is
+Each entry is a defect that is known and not fixed yet (none now: issue 26's
+and those this test found beyond it are fixed).  While it is listed here, a step that shows it is
 recorded (see ``report()``; ``make test-model`` prints the list at the end),
 the model is read again from the disk, and the run goes on.  A violation that
 is not listed fails the run.
