@@ -96,7 +96,10 @@ options:
     type: dict
     default: {}
   rebuild_precache:
-    description: Also make a missing (or stale) precache for stopped volumes.
+    description:
+      - Also make a missing (or stale) precache for stopped volumes.
+      - A stale precache that a process holds open is neither removed nor rebuilt (a rebuild renames the new one
+        over it); RV(skipped_files) lists it.
     type: bool
     default: false
   lock_timeout:
