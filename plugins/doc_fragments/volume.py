@@ -30,6 +30,7 @@ options:
   lock_timeout:
     description:
       - Seconds to wait for the pool and volume locks held by another task, then fail naming the holder.
+        A whole number, 0 or more (V(0) does not wait).
     type: int
     default: 60
 notes:
@@ -43,4 +44,7 @@ notes:
     byte is written when its data does not fit, naming both figures and the way out. A copy where a reflink
     was expected (the file system shares blocks and both files are on it) adds a warning naming the likely
     cause (a No_COW attribute, and which file or directory has it, with the way out).
+  - Removals work on a full file system (btrfs included). The record of who holds a lock is written only when
+    it fits, and a volume whose lock file cannot be made for lack of space is worked on under the pool lock
+    held exclusively. A step that needs new space and finds none says which step it is.
 """

@@ -12,13 +12,14 @@ checksums in ``checksum.py``, the sources of the data in ``sources.py``.
 
 from __future__ import annotations
 
+import errno
 import functools
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError, InvalidArgument
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import require_room_for_copy
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import COPY, NO_REFLINK_WAY_OUT, require_room_for_copy
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.copy_cause import predict_copy
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import shares_blocks
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import clone_probe, shares_blocks
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum import (
     VerifyChecksum,
     verify_clean_checksum,
@@ -43,28 +44,41 @@ def _own_image(files: VolumeFiles, source: Source) -> str | None:
     return None
 
 
-def foresee_copy(workspace: Workspace, source: Source, stage: Stage) -> None:
-    """A copy of ``source`` that the plan can foresee: refused if its data cannot fit; ``stage`` told why.
+def foresee_clone(workspace: Workspace, source: Source, stage: Stage) -> None:
+    """What the plan can tell of the staging's clone from ``source``, before any change (in check mode too).
 
-    Known without trying the clone: a source on another file system, a pool
-    whose file system cannot share blocks, a No_COW attribute on one side
-    only.  Refused before any change, in check mode too (NoRoomForCopy); an
-    unexpected copy gets check mode's warning (the real run's comes from the
-    clone itself).
+    With fallback: never (``stage.allow_copy`` false), one probe (clone_probe: a
+    clone into an unnamed file of the pool) tells whether a reflink is possible;
+    where it is not, the import is refused.  With fallback: errno, a copy that is
+    known without trying a clone (predict_copy: a source on another file system,
+    a pool whose file system cannot share blocks, a No_COW attribute on one side
+    only) is held against the free space and refused if its data cannot fit
+    (NoRoomForCopy); ``stage.copy_cause`` then says why (check mode's warning of
+    an unexpected copy; the real run's comes from the clone itself).  What was
+    found is kept in ``stage.foreseen``, so check mode's prediction of how the
+    clone goes does not probe the same thing again.
     """
     directory = workspace.vm_dir or workspace.prefix_dir
     if directory is None or directory.fd is None:
         return   # a pool that does not exist yet (check mode): nothing to tell
+    if not stage.allow_copy:
+        how, code = clone_probe(directory, source.fd)
+        stage.foreseen = (how, code)
+        if how == COPY:
+            raise CloneError("cannot reflink %s into the pool (%s: another file system, or one that cannot share "
+                             "blocks) and copying is not allowed (fallback: never); nothing was changed; %s"
+                             % (source.description, errno.errorcode.get(code or 0, code), NO_REFLINK_WAY_OUT), code)
+        return
     vid = workspace.vid
     destination = directory.join(vid.import_ if workspace.vm_dir is not None else "%s/%s" % (vid.vm, vid.import_))
     cause = predict_copy(source.fd, directory.fd, functools.partial(shares_blocks, directory), source.description,
                          destination)
     if cause is None:
-        return
-    if stage.allow_copy:
-        require_room_for_copy(source.fd, directory.fd, min(source.size, stage.size), cause,
-                              (source.description, destination), planning=True)
+        return   # a reflink, or only the clone can tell (check mode's prediction probes it)
+    require_room_for_copy(source.fd, directory.fd, min(source.size, stage.size), cause,
+                          (source.description, destination), planning=True)
     stage.copy_cause = cause
+    stage.foreseen = (COPY, cause.errno)
 
 
 def plan_import(planner: VolumePlanner, workspace: Workspace, options: ImportOptions, source: Source | None,
@@ -96,18 +110,24 @@ def plan_import(planner: VolumePlanner, workspace: Workspace, options: ImportOpt
     own = _own_image(files, source) if source is not None else None
     if source is not None and own is not None:
         raise InvalidArgument("the source %s is the volume's own image %s" % (source.description, own))
+    if source is not None and source.size == 0:
+        # As size: 0 is: a truncated download or an empty device would replace the volume by nothing.
+        raise InvalidArgument("the source %s is empty (0 bytes): a volume of zero bytes cannot hold anything, so "
+                              "it is not imported; nothing was changed (to clear the volume, give size alone, "
+                              "without src or src_vid)" % source.description)
     planner.refuse_if_in_use("import into")
     planner.check_size(result_size)
     if not options.force and unchanged(workspace.vm_dir, files, source, result_size):
         if options.checksum:
             verify_clean_checksum(workspace.vm(), vid, options.checksum)
         return planner.finish_precache(keep) + stale_journal
+    planner.refuse_if_import_held("import into")
+    stage = Stage(rel, vid.import_, source, result_size, options.fallback != "never")
+    if source is not None:
+        foresee_clone(workspace, source, stage)
     actions: Actions = []
     if not files.exists:
         actions.extend(new_volume_actions(planner, workspace))
-    stage = Stage(rel, vid.import_, source, result_size, options.fallback != "never")
-    if source is not None:
-        foresee_copy(workspace, source, stage)
     actions.append(stage)
     if options.checksum:
         actions.append(VerifyChecksum(rel, vid.import_, options.checksum))

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import VolumeStateError
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Rel
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Probe, Rel
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import MakeVmDir
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
@@ -51,6 +51,8 @@ class Stage(Action[Workspace]):
         self.allow_copy = allow_copy
         self.how: str | None = None
         self.found_before: tuple[int, int] | None = None   # (st_dev, st_ino) of an import image there before this step
+        # What the plan found of the clone (imports.foresee_clone), as a Probe gives it: check mode probes no further.
+        self.foreseen: tuple[str | None, int | None] | None = None
         if source is None:
             self.text = "stage an empty (all-zero) sparse image %s of %d bytes" % (rel(name), size)
         else:
@@ -89,6 +91,13 @@ class Stage(Action[Workspace]):
     def simulate(self, files: dict[str, FileInfo]) -> None:
         usage = 0 if self.source is None else min(self.source.usage, self.size)
         files[self.name] = FileInfo(self.name, self.size, usage)
+
+    def predict_how(self, probe: Probe) -> None:
+        if self.source is None:
+            self.how = clone.EMPTY
+            return
+        how = (self.foreseen or probe(self.source.fd))[0]
+        self.how = how if how != clone.COPY or self.allow_copy else None
 
     @property
     def done(self) -> str:
