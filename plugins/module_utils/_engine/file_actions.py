@@ -106,9 +106,10 @@ class MakePrecache(Clone):
             if code not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             # A copy refused before it began (clone.require_room_for_copy) knows both figures: they are kept.
-            why = ("the copy needs %d bytes (%s) where the file system has %d bytes (%s) free; nothing was written"
-                   % (exc.needed, format_size(exc.needed), exc.free, format_size(exc.free))
-                   if isinstance(exc, NoRoomForCopy) else os.strerror(code))
+            why = os.strerror(code)
+            if isinstance(exc, NoRoomForCopy):
+                why += ": the copy needs %d bytes (%s) where the file system has %d bytes (%s) free; nothing was written" \
+                    % (exc.needed, format_size(exc.needed), exc.free, format_size(exc.free))
             raise CloneError(
                 "no space left for the precache %s (%s): it is a reflink of the clean image where the file "
                 "system shares blocks, and a full (sparse) copy of its data where it cannot"
