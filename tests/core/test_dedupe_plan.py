@@ -13,7 +13,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.compare impor
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.inputs import (
     EXTENT_SHARED, EXTENT_UNWRITTEN, DedupeImage, MappedExtent)
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.model import SharingModel, overlay
-from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.rescue import RescueRun, plan_rescue
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.rescue import RescueRun, _runs_of, plan_rescue
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.sweep import Piece, Segment, find_segments
 
 B = 4096
@@ -109,3 +109,9 @@ def test_a_stranded_extent_is_rewritten_once_for_every_image_that_references_it(
     model.rewritten(runs[0].refs, runs[0].length)
     assert model.estimate().freed == 16 * B - 2 * B
     assert plan_rescue(model, estimate.stranded, rewrite_ratio=0) == []
+
+
+def test_a_unit_without_references_gives_no_run():
+    """Seen once in test_dedupe_engine (btrfs, pool scope): a stranded unit no piece mapped made zip(strict) fail."""
+    assert _runs_of([]) == []
+    assert _runs_of([(0, 2 * B, 1, 0)]) == [RescueRun(2 * B, ((1, 0),))]

@@ -45,7 +45,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "reflink_gc": dict(_SHARED, pool=None, vids=None, keep_vids=None, remove_orphans=False, min_age="1h",
                        import_max_age="1d", revisions_to_keep=None, revisions_to_keep_per_volume={},
                        rebuild_precache=False),
-    "reflink_info": dict(_SHARED, pool=None, vids=None),
+    "reflink_info": dict(_SHARED, pool=None, vids=None, space=False, if_removed=None),
     "reflink_pool": dict(_SHARED, path=None, state="present", require_reflink=True),
 }
 

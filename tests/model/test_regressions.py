@@ -250,6 +250,14 @@ def test_enospc_on_a_precache_copy(machine):
 
 # -- found by the machine, beyond issue 26 -------------------------------------------
 
+def test_a_begun_import_whose_journal_does_not_fit_leaves_no_journal_directory(machine):
+    """On a full btrfs the journal's write fails: the .reflink/imports directory it made went with it."""
+    state = machine("btrfs")
+    state.make_pool(seeds=[])
+    state.fill_disk()
+    state.import_begin(size=65536, vid="appvms/a/data")
+
+
 @pytest.mark.parametrize("kind", ["btrfs", "ext4"])
 def test_scoped_gc_removes_a_begun_import_of_another_volume(machine, kind):
     state = machine(kind)

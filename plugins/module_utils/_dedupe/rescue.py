@@ -80,6 +80,8 @@ def _unit_of(starts: Sequence[int], units: Sequence[Unit], physical: int) -> int
 
 def _runs_of(references: Sequence[tuple[int, int, int, int]]) -> list[RescueRun]:
     """Cut the (physical start, end, image, offset) references at every boundary; one run per stretch of disk."""
+    if not references:
+        return []   # a stranded unit that no piece of the images maps any more: nothing to write anew
     events = sorted([(start, 1, index) for index, (start, _end, _image, _offset) in enumerate(references)]
                     + [(end, -1, index) for index, (_start, end, _image, _offset) in enumerate(references)])
     runs: list[RescueRun] = []

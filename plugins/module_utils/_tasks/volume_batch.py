@@ -159,7 +159,7 @@ def run_volume_batch(params: Params, check_mode: bool, diff: bool, purpose: str 
                 surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
                 items = plan_all(requests, workspaces, surroundings, qubes, warnings)
                 _carry_out_all(items, surroundings, pool, check_mode,
-                               CloneProbe(pool_dir if isinstance(pool_dir, Directory) else None))
+                               CloneProbe(pool_dir if isinstance(pool_dir, Directory) else None), warnings)
         finally:
             for workspace in workspaces:
                 workspace.close()
@@ -170,7 +170,7 @@ def run_volume_batch(params: Params, check_mode: bool, diff: bool, purpose: str 
 
 
 def _carry_out_all(items: list[BatchItem], surroundings: Surroundings, pool: str, check_mode: bool,
-                   probe: CloneProbe) -> None:
+                   probe: CloneProbe, warnings: list[str]) -> None:
     """Execute the items' plans in order (in check mode: report them); the first failure stops the batch."""
     for position, item in enumerate(items):
         if not item.plan.actions:
@@ -179,7 +179,7 @@ def _carry_out_all(items: list[BatchItem], surroundings: Surroundings, pool: str
         try:
             # Afresh: an earlier item may have made or removed this VM directory.
             workspace.open_vm_dir()
-            carry_out(item.plan, surroundings, check_mode, probe)
+            carry_out(item.plan, surroundings, check_mode, probe, warnings)
         except (ReflinkError, OSError) as exc:
             raise _stopped_at(items, position, exc, pool, surroundings) from None
         finally:
