@@ -11,7 +11,7 @@ import os
 import random
 import subprocess
 
-from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.fiemap_interim import read_extent_map
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.extent_maps import read_extent_map
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.run import VolumeDir, dedupe_volumes, settings_for
 
 MIB = 1024 * 1024

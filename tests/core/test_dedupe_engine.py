@@ -14,7 +14,7 @@ import pytest
 
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.dedupe_range import DedupeUnsupported
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.engine import DedupeSettings
-from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.fiemap_interim import read_extent_map
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.extent_maps import read_extent_map
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.inputs import EXTENT_UNWRITTEN
 from dedupe_helpers import (
     MIB, PRIVATE_VID, ROOT_VIDS, assert_close, build_restored_pool, fs_settings, ideal_bytes, image_paths, run_dedupe,

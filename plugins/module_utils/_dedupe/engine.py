@@ -3,19 +3,19 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The dedupe engine: make identical blocks at the same offsets of a set of images share one copy.
 
-Input: open images with their extent maps (dedupe_input.DedupeImage); a set
+Input: open images with their extent maps (inputs.DedupeImage); a set
 is what may share with each other (one volume's clean, revisions, pins and
 precache; with scope ``pool`` the images of several volumes).  Steps:
 
-1. sweep the extent maps (dedupe_sweep): only offsets where the images hold
+1. sweep the extent maps (sweep.py): only offsets where the images hold
    two or more physical copies are looked at; what already shares is never
    read again, so a rerun reads (almost) nothing;
-2. read each copy there once and compare exactly (dedupe_compare); the copy
+2. read each copy there once and compare exactly (compare.py); the copy
    of the best ranked image is kept, the others become destinations;
 3. FIDEDUPERANGE each (the kernel compares again under its lock: no content
    changes, ever; nor size, mode, inode or mtime);
 4. btrfs: rewrite the still-referenced parts of extents that step 3 left
-   stranded, through a scratch file and FIDEDUPERANGE (dedupe_rescue), so
+   stranded, through a scratch file and FIDEDUPERANGE (rescue.py), so
    that they are freed;
 5. report what now shares (``deduped_bytes``) and what that frees
    (``reclaimed_bytes``: an estimate from the maps, see dedupe_model).

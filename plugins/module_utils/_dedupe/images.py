@@ -28,8 +28,7 @@ from dataclasses import dataclass, replace
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.holders import describe_holders, open_holders
-from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.fiemap_interim import (
-    read_btrfs_disk_extents, read_extent_map)
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.extent_maps import read_disk_extents, read_extent_map
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.inputs import (
     DedupeImage, MappedExtent, Skipped)
 
@@ -161,9 +160,9 @@ def open_images(candidates: Sequence[Candidate], held: Mapping[tuple[int, int], 
 
 def attach_extent_maps(images: Sequence[DedupeImage],
                        read_map: Callable[[int], Sequence[MappedExtent]] = read_extent_map,
-                       read_disk_extents: Callable[[int, int], Sequence[tuple[int, int]]] = read_btrfs_disk_extents,
+                       read_disk_extents: Callable[[int, int], Sequence[tuple[int, int]]] = read_disk_extents,
                        ) -> list[DedupeImage]:
-    """The images with their extent maps (by default the interim readers; the pool's inspection later)."""
+    """The images with their extent maps (by default read through _inspect, see extent_maps.py)."""
     return [replace(image, extents=tuple(read_map(image.fd)),
                     disk_extents=tuple(read_disk_extents(image.fd, image.identity[1])))
             for image in images]

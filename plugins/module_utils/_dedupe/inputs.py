@@ -4,11 +4,10 @@
 """What the dedupe engine is given: open images and their extent maps, as plain data.
 
 The engine never looks for files or reads extent maps itself: the caller
-opens the images (dedupe_images.py does it safely for a volume) and hands
-each one's extent map in, as FIEMAP describes it (logical offset, physical
-address, length, flags).  Whatever reads the maps (the interim FIEMAP reader
-of this package, or the pool's extent inspection) only has to produce
-:class:`MappedExtent` lists.
+opens the images (images.py does it safely for a volume) and hands each
+one's extent map in, as FIEMAP describes it (logical offset, physical
+address, length, flags), read through the pool's extent inspection
+(extent_maps.py).
 """
 
 from __future__ import annotations

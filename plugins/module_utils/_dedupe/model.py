@@ -13,7 +13,7 @@ as "this range now maps to new blocks".  From the maps before and after:
   references any part of it: here an extent is approximated by the union of
   the FIEMAP ranges of the set that overlap on disk.  An extent that keeps a
   reference is *stranded* (kept whole), which is what the rewrite of
-  dedupe_rescue.py is for.
+  rescue.py is for.
 
 Blocks FIEMAP flags as shared although only one image of the set references
 them are referenced from outside the set and never counted as freed.

@@ -13,7 +13,7 @@ Per chunk of a segment (at most CHUNK_BYTES), for each physical copy:
    the walk asked it to prefetch); the walk itself reads no more;
 3. a copy the kernel found different, or one whose samples match another
    copy's only in part, is read in full with the copies it may share with,
-   and compared block by block (dedupe_compare.compare_chunk);
+   and compared block by block (compare.compare_chunk);
 4. a copy whose samples match no other copy's is left alone: data that
    differs at every sampled block is taken as different.  This is what keeps
    a rerun cheap: ranges that differ are sampled, not read again.
