@@ -109,3 +109,16 @@ def test_a_stranded_extent_is_rewritten_once_for_every_image_that_references_it(
     model.rewritten(runs[0].refs, runs[0].length)
     assert model.estimate().freed == 16 * B - 2 * B
     assert plan_rescue(model, estimate.stranded, rewrite_ratio=0) == []
+
+
+def test_a_range_deduped_again_maps_to_the_later_source():
+    """The walk may make a range share one copy, then (with that copy) a better one: the later dedupe counts."""
+    layouts = [[Piece(0, 16 * B, 1000 * B)], [Piece(0, 16 * B, 5000 * B)], [Piece(0, 16 * B, 9000 * B)]]
+    model = SharingModel(layouts, ["v", "v", "v"], True)
+    model.deduped(2, 0, 16 * B, 1)          # image 2 shares image 1's copy
+    model.deduped(2, 4 * B, 12 * B, 0)      # ... and then, with it, image 0's in the middle
+    model.deduped(1, 4 * B, 12 * B, 0)
+    assert model.after()[2] == [Piece(0, 4 * B, 5000 * B), Piece(4 * B, 12 * B, 1000 * B), Piece(12 * B, 16 * B, 5000 * B)]
+    estimate = model.estimate()
+    # image 2's extent is freed; image 1's is still referenced at both ends (by 1 and 2): stranded, not freed
+    assert estimate.freed == 16 * B and [(unit.start, unit.kept) for unit in estimate.stranded] == [(5000 * B, 8 * B)]

@@ -113,7 +113,7 @@ def _propose(segment: Segment, start: int, length: int, reader: Reader, block_si
 
 
 def _settle(proposal: _Proposal, reader: Reader, block_size: int, attempt: Attempt) -> None:
-    copies, start, length = proposal.copies, proposal.start, proposal.length
+    copies, start, length = list(proposal.copies), proposal.start, proposal.length
     remaining = set(range(len(copies)))
     for group in proposal.groups:
         if len(group) < 2:
@@ -121,7 +121,10 @@ def _settle(proposal: _Proposal, reader: Reader, block_size: int, attempt: Attem
         op = DedupeOp(copies[group[0]][0], start, length, tuple(copies[index] for index in group[1:]))
         for index, done in zip(group[1:], attempt(op, False), strict=True):
             if done == length:
-                remaining.discard(index)   # shares the keeper's blocks now: the keeper stands for it
+                # It shares the keeper's blocks now: the keeper stands for it, and takes its images along
+                # wherever the keeper's copy is made to share a better one below.
+                remaining.discard(index)
+                copies[group[0]] = copies[group[0]] + copies[index]
     chosen = sorted(_related(proposal.samples, sorted(remaining)))
     if len(chosen) < 2:
         return
