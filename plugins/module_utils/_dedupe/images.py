@@ -126,13 +126,15 @@ def _open_regular(dir_fd: int, name: str) -> tuple[int | None, os.stat_result | 
         os.close(path_fd)
 
 
-def open_images(candidates: Sequence[Candidate], held: Mapping[tuple[int, int], str]
-                ) -> tuple[list[DedupeImage], list[Skipped]]:
+def open_images(candidates: Sequence[Candidate], held: Mapping[tuple[int, int], str],
+                held_elsewhere: Mapping[tuple[int, int], int] | None = None) -> tuple[list[DedupeImage], list[Skipped]]:
     """Open the candidates read-only, leaving out files held open and second names (hard links) of one file.
 
     A name is opened without following a symlink, and only if it is (still)
     a regular file.  The images come without extent maps (see
     :func:`attach_extent_maps`); the caller closes them (:func:`close_images`).
+    ``held_elsewhere``: per identity, the bytes that files outside the set
+    also hold (inputs.DedupeImage).
     """
     images: list[DedupeImage] = []
     skipped: list[Skipped] = []
@@ -154,7 +156,8 @@ def open_images(candidates: Sequence[Candidate], held: Mapping[tuple[int, int], 
             os.close(fd)
             continue
         seen[identity] = candidate.where
-        images.append(DedupeImage(candidate.where, candidate.vid, fd, candidate.dir_fd, st.st_size, identity))
+        images.append(DedupeImage(candidate.where, candidate.vid, fd, candidate.dir_fd, st.st_size, identity,
+                                  held_elsewhere=(held_elsewhere or {}).get(identity, 0)))
     return images, skipped
 
 

@@ -66,7 +66,10 @@ class DedupeImage:
     sorted by logical offset (holes are simply not listed); ``disk_extents``:
     on btrfs, (start, size) of each on-disk extent it references, whose whole
     size stays allocated while any part is referenced (empty: not known, the
-    engine then takes the map's ranges for the extents).
+    engine then takes the map's ranges for the extents); ``held_elsewhere``:
+    bytes of its blocks that files outside the set also hold (they stay
+    allocated whatever the dedupe does: its copy is the one to keep; the
+    caller knows it from the pool's space accounting).
     """
 
     name: str
@@ -77,6 +80,7 @@ class DedupeImage:
     identity: tuple[int, int]
     extents: Sequence[MappedExtent] = ()
     disk_extents: Sequence[tuple[int, int]] = ()
+    held_elsewhere: int = 0
 
 
 @dataclass(frozen=True)
