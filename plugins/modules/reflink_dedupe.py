@@ -29,12 +29,12 @@ description:
     qubes.xml lists as C(snapshot) or C(volatile) (qubesd makes or throws away those files at each start), and
     anything at an image's name that is not a regular file: a symlink, a FIFO or a device is never opened, and
     a VM directory that is a symlink is never entered."
-  - The locks: the pool lock shared and the lock of each volume, in vid order. Two dedupes, a dedupe and an
+  - It takes the pool lock shared and the lock of each volume, in vid order. Two dedupes, a dedupe and an
     import, volume change or pin of one of its volumes, and a dedupe and M(dom0.reflink.reflink_gc) (which
     takes the pool lock exclusive) wait for each other.
-  - On a file system that cannot share blocks (ext4), nothing is changed: the task fails with a clear message
+  - On a file system that cannot share blocks (ext4), nothing is changed. The task fails with a clear message
     when O(vids) names volumes, and when it does not (a nightly run over the whole pool) it succeeds with that
-    message as a warning and RV(changed=false).
+    message as a warning, reporting no change.
 extends_documentation_fragment:
   - dom0.reflink.attributes
   - dom0.reflink.qubes_xml
@@ -132,7 +132,7 @@ deduped_bytes:
   type: int
 reclaimed_bytes:
   description:
-    - The space the file system got back (in check mode: would get back), measured over the images before and
+    - The space the file system got back (in check mode, would get back), measured over the images before and
       after (see the notes), net of RV(rewritten_bytes).
   returned: always
   type: int
