@@ -49,6 +49,8 @@ _WRITES = {"write", "pwrite64", "pwritev", "pwritev2", "writev"}
 TEMPFILE_RE = re.compile(r"~[a-z0-9_]{8}\Z")
 _QUERY_IOCTL = re.compile(r"\d+, (TCGETS|TIOCGWINSZ|TCSETS|FS_IOC_FIEMAP|FS_IOC_GETFLAGS|BTRFS_IOC_TREE_SEARCH(_V2)?|"
                           r"BTRFS_IOC_INO_LOOKUP|BTRFS_IOC_FS_INFO|BTRFS_IOC_LOGICAL_INO(_V2)?)\b")
+_UNFINISHED_RE = re.compile(r"^(?P<pid>\d+)\s+(?P<name>\w+)\((?P<args>.*) <unfinished \.\.\.>$")
+_RESUMED_RE = re.compile(r"^(?P<pid>\d+)\s+<\.\.\. (?P<name>\w+) resumed>(?P<rest>.*)\)\s+=\s+(?P<ret>.*)$")
 _CALL_RE = re.compile(r"^(?P<pid>\d+)\s+(?P<name>\w+)\((?P<args>.*)\)\s+=\s+(?P<ret>.*)$")
 _STRING_RE = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
@@ -217,8 +219,27 @@ class Call:
 
 
 def parse_trace(text):
+    """The calls of an ``strace -f`` log, in the order they began.
+
+    A call that another thread's line interrupts is split in two lines
+    (``name(args <unfinished ...>`` and ``<... name resumed>rest) = ret``):
+    put back together, at the place of its first line.
+    """
     calls = []
+    pending = {}   # pid -> index in calls of its unfinished call
     for line in text.splitlines():
+        unfinished = _UNFINISHED_RE.match(line)
+        if unfinished:
+            pending[unfinished.group("pid")] = len(calls)
+            calls.append(Call(unfinished.group("name"), unfinished.group("args"), "?"))
+            continue
+        resumed = _RESUMED_RE.match(line)
+        if resumed:
+            index = pending.pop(resumed.group("pid"), None)
+            if index is not None:
+                first = calls[index]
+                calls[index] = Call(first.name, first.args + resumed.group("rest"), resumed.group("ret").strip())
+            continue
         match = _CALL_RE.match(line)
         if match:
             calls.append(Call(match.group("name"), match.group("args"), match.group("ret").strip()))
