@@ -75,7 +75,7 @@ def run_dedupe_task(params: Params, check_mode: bool, diff: bool) -> Result:
             return dict(_result(DedupeOutcome(), SpaceChange(), [], diff), warnings=[str(exc)])
         wanted = vids if vids is not None else selected_vids(PoolScan.read(pool_dir))
         with volume_locks(pool_dir, [names.parse_vid(vid) for vid in wanted], timeout=params["lock_timeout"],
-                          purpose=PURPOSE, create=not check_mode):
+                          purpose=PURPOSE, create=not check_mode, record=not check_mode):
             scan = PoolScan.read(pool_dir)
             surroundings = Surroundings.read(path, qubes.name if qubes is not None else None)
             targets = find_targets(pool_dir, scan, wanted, qubes, surroundings)
