@@ -218,6 +218,34 @@ def test_a_restored_pool_shares_again_and_nothing_a_user_relies_on_changes(big_f
         assert (precache["mtime"], precache["size"]) == (clean["mtime"], clean["size"]), "%s: precache stale" % vid
 
 
+def test_an_empty_vids_list_selects_no_volume_and_reads_no_image(big_fs, run_module):
+    """``vids: []`` means no volume, never every one (issue 26's rule for every list): nothing changed, no
+    figure, no image read from the disk, no extent moved (a dedupe keeps mtime and ctime: the maps tell)."""
+    base, fs = big_fs
+    pool = make_pool(base)
+    images = [path for paths in restored_pool(pool, 8 * MIB, MIB, 4 * MIB).values() for path in paths]
+    total = sum(os.path.getsize(path) for path in images)
+
+    def state():
+        return snapshot(pool), {str(path): physical_map(path) for path in images}
+
+    before = state()
+    for check in (True, False):
+        drop_page_cache(images)
+        sectors = sectors_read(fs.device)
+        nothing = run_module("reflink_dedupe", check=check, pool=str(pool), vids=[], scope="pool", qubes_xml="none")
+        read_from_disk = (sectors_read(fs.device) - sectors) * 512
+        assert not nothing["failed"] and nothing["changed"] is False, nothing
+        assert nothing["volumes"] == [] and nothing["skipped"] == [] and nothing["actions"] == [], nothing
+        assert nothing["deduped_bytes"] == 0 and nothing["reclaimed_bytes"] == 0, nothing
+        assert read_from_disk < total // 100, (read_from_disk, total)
+        assert state() == before, "vids: [] changed an image"
+    # Without vids, the same pool had something to dedupe: the empty list is what selected nothing.
+    everything = run_module("reflink_dedupe", pool=str(pool), scope="pool", qubes_xml="none")
+    assert everything["changed"] is True and everything["deduped_bytes"] > 0, everything
+    assert state()[0] == before[0]
+
+
 def test_ext4_says_so_and_changes_nothing(ext4_dir, run_module):
     pool = make_pool(ext4_dir)
     vm_dir = pool / "appvms" / "work"
