@@ -276,10 +276,9 @@ class Planting:
             st = os.fstat(fd)
             try:
                 for start, end in _data_segments(fd, st.st_size):
-                    while start < end:
-                        data = os.pread(fd, min(end - start, 1 << 20), start)
-                        os.pwrite(fd, data, start)   # the same bytes: new blocks (copy on write)
-                        start += len(data)
+                    for offset in range(start, end, 1 << 20):
+                        data = os.pread(fd, min(end - offset, 1 << 20), offset)
+                        os.pwrite(fd, data, offset)   # the same bytes: new blocks (copy on write)
                 os.fsync(fd)
             finally:
                 os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
