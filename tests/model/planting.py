@@ -310,7 +310,6 @@ class Planting:
         self._done("fill the file system (%d MiB)" % (offset >> 20))
 
 
-
 def _data_segments(fd: int, size: int) -> list:
     """(start, end) of each run of data of the open file ``fd`` (holes left out)."""
     found = []

@@ -73,8 +73,8 @@ def test_not_shared_goes_once_reflink_dedupe_runs_as_the_finding_says(large_refl
     assert_close(done["reclaimed_bytes"], freed, "reclaimed_bytes against statvfs")
     # The precache's 32 MiB and the revision's 31 MiB that are the clean image's: the ideal is 63 MiB.
     assert freed >= (2 * SIZE - MIB) * 95 // 100, (freed, done)
-    print("\n%s: reclaimed_bytes %d, statvfs freed %d (ideal %d)" % (fs_kind(pool), done["reclaimed_bytes"], freed,
-                                                                    2 * SIZE - MIB))
+    print("\n%s: reclaimed_bytes %d, statvfs freed %d (ideal %d)"
+          % (fs_kind(pool), done["reclaimed_bytes"], freed, 2 * SIZE - MIB))
 
     after = run_module("reflink_info", space=True, **common)
     assert not after.get("failed"), after
