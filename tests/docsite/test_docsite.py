@@ -38,7 +38,8 @@ HTML = pathlib.Path(os.environ.get("DOCSITE_HTML", ROOT / "build" / "docsite" / 
 SHOTS = ROOT / "build" / "docsite"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 COLLECTION = "collections/dom0/reflink/"
-MODULES = ("reflink_pool", "reflink_volume", "reflink_import", "reflink_revert", "reflink_gc", "reflink_info", "reflink_pin")
+# Every module of the collection has its page.
+MODULES = tuple(sorted(path.stem for path in (ROOT / "plugins" / "modules").glob("reflink_*.py")))
 # Pages whose title is known in advance (the rest: their <h1>).
 # Sphinx's search page is the only one without a heading.
 NO_HEADING = {"search.html"}

@@ -22,6 +22,7 @@ from typing import Any
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks import arguments
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.dedupe import run_dedupe_task
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.gc import run_gc_task
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.imports import run_import_task
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.info import run_info_task
@@ -47,6 +48,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                        rebuild_precache=False),
     "reflink_info": dict(_SHARED, pool=None, vids=None, space=False, if_removed=None),
     "reflink_pool": dict(_SHARED, path=None, state="present", require_reflink=True),
+    "reflink_dedupe": dict(_SHARED, pool=None, vids=None, scope="volume"),
 }
 
 
@@ -105,6 +107,7 @@ _WORK: dict[str, Callable[[dict, bool, bool], dict]] = {
     "reflink_gc": lambda params, check, _diff: run_gc_task(params, check),
     "reflink_info": lambda params, check, _diff: run_info_task(params, check),
     "reflink_pool": run_pool_task,
+    "reflink_dedupe": run_dedupe_task,
 }
 
 
