@@ -266,5 +266,6 @@ def main() -> None:
     else:
         main_wrapper(module, lambda: run_pin_task(module.params, module.check_mode, module._diff))
 
+
 if __name__ == "__main__":
     main()
