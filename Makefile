@@ -34,7 +34,8 @@ SANITY_ARGS ?=
 PYTEST_ARGS ?=
 
 # `make molecule`: the scenarios of extensions/molecule (MOLECULE_ARGS="-s default"
-# for one). `make compat`: the scenario default with ansible-core 2.16 (in
+# for one). `make compat`: the scenarios default, role_pool and maintenance
+# (extensions/molecule/compat.sh) with ansible-core 2.16 (in
 # .venv-2.16) and with Python 3.13 as the modules' interpreter (PYTHON313=path
 # to choose it; the run is skipped when there is none).
 MOLECULE_ARGS ?= --all
@@ -115,7 +116,7 @@ help:
 	@echo '  make lint        ruff, mypy (strict on the core), yamllint, ansible-lint (production), changelog and docs lint'
 	@echo '  make package-test  build the tarball, install it offline, run a module from it'
 	@echo '  make molecule    molecule test of extensions/molecule/* (MOLECULE_ARGS="-s default" for one)'
-	@echo '  make compat      scenario default with ansible-core 2.16, and with modules on Python 3.13'
+	@echo '  make compat      scenarios default, role_pool, maintenance with ansible-core 2.16, and modules on Python 3.13'
 	@echo '  make docs        the docs site (modules, role, guide, performance, reliability) in build/docsite/html'
 	@echo '  make docs-check  make docs, then every page in headless Chromium: titles, option tables, links;'
 	@echo '                   and the maintenance report of the molecule scenario maintenance, against its results'
