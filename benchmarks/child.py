@@ -8,8 +8,10 @@
         start and the imports (ansible.module_utils.basic, the module, the core)
         happen before the clock starts; the time from main() to exit_json
         (argument checks, the work, the JSON result) is written to TIMING_JSON.
-    python child.py scan|info|gc POOL TIMING_JSON
-        PoolScan.read, run_info_task, or run_gc_task in check mode.
+    python child.py scan|info|info-space|info-nofindings|gc POOL TIMING_JSON
+        PoolScan.read, run_info_task (info-space: with space: true;
+        info-nofindings: with the findings left out, to measure what they
+        cost), or run_gc_task in check mode.
 
 The timed part is framed by two failing unlink() calls of marker paths, so
 that a strace of the child can count only the system calls made inside it.
@@ -59,6 +61,13 @@ def _pool_work(kind: str, pool: str):
                 PoolScan.read(pool_dir)
         return work
     if kind == 'info':
+        return lambda: run_info_task({'pool': pool, 'vids': None, 'lock_timeout': 60})
+    if kind == 'info-space':
+        return lambda: run_info_task({'pool': pool, 'vids': None, 'lock_timeout': 60, 'space': True})
+    if kind == 'info-nofindings':
+        info = importlib.import_module('ansible_collections.dom0.reflink.plugins.module_utils._tasks.info')
+        info.pool_findings = lambda facts, space=None: []
+        PoolScan.note_flags = lambda scan, directory, relative: None
         return lambda: run_info_task({'pool': pool, 'vids': None, 'lock_timeout': 60})
     return lambda: run_gc_task(gc_params(pool), True)
 

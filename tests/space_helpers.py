@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import mmap
 import os
 import pathlib
 import random
@@ -221,7 +222,9 @@ def write_data(path, pieces, seed=1, fsync_each=False, create=False, size=None) 
 class Volume:
     """One volume's files, changed as qubesd's file-reflink driver changes them."""
 
-    def __init__(self, pool, vid, size=64 * MIB):
+    def __init__(self, pool, vid, size=64 * MIB, create=True):
+        """A new volume of ``size`` as qubesd's create makes it; ``create=False`` takes over the volume's files
+        as they are (made by the modules, say)."""
         self.pool = pathlib.Path(pool)
         self.vid = vid
         self.base = self.pool / vid
@@ -231,10 +234,16 @@ class Volume:
         self.precache = pathlib.Path(str(self.base) + "-precache.img")
         self.mtime = 1_700_000_000
         self.next_revision = 1
+        if not create:
+            self.mtime = int(os.stat(self.clean).st_mtime)
+            numbers = [int(path.name[len(self.clean.name) + 1:].split("@")[0]) for path in self.revisions()]
+            self.next_revision = max(numbers, default=0) + 1
+            return
         with open(self.clean, "wb") as handle:
             handle.truncate(size)
         os.utime(self.clean, (self.mtime, self.mtime))
         clone(self.clean, self.precache)
+        os.utime(self.precache, (self.mtime, self.mtime))   # qubesd's precache has clean's mtime
 
     def revisions(self) -> list[pathlib.Path]:
         prefix = os.path.basename(self.clean) + "."
@@ -262,3 +271,24 @@ class Volume:
         os.utime(self.clean, (self.mtime, self.mtime))
         clone(self.clean, self.precache)
         os.utime(self.precache, (self.mtime, self.mtime))
+
+
+def write_fragmented(path, blocks) -> None:
+    """Write ``blocks`` 4 KiB blocks of ``path`` (an existing file) with O_DIRECT, each followed by one of a
+    scratch file next to it, then fsync and remove the scratch file: every block of ``path`` lies apart from its
+    neighbours on disk (one extent each), as a VM's scattered small writes leave an image.  Writing only
+    ``path`` is not enough: XFS places a block next to its logical neighbour's whenever it can."""
+    buffer = mmap.mmap(-1, 4096)
+    buffer.write(os.urandom(4096))
+    scratch = str(path) + ".scatter"
+    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    other = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o600)
+    try:
+        for block in range(blocks):
+            os.pwrite(fd, buffer, block * 4096)
+            os.pwrite(other, buffer, block * 4096)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.close(other)
+        os.unlink(scratch)

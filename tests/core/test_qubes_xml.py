@@ -59,6 +59,18 @@ def test_revisions_default_one_without_pool_value(tmp_path, pool):
     assert found.volume("appvms/work/private").revisions_to_keep == 1
 
 
+def test_volume_size(tmp_path, pool):
+    """The size qubesd recorded, in bytes; a size that is not a non-negative integer is None (never an error)."""
+    domain = template_vm("t", "p")
+    domain.volumes[0].size = 10 * 1024 ** 3
+    domain.volumes[1].size = "2G"
+    domain.volumes[2].size = "-1"
+    found = qx.read_qubes_xml(write(tmp_path, qubes_xml([reflink_pool("p", pool)], [domain])), str(pool))
+    assert found.volume("vm-templates/t/root").size == 10 * 1024 ** 3
+    assert found.volume("vm-templates/t/private").size is None
+    assert found.volume("vm-templates/t/volatile").size is None
+
+
 def test_origin_snapshot_kind(tmp_path, pool):
     domain = template_vm("t", "p")
     domain.volumes[0].snap_on_start = True

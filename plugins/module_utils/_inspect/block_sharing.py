@@ -20,6 +20,7 @@ import bisect
 import errno
 import os
 
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.file_flags import has_nocow
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect.extents import (EXTENT_NOT_COMPARABLE, EXTENT_SHARED,
                                                                                     FiemapReader, sync_filesystem)
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect.sharing import (ALLOCATED_BLOCKS, FIEMAP_BLOCKS,
@@ -29,15 +30,20 @@ from ansible_collections.dom0.reflink.plugins.module_utils._inspect.sharing impo
 class BlockDomain:
     """The files of one non-btrfs filesystem (or a btrfs read without privileges): physical block runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, nocow_flags: bool = False) -> None:
         self.reader = FiemapReader()
         self.pieces: list[tuple[int, int, int, int]] = []   # (physical, length, file, shared flag)
+        self.nocow_flags = nocow_flags
 
     @classmethod
-    def open(cls, fd: int) -> BlockDomain:
-        """A domain for the filesystem of ``fd``, synced first (see :func:`sync_filesystem`)."""
+    def open(cls, fd: int, nocow_flags: bool = False) -> BlockDomain:
+        """A domain for the filesystem of ``fd``, synced first (see :func:`sync_filesystem`).
+
+        ``nocow_flags``: read each file's No_COW attribute too (a btrfs read
+        without the privilege of its tree search).
+        """
         sync_filesystem(fd)
-        return cls()
+        return cls(nocow_flags)
 
     def close(self) -> None:
         pass
@@ -51,6 +57,9 @@ class BlockDomain:
             sharing.methods.add(ALLOCATED_BLOCKS)
             sharing.add((index,), False, os.fstat(fd).st_blocks * 512)
             return
+        sharing.extents[index] = len(mappings)
+        if self.nocow_flags and has_nocow(fd):
+            sharing.nocow.add(index)
         for _logical, physical, length, flags in mappings:
             if flags & EXTENT_NOT_COMPARABLE:
                 sharing.add((index,), False, length)

@@ -54,7 +54,7 @@ class BtrfsDomain:
             domain.search.last_snapshot(btrfs_tree.ROOT_TREE)   # the tree search needs CAP_SYS_ADMIN
         except PermissionError:
             domain.close()
-            return BlockDomain.open(fd)
+            return BlockDomain.open(fd, nocow_flags=True)
         except BaseException:
             domain.close()
             raise
@@ -68,14 +68,22 @@ class BtrfsDomain:
         self.files.setdefault(tree, {}).setdefault(inode, []).append(index)
         self.inodes.add((tree, inode))
 
-    def _read(self) -> None:
-        """Every file's extent items, subvolume by subvolume, neighbouring inodes in one search."""
-        owners, repeated, uses = self.owners, self.repeated, self.uses
+    def _read(self, sharing: Sharing) -> None:
+        """Every file's extent items, subvolume by subvolume, neighbouring inodes in one search.
+
+        ``sharing`` gets each file's count of items with data (a file without
+        data is not reported) and the files with the No_COW attribute.
+        """
+        owners, repeated, uses, extents = self.owners, self.repeated, self.uses, sharing.extents
         for tree, inodes in self.files.items():
             snapshot = self.search.last_snapshot(tree)
-            for inode, refs in self.search.inode_extents(tree, sorted(inodes), snapshot, self.old_leaves):
+            nocow: set[int] = set()
+            for inode, refs in self.search.inode_extents(tree, sorted(inodes), snapshot, self.old_leaves, nocow):
                 names = inodes[inode]
                 bytenrs = list(map(_BYTENR, refs))
+                data_extents = len(bytenrs) - bytenrs.count(0)
+                for index in names:
+                    extents[index] = data_extents
                 distinct = set(bytenrs)
                 if len(distinct) != len(bytenrs):   # an extent referenced twice by the file, or explicit holes
                     repeated.update(bytenrs)
@@ -89,10 +97,12 @@ class BtrfsDomain:
                     for bytenr in distinct:
                         owners[bytenr].extend(names)
                         repeated[bytenr] -= len(names) - 1
+            for inode in nocow:
+                sharing.nocow.update(inodes[inode])
 
     def finish(self, sharing: Sharing) -> None:
         sharing.methods.add(BTRFS_EXTENTS)
-        self._read()
+        self._read(sharing)
         extent_bytes, stranded = self._extents()
         counts = self.search.extent_reference_counts(extent_bytes)
         repeated, old_leaves, groups = self.repeated, self.old_leaves, sharing.groups

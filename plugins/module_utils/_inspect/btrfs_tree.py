@@ -44,6 +44,7 @@ BTRFS_IOC_LOGICAL_INO_V2 = 0xC038943B  # _IOWR(0x94, 59, struct btrfs_ioctl_logi
 ROOT_TREE = 1
 EXTENT_TREE = 2
 FIRST_FREE_OBJECTID = 256
+INODE_ITEM_KEY = 1
 EXTENT_DATA_KEY = 108
 ROOT_ITEM_KEY = 132
 EXTENT_ITEM_KEY = 168
@@ -74,6 +75,8 @@ _FILE_EXTENT = struct.Struct("<8xQBxxxBQQQQ")   # a regular item: ram_bytes, com
 _FILE_EXTENT_SIZE = 53
 _INLINE_HEAD = struct.Struct("<8xQB")  # an inline item's ram_bytes and compression; its data follows at 21
 _TYPE_AT = 20
+_INODE_FLAGS = struct.Struct("<64xQ")   # btrfs_inode_item.flags (disk order)
+INODE_NODATACOW = 1 << 1               # btrfs's No_COW (chattr +C)
 # A header and a regular item read as one record, on little-endian hosts (where the header's host order and
 # the item's disk order agree): an inode's items after the first are all regular ones.
 _RECORD = struct.Struct("<32x8xQBxxxBQQQQ")
@@ -179,21 +182,24 @@ class TreeSearch:
                 return
             low = _next_key(key)
 
-    def inode_extents(self, tree: int, inodes: Sequence[int], snapshot: int = 0,
-                      old_leaves: set[int] | None = None) -> Iterator[tuple[int, list[ExtentRef]]]:
+    def inode_extents(self, tree: int, inodes: Sequence[int], snapshot: int = 0, old_leaves: set[int] | None = None,
+                      nocow: set[int] | None = None) -> Iterator[tuple[int, list[ExtentRef]]]:
         """(inode, its EXTENT_DATA items in file order) for each of the sorted ``inodes`` of subvolume ``tree``.
 
         Neighbouring inodes are read by one range search (as few ioctls as the
         buffer allows, rather than one per file).  An inode with no data is
         not reported.  With ``snapshot`` (the subvolume's last snapshot), the
         disk_bytenr of every item in a leaf written no later is added to
-        ``old_leaves``: a snapshot may share that leaf.
+        ``old_leaves``: a snapshot may share that leaf.  With ``nocow``, the
+        inodes whose inode item carries No_COW are added to it (the inode item
+        precedes the extent items: a range search reads it anyway).
         """
         wanted = set(inodes)
+        first_key = EXTENT_DATA_KEY if nocow is None else INODE_ITEM_KEY
         for first, last in _runs(inodes, _INODE_GAP):
             current = -1
             refs: list[ExtentRef] = []
-            low = (first, 0 if first != last else EXTENT_DATA_KEY, 0)
+            low = (first, 0 if first != last else first_key, 0)
             high = (last, EXTENT_DATA_KEY, _U64)
             while True:
                 found = self._search(tree, low, high)
@@ -215,6 +221,10 @@ class TreeSearch:
                         length = count * _RECORD_SIZE - _HEADER_SIZE
                     elif kind == EXTENT_DATA_KEY and objectid in wanted:
                         batch = [_file_extent_ref(self._view[position + _HEADER_SIZE:position + _HEADER_SIZE + length])]
+                    elif kind == INODE_ITEM_KEY and nocow is not None and objectid in wanted and \
+                            length >= _INODE_FLAGS.size and \
+                            _INODE_FLAGS.unpack_from(self._args, position + _HEADER_SIZE)[0] & INODE_NODATACOW:
+                        nocow.add(objectid)
                     if batch:
                         if snapshot and old_leaves is not None:
                             self._note_old_leaves(position, count, batch, snapshot, old_leaves)

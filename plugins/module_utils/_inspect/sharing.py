@@ -48,6 +48,11 @@ class Sharing:
     groups: Groups = dataclasses.field(default_factory=dict)
     missing: list[int] = dataclasses.field(default_factory=list)   # files that were not there (or not regular)
     methods: set[str] = dataclasses.field(default_factory=set)     # how the bytes were counted
+    # file index -> its data extents as read (btrfs: extent items with data; elsewhere: FIEMAP mappings);
+    # absent when none were read (no data, or counted by its st_blocks)
+    extents: dict[int, int] = dataclasses.field(default_factory=dict)
+    # files with btrfs's No_COW attribute (read with their extents: the inode item, or the file's flags)
+    nocow: set[int] = dataclasses.field(default_factory=set)
 
     def add(self, owners: tuple[int, ...], kept: bool, size: int, stranded: int = 0) -> None:
         entry = self.groups.get((owners, kept))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
@@ -185,3 +185,33 @@ class SpaceMap:
         """What removing the vids and files ``items`` would free, as one set."""
         chosen = self.select(items)
         return Removal(self.freed_by(chosen), tuple(self.files[index].file for index in chosen))
+
+    def extents_of(self, file: str) -> int:
+        """The number of data extents read for ``file`` (btrfs: extent items; elsewhere: FIEMAP mappings)."""
+        index = self._index.get(file)
+        return 0 if index is None else self.sharing.extents.get(index, 0)
+
+    def nocow_files(self) -> list[str]:
+        """The files read with btrfs's No_COW attribute, in the order given."""
+        return [self.files[index].file for index in sorted(self.sharing.nocow)]
+
+    def shared_bytes(self, partners: Mapping[str, str]) -> dict[str, int]:
+        """For each file of ``partners`` (file -> partner file), the bytes it holds together with its partner.
+
+        One pass over the table, however many pairs.  A file or partner that
+        is not in the map shares nothing.
+        """
+        partner_of = {self._index[file]: self._index[partner] for file, partner in partners.items()
+                      if file in self._index and partner in self._index}
+        shared = dict.fromkeys(partner_of, 0)
+        for (owners, _kept), (size, _strand) in self.sharing.groups.items():
+            if len(owners) < 2:
+                continue
+            for index in owners:
+                partner = partner_of.get(index)
+                if partner is not None and partner in owners:
+                    shared[index] += size
+        found = dict.fromkeys(partners, 0)
+        for index, total in shared.items():
+            found[self.files[index].file] = total
+        return found

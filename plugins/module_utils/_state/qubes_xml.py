@@ -56,6 +56,7 @@ class QubesVolume:
     kind: str
     revisions_to_keep: int
     source: str | None
+    size: int | None = None   # bytes, as qubesd last recorded them; None when absent or not a number
 
     def as_dict(self) -> dict[str, object]:
         return {"vm": self.vm, "volume": self.volume, "kind": self.kind,
@@ -166,6 +167,18 @@ def _int_attribute(element: ElementTree.Element, name: str, path: str, default: 
     return value
 
 
+def _size_attribute(element: ElementTree.Element) -> int | None:
+    """The volume's ``size`` in bytes; None when it is missing or not a non-negative integer.
+
+    Only reflink_info's size_mismatch finding reads it, so a strange value
+    makes that check skip the volume rather than fail every module.
+    """
+    text = (element.get("size") or "").strip()
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
 def _flag(element: ElementTree.Element, name: str) -> bool:
     # qubesd writes Python's str() of a bool.
     return element.get(name, "False") == "True"
@@ -212,6 +225,7 @@ def find_pool(root: ElementTree.Element, pool_path: str, path: str) -> QubesPool
                 kind=volume_kind(element),
                 revisions_to_keep=_int_attribute(element, "revisions_to_keep", path, pool.revisions_to_keep),
                 source=element.get("source"),
+                size=_size_attribute(element),
             )
     return pool
 

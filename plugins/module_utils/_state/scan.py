@@ -8,6 +8,7 @@ from __future__ import annotations
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, PoolError, UnsafePath
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.file_flags import has_nocow
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo, VolumeFiles, scan_names
 
 
@@ -20,22 +21,28 @@ class PoolScan:
     "directories" that are symlinks or files.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, read_flags: bool = False) -> None:
         self.volumes: dict[str, VolumeFiles] = {}
         self.vm_dirs: dict[str, list[str]] = {}
         self.unsafe: list[str] = []
+        # With read_flags: the directories (relative to the pool, "" for the pool itself) with btrfs's No_COW
+        # attribute, read while they are open anyway (one ioctl each).
+        self.read_flags = read_flags
+        self.nocow_dirs: set[str] = set()
 
     @classmethod
-    def read(cls, pool_dir: Directory, only_vids: list[names.Vid] | None = None) -> PoolScan:
-        scan = cls()
+    def read(cls, pool_dir: Directory, only_vids: list[names.Vid] | None = None, read_flags: bool = False) -> PoolScan:
+        scan = cls(read_flags)
         wanted_dirs = None
         if only_vids is not None:
             wanted_dirs = {vid.vm_dir for vid in only_vids}
+        scan.note_flags(pool_dir, "")
         for prefix in names.PREFIXES:
             prefix_dir = pool_dir.open_dir(prefix)
             if prefix_dir is None:
                 continue
             with prefix_dir:
+                scan.note_flags(prefix_dir, prefix)
                 for vm in sorted(prefix_dir.names()):
                     rel_dir = "%s/%s" % (prefix, vm)
                     if wanted_dirs is not None and rel_dir not in wanted_dirs:
@@ -58,6 +65,7 @@ class PoolScan:
         if vm_dir is None:
             return
         with vm_dir:
+            self.note_flags(vm_dir, rel_dir)
             entries = vm_dir.names()
             self.vm_dirs[rel_dir] = entries
             infos, unsafe = scan_names(vm_dir, entries)
@@ -75,6 +83,20 @@ class PoolScan:
                 self.unsafe.extend("%s/%s" % (rel_dir, info.name) for info in volume_infos)
                 continue
             self.volumes[str(vid)] = VolumeFiles.from_infos(vid, volume_infos)
+
+    def note_flags(self, directory: Directory, relative: str) -> None:
+        if self.read_flags and has_nocow(directory.open_fd()):
+            self.nocow_dirs.add(relative)
+
+    def limited_to(self, only_vids: list[names.Vid]) -> PoolScan:
+        """The part of this scan that ``read`` with ``only_vids`` would have found (their VM directories only)."""
+        wanted_dirs = {vid.vm_dir for vid in only_vids}
+        part = PoolScan(self.read_flags)
+        part.nocow_dirs = {name for name in self.nocow_dirs if name.count("/") < 1 or name in wanted_dirs}
+        part.vm_dirs = {key: value for key, value in self.vm_dirs.items() if key in wanted_dirs}
+        part.unsafe = [entry for entry in self.unsafe if "/".join(entry.split("/")[:2]) in wanted_dirs]
+        part.volumes = {str(vid): self.volumes.get(str(vid)) or VolumeFiles(vid) for vid in only_vids}
+        return part
 
     def sorted_volumes(self) -> list[VolumeFiles]:
         return [self.volumes[key] for key in sorted(self.volumes)]

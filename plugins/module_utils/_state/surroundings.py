@@ -57,6 +57,15 @@ def loop_size(device: str) -> int | None:
         return None
 
 
+def loop_direct_io(device: str) -> bool | None:
+    """Whether the loop device ``/dev/loopN`` reads and writes its backing file with direct I/O; None if unknown."""
+    try:
+        with open(os.path.join(_SYS_BLOCK, os.path.basename(device), "loop", "dio"), encoding="ascii") as handle:
+            return handle.read().strip() == "1"
+    except OSError:
+        return None
+
+
 def qubes_running_names() -> set[str]:
     """What follows ``volume-running-`` in each of qubesd's running-state files: escaped "<pool>:<vid>"."""
     return {os.path.basename(path)[len("volume-running-"):] for path in glob.glob(QUBES_RUNNING_GLOB)}
