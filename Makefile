@@ -102,13 +102,16 @@ print(found.group(1))
 endef
 export ANSIBLE_TEST_PIP_VERSION_PY
 
-.PHONY: help deps venv collection test pytest test-reliability test-powercut test-fleet sanity lint docs docs-check docs-venv package-test molecule compat demo clean
+.PHONY: help deps venv collection test pytest test-model test-reliability test-powercut test-fleet sanity lint docs docs-check docs-venv package-test molecule compat demo clean
 
 help:
 	@echo 'Targets:'
-	@echo '  make test        deps + venv, then pytest, test-reliability, test-powercut, test-fleet, sanity, lint,'
+	@echo '  make test        deps + venv, then pytest, test-model, test-reliability, test-powercut, test-fleet, sanity, lint,'
 	@echo '                   package-test, bench-quick, molecule, docs-check and compat'
 	@echo '  make pytest      pytest only (PYTEST_ARGS="..." to pass options)'
+	@echo '  make test-model  stateful property-based test of the core on btrfs, XFS, ext4 (tests/model), ~1 min;'
+	@echo '                   longer: MODEL_EXAMPLES=2000 (per file system), MODEL_SEED=random for new sequences,'
+	@echo '                   MODEL_STRICT=all to fail on the known defects it reports'
 	@echo '  make test-reliability  crash matrix, faults, concurrency, bad input (tests/reliability)'
 	@echo '  make test-powercut  power cuts replayed from a block-level write log (tests/powercut), ~4 min'
 	@echo '  make test-fleet  three SSH hosts, a user with sudo, forks 3, pipelining on/off (tests/fleet), ~2-3 min'
@@ -185,6 +188,7 @@ collection: deps
 
 test: deps venv
 	$(MAKE) --no-print-directory pytest
+	$(MAKE) --no-print-directory test-model
 	$(MAKE) --no-print-directory test-reliability
 	$(MAKE) --no-print-directory test-powercut
 	$(MAKE) --no-print-directory test-fleet
@@ -203,6 +207,21 @@ pytest: deps venv
 	PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/python" -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ "$$rc" = 5 ]; then echo 'make pytest: no tests were collected'; rc=0; fi; \
 	exit $$rc
+
+# tests/model is not in pytest.ini's testpaths: the stateful property-based test
+# (Hypothesis) of the core, in process, with a bounded budget here (tests/model/README.md).
+# MODEL_EXAMPLES: sequences per file system (ext4 half), MODEL_STEPS: steps per sequence,
+# MODEL_SEED: empty = the same sequences every run, a number, or "random";
+# MODEL_STRICT: known defects (tests/model/known_defects.py) that fail instead of being reported.
+# The recorded sequences (tests/model/test_regressions.py) run every time.
+MODEL_EXAMPLES ?= 80
+MODEL_STEPS ?= 50
+MODEL_SEED ?=
+MODEL_STRICT ?=
+test-model: deps venv
+	cd "$(ROOT)" && PATH="$(VENV_BIN):$$PATH" MODEL_EXAMPLES="$(MODEL_EXAMPLES)" MODEL_STEPS="$(MODEL_STEPS)" \
+		MODEL_SEED="$(MODEL_SEED)" MODEL_STRICT="$(MODEL_STRICT)" \
+		"$(VENV_BIN)/python" -m pytest -p no:cacheprovider tests/model $(PYTEST_ARGS)
 
 # tests/reliability is not in pytest.ini's testpaths: it runs here, on its own
 # (a few minutes; kill-point counts in tests/output/reliability/kill-points.json).

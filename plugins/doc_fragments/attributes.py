@@ -11,7 +11,12 @@ class ModuleDocFragment:
 attributes:
   check_mode:
     support: full
-    description: Check mode computes the same plan and returns the same keys as a real run, and changes nothing.
+    description:
+      - Check mode computes the same plan and returns the same keys as a real run, and changes nothing.
+      - Each clone in RV(actions) ends as in the real run ("(reflink)", or "(sparse copy ...)" where no reflink is
+        possible), from a probe of the pool's file system (and, for an import, of the source) in unnamed files
+        that leave nothing behind.
+      - What the real run must refuse and the plan can tell is refused in check mode too.
   diff_mode:
     support: full
     description: Returns the volume's files (name, size, allocated bytes) and revision ids before and after.

@@ -30,6 +30,7 @@ options:
   lock_timeout:
     description:
       - Seconds to wait for the pool and volume locks held by another task, then fail naming the holder.
+        A whole number, 0 or more (V(0) does not wait).
     type: int
     default: 60
 notes:
@@ -37,4 +38,7 @@ notes:
     refuse to change a volume that is in use (a dirty image, a loop device backed by one of its images,
     or qubesd's running-state file).
   - Every file the modules create has mode V(0600); every change is fsynced before the module returns.
+  - Removals work on a full file system (btrfs included). The record of who holds a lock is written only when
+    it fits, and a volume whose lock file cannot be made for lack of space is worked on under the pool lock
+    held exclusively. A step that needs new space and finds none says which step it is.
 """

@@ -17,8 +17,8 @@ description:
     was begun longer ago than O(import_max_age);
   - revisions beyond the volume's entry in O(revisions_to_keep_per_volume), or else O(revisions_to_keep),
     oldest first (with neither, the volume's own C(revisions_to_keep) from qubes.xml; with none of these,
-    none), and revision files whose id is not an integer (qubesd cannot
-    read them);
+    none), and revision files whose id is not a positive integer (V(0), V(-1), V(x); qubesd cannot
+    use them);
   - stale precache images (mtime or size differs from the clean image);
   - empty VM directories, and journals of imports whose image is gone.
   - "It never removes: a dirty image (uncommitted data of a VM that is running or halted without a
@@ -34,6 +34,7 @@ description:
   - A file that some process holds open (qubesd's Import writer keeps the import image open while a
     slow restore streams in) is never removed. One walk of C(/proc/*/fd) per run finds them by
     device and inode, and they are listed in RV(skipped_files) with the holders' pids and commands.
+  - It works on a full file system, when it is needed most (nothing a removal does needs new space).
   - qubesd does not take the collection's locks. Before each removal gc checks again that the volume
     has not become in use since the pool was read (a dirty image, a loop device on one of its images,
     qubesd's running-state file); a volume whose VM started meanwhile keeps the rest of its files and
@@ -47,7 +48,9 @@ options:
     type: path
     required: true
   vids:
-    description: Only look at these volumes (and their VM directories).
+    description:
+      - Only look at these volumes (their VM directories, and their import journals).
+      - An empty list selects no volume, never every volume (an empty template variable must not widen the task).
     type: list
     elements: str
   keep_vids:
@@ -64,6 +67,8 @@ options:
     description:
       - Remove every file of the orphans (requires O(keep_vids), or a qubes.xml that lists the pool).
         Orphans in use are skipped.
+      - An empty O(keep_vids) with O(remove_orphans=true) is refused, since it would remove every volume of the
+        pool (almost always an empty template variable).
     type: bool
     default: false
   min_age:
@@ -91,11 +96,14 @@ options:
     type: dict
     default: {}
   rebuild_precache:
-    description: Also make a missing (or stale) precache for stopped volumes.
+    description:
+      - Also make a missing (or stale) precache for stopped volumes.
+      - A stale precache that a process holds open is neither removed nor rebuilt (a rebuild renames the new one
+        over it); RV(skipped_files) lists it.
     type: bool
     default: false
   lock_timeout:
-    description: Seconds to wait for the exclusive pool lock, then fail naming the holder.
+    description: Seconds to wait for the exclusive pool lock, then fail naming the holder (0 or more; V(0) does not wait).
     type: int
     default: 60
 attributes:

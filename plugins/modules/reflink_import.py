@@ -23,7 +23,9 @@ description:
     O(state=commit) or O(state=abort) ends it, each as a separate task."
   - Importing into a volume that does not exist creates it (the import becomes its first clean
     image; leftovers of an earlier volume with the same O(vid) are removed first).
-  - Refused while the volume is in use.
+  - Refused while the volume is in use, and while a process holds its import image open (qubesd's Import
+    writer keeps it open while data streams in). Every step that would replace or remove the import image
+    then fails naming the process, and nothing changes.
 extends_documentation_fragment:
   - dom0.reflink.volume
   - dom0.reflink.qubes_xml
@@ -34,12 +36,14 @@ options:
       - V(present) imports O(src) or O(src_vid) (or, with neither, an all-zero image of O(size)) in one task.
       - V(begin) creates the import image of O(size) and records the import in the pool's journal
         (V(.reflink/imports/)); V(commit) checks the journal and the image (it exists, its size is the
-        one begun unless O(size) is given) and commits it; V(abort) removes the image and the journal.
+        one begun unless O(size) is given) and commits it; V(abort) removes the image and the journal (and
+        the VM directory when V(begin) made it and nothing else is in it).
         Each of them run again changes nothing.
       - qubesd deletes an uncommitted import image when the VM starts, or when the volume is created or
         removed; a commit then fails and says so, and V(begin) run again starts afresh (it replaces the
         stale journal). Every refusal names the step that gets out of it (V(commit), V(abort) or V(begin)).
-      - A commit run again changes nothing, however long afterwards; the commit is remembered in an
+      - A commit run again changes nothing, however long afterwards, once the O(size) and O(checksum) it is
+        given match the committed image (a mismatch fails, naming the committed size or digest); the commit is remembered in an
         extended attribute on the clean image it made (and in the journal's record until
         M(dom0.reflink.reflink_gc) removes that after its O(dom0.reflink.reflink_gc#module:import_max_age)).
         The next commit of the volume (a VM's stop, an import, a revert) ends that. A rerun of the whole
@@ -53,7 +57,7 @@ options:
   src:
     description:
       - A regular file or a block device on the managed host holding a raw image. Directories, FIFOs,
-        sockets and character devices are refused.
+        sockets and character devices are refused, and so is an empty source (0 bytes), like O(size=0).
     type: path
   src_vid:
     description:
@@ -98,7 +102,8 @@ options:
     description:
       - V(errno) copies the data sparsely when a reflink is impossible (different filesystems, a
         filesystem without reflinks), and only then; any other error of the clone is reported.
-      - V(never) fails instead of copying.
+      - V(never) fails instead of copying. A source from which no reflink into the pool is possible (another
+        file system, or a pool that cannot share blocks) is refused while planning, in check mode too.
     type: str
     choices: [errno, never]
     default: errno

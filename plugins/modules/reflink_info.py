@@ -79,10 +79,11 @@ options:
     description:
       - Report only these volume ids (V(appvms/<vm>/<volume>) or V(vm-templates/<vm>/<volume>)).
         A listed volume that does not exist is reported with RV(volumes[].state=absent).
+        An empty list reports no volume, never every volume.
     type: list
     elements: str
   lock_timeout:
-    description: Seconds to wait while a pool-wide task (such as gc) holds the pool lock.
+    description: Seconds to wait while a pool-wide task (such as gc) holds the pool lock (0 or more).
     type: int
     default: 60
   space:
@@ -271,7 +272,7 @@ volumes:
           description: Name of an import image, if any.
           type: str
         junk_revisions:
-          description: Revision files whose id is not an integer.
+          description: Revision files whose id is not a positive integer (V(0), V(-1), V(x)); they are no revision.
           type: list
           elements: str
         stale_precache:

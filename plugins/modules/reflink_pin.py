@@ -21,6 +21,8 @@ description:
   - Running the task again with the same content reports no change. A pin of that name with
     other content is refused unless O(force=true).
   - A running volume can be pinned, since qubesd never writes its clean image or revisions while it runs.
+  - In check mode, the pin of a volume that does not exist yet (an earlier task of the same play creates it)
+    is planned with a warning; a real run refuses a volume without such an image.
   - M(dom0.reflink.reflink_revert) with O(dom0.reflink.reflink_revert#module:pin) makes a pin's
     content the volume's clean image again.
   - With O(schedule), the module keeps pins by the calendar instead, for one volume (O(vid)) or many
@@ -236,6 +238,7 @@ diff:
   description:
     - With C(--diff), the volume's files (pins included) and revision ids before and after.
     - With O(schedule), C(before) and C(after) map each vid to that.
+    - A replacement with O(force=true) also shows the pin, under C(pin), before and after.
   returned: when diff mode is on
   type: dict
 """

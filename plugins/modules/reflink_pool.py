@@ -32,7 +32,8 @@ options:
     description:
       - V(present) creates what is missing; V(absent) removes the pool, its empty VM directories and
         the collection's own V(.reflink/) metadata. V(absent) fails, changing nothing, if any image
-        file or any file that is not part of a pool is left in it.
+        file (pins included) or any file that is not part of a pool is left in it, or if O(path) is a symlink
+        (give the pool's real path).
     type: str
     choices: [present, absent]
     default: present
@@ -43,7 +44,7 @@ options:
     type: bool
     default: true
   lock_timeout:
-    description: Seconds to wait for the pool lock held by other tasks, then fail naming the holder.
+    description: Seconds to wait for the pool lock held by other tasks, then fail naming the holder (0 or more).
     type: int
     default: 60
 attributes:
@@ -99,7 +100,9 @@ pool:
       type: str
       sample: btrfs
     reflink:
-      description: Whether the reflink probe succeeded; null when it was not run (O(state=absent)).
+      description:
+        - Whether the reflink probe succeeded; null when it was not run (O(state=absent)), or when an existing
+          pool's file system is full, so that the probe's small test file did not fit (a warning says so).
       type: bool
       sample: true
     size:

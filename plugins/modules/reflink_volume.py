@@ -73,7 +73,8 @@ options:
         On an existing volume a different O(size) resizes it, and a missing or stale precache
         is made anew.
       - V(absent) removes every file of the volume, then its VM directory if that is left empty.
-        Refused while the volume is in use. The volume's pins (see M(dom0.reflink.reflink_pin)) and
+        Refused while the volume is in use, or while a process holds its import image open (qubesd's
+        Import writer). The volume's pins (see M(dom0.reflink.reflink_pin)) and
         so its VM directory stay unless O(remove_pins=true); RV(kept_pins) lists them.
       - V(stopped) commits a pending dirty image as qubesd does when a VM stops (the old clean
         image becomes a revision, old revisions beyond O(revisions_to_keep) are removed, the
@@ -92,6 +93,8 @@ options:
         A running volume (dirty image present) is extended in place and every loop device
         backed by it is told its new size.
       - A smaller size is refused unless O(allow_shrink=true).
+      - With O(state=stopped) or O(state=absent) a size is not used, and the task warns about it. In
+        O(volumes), only an item's own size is warned about, not the task's (a default for the other items).
     type: raw
   remove_pins:
     description:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import random
 import re
 import stat
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -159,3 +161,17 @@ def assert_failed(result, *words):
     for word in words:
         assert word.lower() in msg.lower(), "%r not in msg %r" % (word, msg)
     return msg
+
+
+@contextlib.contextmanager
+def holding_open(path):
+    """A process with ``path`` open for writing (as qubesd's Import writer keeps an import image); yields (pid, command)."""
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import sys, time\nf = open(sys.argv[1], 'r+b')\nprint('open', flush=True)\n"
+                              "time.sleep(600)\n", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "open"
+        yield child.pid, pathlib.Path("/proc/%d/comm" % child.pid).read_text().strip()
+    finally:
+        child.kill()
+        child.wait()

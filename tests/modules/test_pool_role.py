@@ -9,7 +9,7 @@ import os
 import re
 import subprocess
 
-from module_helpers import MIB, make_pool, make_volume, pool_listing, put_file, strip_how
+from module_helpers import MIB, make_pool, make_volume, pool_listing, put_file
 
 BATCH_TASK = "Create, grow or remove the volumes"
 
@@ -63,7 +63,7 @@ def test_role_check_mode_equals_the_real_run_and_rerun_changes_nothing(btrfs_dir
     assert [item["vid"] for item in predicted] == ["appvms/grow/private", "appvms/new/private", "appvms/old/private"]
     for item in predicted:
         twin = next(other for other in done if other["vid"] == item["vid"])
-        assert dict(twin, actions=[strip_how(text) for text in twin["actions"]]) == item
+        assert twin == item   # actions with "(reflink)" too: check mode knows the pool
     assert os.path.getsize(pool / "appvms/grow/private.img") == 8 * MIB
     assert os.path.getsize(pool / "appvms/net/private.img") == 8 * MIB
     assert not (pool / "appvms" / "old").exists()

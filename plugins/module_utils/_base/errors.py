@@ -59,9 +59,14 @@ class LockTimeout(ReflinkError):
     """A pool or volume lock was not obtained within the timeout."""
 
 
-class CloneError(ReflinkError):
-    """Cloning or copying an image failed with an error that must not be masked."""
+class NoSpaceForLock(ReflinkError):
+    """A lock file (or its directory) that does not exist yet cannot be made: the file system is full."""
 
-    def __init__(self, message: str, errno: int | None = None) -> None:
+
+class CloneError(ReflinkError):
+    """Cloning or copying an image failed with an error that must not be masked; ``way_out`` as for ChecksumMismatch."""
+
+    def __init__(self, message: str, errno: int | None = None, way_out: str | None = None) -> None:
         super().__init__(message)
         self.errno = errno
+        self.way_out = way_out

@@ -203,7 +203,7 @@ class ImageName:
 
     volume: str
     kind: str               # CLEAN, DIRTY, PRECACHE, IMPORT, REVISION or PIN
-    revision: int | None    # the revision number, None if not a revision or not an integer
+    revision: int | None    # the revision number, None if not a revision or not a positive integer
     revision_text: str | None  # the number as written (may be junk such as 'x')
     timestamp: str | None   # the revision timestamp as written, with its Z
     tempfile: bool          # a ``<final>~XXXXXXXX`` name
@@ -222,8 +222,17 @@ class ImageName:
 
     @property
     def junk_revision(self) -> bool:
-        """A revision file whose number is not a decimal integer (Qubes crashes on it)."""
+        """A revision file whose id is not a positive decimal integer (Qubes crashes on most of them)."""
         return self.kind == REVISION and self.revision is None
+
+
+def revision_id_problem(text: str) -> str | None:
+    """What is wrong with ``text`` as the id of a revision file's name; None for a valid id (1, 2, ...)."""
+    if text.isascii() and text.isdigit():
+        return None if int(text) >= 1 else "its id %s is not a revision id (ids start at 1)" % text
+    if text.startswith("-") and text[1:].isascii() and text[1:].isdigit():
+        return "its id %s is a negative number, not a revision id (ids start at 1)" % text
+    return "its id %r is not a number" % text
 
 
 @functools.lru_cache(maxsize=4096)
@@ -247,7 +256,7 @@ def classify(filename: str) -> ImageName | None:
         kind = PIN
     else:
         kind = REVISION
-        if revision_text.isdigit() and revision_text.isascii():
+        if revision_id_problem(revision_text) is None:
             revision = int(revision_text)
     return ImageName(
         volume=groups["volume"],

@@ -14,7 +14,7 @@ it ran, how (``done``: e.g. whether a clone was a reflink or a copy).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo
 
@@ -22,6 +22,16 @@ from ansible_collections.dom0.reflink.plugins.module_utils._state.files import F
 W = TypeVar("W")
 # A file of the VM directory as a path relative to the pool, for the texts of actions (Vid.rel).
 Rel = Callable[[str], str]
+
+
+class Probe(Protocol):
+    """Check mode's probe of how a clone would go (see prediction.py)."""
+
+    def __call__(self, src_fd: int | None = None) -> tuple[str | None, int | None]:
+        """How a clone from the open file ``src_fd`` (None: between two images of the pool) would go.
+
+        (clone.REFLINK, clone.COPY, or None where it cannot be told; the errno that rules out a reflink, or None)
+        """
 
 
 class Action(Generic[W]):
@@ -60,6 +70,9 @@ class Action(Generic[W]):
     def withdraw(self, workspace: W) -> str | None:
         """The plan stopped because the volume became in use: take back what should not stay; like undo."""
         return self.undo(workspace)
+
+    def predict_how(self, probe: Probe) -> None:
+        """Check mode: say how the step would go, where the plan can tell (``probe``: see planned_texts)."""
 
     @property
     def done(self) -> str:

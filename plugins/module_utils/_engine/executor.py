@@ -60,18 +60,19 @@ def execute(actions: Sequence[Action[W]], workspace: W, guard: Callable[[W], Non
             except VolumeBecameInUse as exc:
                 raise _withdrawn(exc, ran, done, workspace) from None
             except (ReflinkError, OSError) as exc:
-                undone = _undo(list(reversed(ran)), workspace)
+                undone, taken_back = _undo(list(reversed(ran)), workspace)
                 raise PlanFailed("could not check whether the volume became in use before step '%s' (%s); "
                                  "completed steps are listed in actions%s; run the task again"
-                                 % (action.text, exc, undone), done) from None
+                                 % (action.text, exc, undone), done, _left_changed(ran, taken_back)) from None
         try:
             action.run(workspace)
         except (ReflinkError, OSError, OverflowError) as exc:
             # The failed step may have done part of its work (a rename whose directory fsync
             # failed): it is undone first, with the steps before it.
-            undone = _undo([action, *reversed(ran)], workspace)
+            undone, taken_back = _undo([action, *reversed(ran)], workspace)
             raise PlanFailed("%s; completed steps are listed in actions%s; %s"
-                             % (_failure_text(action, exc), undone, _way_out(exc)), done) from None
+                             % (_failure_text(action, exc), undone, _way_out(exc)), done,
+                             _left_changed(ran, taken_back)) from None
         done.append(action.done)
         ran.append(action)
         if action.completes:
@@ -118,8 +119,10 @@ def _failure_text(action: Action[W], exc: ReflinkError | OSError | OverflowError
     return "step '%s' failed: %s%s" % (action.text, exc.strerror or exc, where)
 
 
-def _undo(actions: Sequence[Action[W]], workspace: W) -> str:
+def _undo(actions: Sequence[Action[W]], workspace: W) -> tuple[str, list[Action[W]]]:
+    """Undo ``actions`` (best effort): the text for the message, and the actions that were taken back."""
     undone = []
+    taken_back = []
     for action in actions:
         try:
             text = action.undo(workspace)
@@ -127,7 +130,13 @@ def _undo(actions: Sequence[Action[W]], workspace: W) -> str:
             continue  # the next run of the task, or reflink_gc, deals with it
         if text:
             undone.append(text)
-    return "; undone: %s" % ", ".join(undone) if undone else ""
+            taken_back.append(action)
+    return ("; undone: %s" % ", ".join(undone) if undone else ""), taken_back
+
+
+def _left_changed(ran: list[Action[W]], taken_back: list[Action[W]]) -> bool:
+    """Whether a failed plan left a change: a step that ran, changes the disk, and was not taken back."""
+    return any(action.changes_disk and action not in taken_back for action in ran)
 
 
 def simulate(files: VolumeFiles, actions: Sequence[Action[W]]) -> VolumeFiles:

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Rel
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Probe, Rel
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo
@@ -80,11 +82,35 @@ class Clone(Action[Workspace]):
         mtime = source.mtime_ns if self.copy_mtime else -1
         files[self.dst] = FileInfo(self.dst, size, source.usage, mtime)
 
+    def predict_how(self, probe: Probe) -> None:
+        # Between two images of the pool: a reflink where the pool's file system shares blocks.
+        self.how = probe()[0]
+
     @property
     def done(self) -> str:
         if self.how == clone.COPY:
             return self.text + " (sparse copy: reflink not possible here)"
         return self.text + (" (%s)" % self.how if self.how else "")
+
+
+class MakePrecache(Clone):
+    """The precache: a clone of clean with its mtime.  Without room for it, the way out is named."""
+
+    def run(self, workspace: Workspace) -> None:
+        try:
+            super().run(workspace)
+        except (OSError, ReflinkError) as exc:
+            code = exc.errno if isinstance(exc, (OSError, CloneError)) else None
+            if code not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise CloneError(
+                "no space left for the precache %s (%s): it is a reflink of the clean image where the file "
+                "system shares blocks, and a full (sparse) copy of its data where it cannot"
+                % (self.dst, os.strerror(code)), code,
+                "a rerun fails the same way until there is room: free some space (dom0.reflink.reflink_gc), or set "
+                "revisions_to_keep: -1 for this volume (snapshots disabled: it then keeps no precache and no "
+                "revisions; qubesd starts the VM on its clean image itself, so what the VM writes cannot be "
+                "reverted)") from None
 
 
 class KeepAsRevision(Clone):

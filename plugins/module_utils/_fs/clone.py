@@ -24,6 +24,10 @@ from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import 
 
 FALLBACK_ERRNOS = frozenset((errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV))
 
+# What to do when a reflink is not possible and fallback: never forbids the copy (a rerun fails the same way).
+NO_REFLINK_WAY_OUT = ("a rerun fails the same way: put the source on the pool's file system (one that shares blocks: "
+                      "btrfs, or XFS with reflink=1), or set fallback: errno to allow a sparse copy")
+
 # How the result of a fill came about.
 REFLINK = "reflink"
 COPY = "copy"
@@ -177,7 +181,7 @@ def fill_from(dst_fd: int, src_fd: int, *, dst_size: int | None = None, allow_co
         if not allow_copy:
             raise CloneError(
                 "cannot reflink %s to %s (%s) and copying is not allowed (fallback: never)"
-                % (source, destination, _errno_name(exc.errno)), exc.errno) from None
+                % (source, destination, _errno_name(exc.errno)), exc.errno, NO_REFLINK_WAY_OUT) from None
         src_size = file_size(src_fd)
         sparse_copy(src_fd, dst_fd, src_size if dst_size is None else min(src_size, dst_size))
         how = COPY

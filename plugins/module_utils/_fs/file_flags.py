@@ -28,11 +28,16 @@ _LONG = struct.calcsize("l")
 _FLAGS = struct.Struct("=i")
 
 
-def getflags_request(machine: str | None = None) -> int:
-    """The FS_IOC_GETFLAGS request number of ``machine`` (default: this one)."""
+def read_long_request(kind: str, number: int, machine: str | None = None) -> int:
+    """The number of the ioctl request _IOR(``kind``, ``number``, long) on ``machine`` (default: this one)."""
     machine = platform.machine() if machine is None else machine
     direction = _READ_LOW if machine.startswith(_LOW_FAMILIES) else _READ_HIGH
-    return direction | (_LONG << 16) | (ord("f") << 8) | 1
+    return direction | (_LONG << 16) | (ord(kind) << 8) | number
+
+
+def getflags_request(machine: str | None = None) -> int:
+    """The FS_IOC_GETFLAGS request number of ``machine`` (default: this one)."""
+    return read_long_request("f", 1, machine)
 
 
 def file_flags(fd: int) -> int | None:

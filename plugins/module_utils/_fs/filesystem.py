@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import FALLBACK_ERRNOS, ficlone
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import COPY, FALLBACK_ERRNOS, REFLINK, ficlone
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 
 _MOUNTINFO = "/proc/self/mountinfo"
@@ -78,3 +79,34 @@ def probe_reflink(directory: Directory) -> bool:
                 os.close(fd)
         for name in created:
             directory.unlink(name, sync=False, missing_ok=True)
+
+
+def clone_probe(directory: Directory | None, src_fd: int | None = None) -> tuple[str | None, int | None]:
+    """How a clone into a new file of ``directory`` would go, for a plan: ``(REFLINK, None)``, ``(COPY, errno)`` or ``(None, None)``.
+
+    From the open file ``src_fd``, or (None) between two files of the directory (probe_reflink).
+    COPY: the errno gate says a reflink is not possible (errno says why), so a copy is needed.
+    None: it cannot be told here (a pool that does not exist yet, no O_TMPFILE, a full file
+    system, an error the real run reports).  A source is cloned into an unnamed file (O_TMPFILE)
+    that vanishes when closed: nothing shows in the directory, nothing is written to the source.
+    """
+    if directory is None or directory.fd is None:
+        return None, None
+    if src_fd is None:
+        try:
+            return (REFLINK, None) if probe_reflink(directory) else (COPY, errno.EOPNOTSUPP)
+        except (OSError, CloneError):
+            return None, None
+    try:
+        fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=directory.fd)
+    except (OSError, AttributeError):
+        return None, None
+    try:
+        ficlone(fd, src_fd)
+    except OSError as exc:
+        return (COPY, exc.errno) if exc.errno in FALLBACK_ERRNOS else (None, None)
+    except CloneError:   # FICLONE's number is unknown here: the real run says so
+        return None, None
+    finally:
+        os.close(fd)
+    return REFLINK, None

@@ -84,8 +84,9 @@ class VerifyChecksum(Action[Workspace]):
     """Compare an import image (as it will be at ``size``) with the expected SHA-256; fail on a mismatch.
 
     ``staged_by_task``: the image is this task's own staging (one shot), useless
-    once it is known to be wrong, so it is removed.  A two-phase import's image
-    holds another program's work: it stays, and so does the journal.
+    once it is known to be wrong, so it is removed (the executor undoes its Stage).
+    A two-phase import's image holds another program's work: it stays, and so does
+    the journal.
     """
 
     long = True
@@ -111,9 +112,9 @@ class VerifyChecksum(Action[Workspace]):
             return
         found = "checksum mismatch: expected sha256:%s, found sha256:%s" % (self.expected, actual)
         if self.staged_by_task:
-            workspace.vm().unlink(self.name, missing_ok=True)
+            # The staged image goes with the undoing of its Stage (the failed task then changed nothing).
             raise ChecksumMismatch(
-                "%s in the staged data; the staged image was removed and the volume is unchanged" % found,
+                "%s in the staged data; the volume is unchanged" % found,
                 "check the source and the checksum, then run the task again")
         at_size = "" if self.size is None else " (read as %d bytes, the size to commit)" % self.size
         raise ChecksumMismatch(

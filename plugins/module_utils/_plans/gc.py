@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, ReflinkError
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
-from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid, classify, parse_vid, revision_id_problem
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import Clone
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import exclusive_bytes
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
@@ -56,8 +56,10 @@ def set_aside_held_files(per_volume: dict[str, tuple[Vid, list[Action[Workspace]
     """Take out of ``per_volume`` ({key: (vid, actions)}) the removals of files some process holds open.
 
     A Removal knows the file it removes by its ``identity`` (st_dev, st_ino);
-    a volume left with no action is dropped.  Returns the reports of the
-    removals taken out, for ``skipped_files``.
+    a volume left with no action is dropped.  A clone that would replace a
+    file held open (the rebuild of a held stale precache) goes too: its rename
+    would take the name from the held file as surely as a removal.  Returns
+    the reports of the removals taken out, for ``skipped_files``.
     """
     identities = [action.identity for _vid, actions in per_volume.values() for action in actions
                   if isinstance(action, Removal)]
@@ -68,17 +70,22 @@ def set_aside_held_files(per_volume: dict[str, tuple[Vid, list[Action[Workspace]
     for key in list(per_volume):
         vid, actions = per_volume[key]
         kept: list[Action[Workspace]] = []
+        held: dict[str, dict[str, Any]] = {}   # file name -> its report
         for action in actions:
+            if isinstance(action, Clone) and action.dst in held:
+                held[action.dst]["reason"] += ", nor rebuilt"
+                continue
             found = holders.get(action.identity) if isinstance(action, Removal) else None
             if found is None or not isinstance(action, Removal):
                 kept.append(action)
                 continue
-            skipped.append({
+            held[action.name] = {
                 "file": action.entry["file"],
                 "reason": "held open by %s; not removed (it would have been: %s)"
                           % (describe_holders(found), action.entry["reason"]),
                 "holders": [{"pid": pid, "command": command} for pid, command in found],
-            })
+            }
+            skipped.append(held[action.name])
         if kept:
             per_volume[key] = (vid, kept)
         else:
@@ -218,7 +225,9 @@ class GcPlanner:
             elif _age(self.now, files.import_) >= min_age:
                 actions.append(self.removal(vid, files.import_, "import image that no begun import claims"))
         for info in files.junk_revisions:
-            actions.append(self.removal(vid, info, "revision file whose id is not an integer"))
+            image = classify(info.name)
+            problem = revision_id_problem(image.revision_text or "") if image is not None else None
+            actions.append(self.removal(vid, info, "not a valid revision file: %s" % problem))
         keep = self.revisions_to_keep_of(vid, listed)
         excess = 0 if keep is None else len(files.revisions) - max(keep, 0)
         for number, info in files.revisions[:max(excess, 0)]:

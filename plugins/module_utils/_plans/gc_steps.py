@@ -10,7 +10,7 @@ and how one volume's part of it is executed and reported.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
@@ -19,7 +19,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed, PlanWithdrawn, execute
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import JOURNALS_DIR, JournalRecord, journals_dir, load_record
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import JOURNALS_DIR, JournalRecord, journal_name, journals_dir, load_record
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo
 
 
@@ -57,14 +57,22 @@ class Removal(act.Remove):
 _JOURNAL_TEMPFILE_RE = re.compile(r".+\.json~[a-z0-9_]{8}\Z")
 
 
-def read_journals(pool_dir: Directory) -> tuple[dict[str, tuple[JournalRecord | None, float]], dict[str, float]]:
-    """The journals of ``.reflink/imports/``: ({name: (record or None if unreadable, mtime)}, {tempfile: mtime})."""
+def read_journals(pool_dir: Directory, only_vids: Iterable[Vid] | None = None
+                  ) -> tuple[dict[str, tuple[JournalRecord | None, float]], dict[str, float]]:
+    """The journals of ``.reflink/imports/``: ({name: (record or None if unreadable, mtime)}, {tempfile: mtime}).
+
+    ``only_vids``: only the journals of these volumes (found by name: an unreadable journal of
+    another volume is not this run's to remove).
+    """
     found: dict[str, tuple[JournalRecord | None, float]] = {}
     tempfiles: dict[str, float] = {}
+    wanted = None if only_vids is None else {journal_name(vid) for vid in only_vids}
     with journals_dir(pool_dir) as journals:
         if journals is None:
             return found, tempfiles
         for name in journals.names():
+            if wanted is not None and name.partition("~")[0] not in wanted:
+                continue
             st = journals.lstat(name)
             if st is not None and _JOURNAL_TEMPFILE_RE.match(name):
                 tempfiles[name] = st.st_mtime  # a journal write killed between its link and rename

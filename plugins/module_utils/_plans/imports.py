@@ -12,8 +12,12 @@ checksums in ``checksum.py``, the sources of the data in ``sources.py``.
 
 from __future__ import annotations
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
+import errno
+
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError, InvalidArgument
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import COPY, NO_REFLINK_WAY_OUT
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import clone_probe
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum import (
     VerifyChecksum,
     verify_clean_checksum,
@@ -36,6 +40,15 @@ def _own_image(files: VolumeFiles, source: Source) -> str | None:
         if info is not None and source.identity == (info.dev, info.ino):
             return info.name
     return None
+
+
+def _refuse_impossible_reflink(workspace: Workspace, source: Source) -> None:
+    """fallback: never, and a reflink from ``source`` into the pool is not possible: refused before any change."""
+    how, code = clone_probe(workspace.vm_dir or workspace.prefix_dir, source.fd)
+    if how == COPY:
+        raise CloneError("cannot reflink %s into the pool (%s: another file system, or one that cannot share "
+                         "blocks) and copying is not allowed (fallback: never); nothing was changed; %s"
+                         % (source.description, errno.errorcode.get(code or 0, code), NO_REFLINK_WAY_OUT), code)
 
 
 def plan_import(planner: VolumePlanner, workspace: Workspace, options: ImportOptions, source: Source | None,
@@ -67,12 +80,20 @@ def plan_import(planner: VolumePlanner, workspace: Workspace, options: ImportOpt
     own = _own_image(files, source) if source is not None else None
     if source is not None and own is not None:
         raise InvalidArgument("the source %s is the volume's own image %s" % (source.description, own))
+    if source is not None and source.size == 0:
+        # As size: 0 is: a truncated download or an empty device would replace the volume by nothing.
+        raise InvalidArgument("the source %s is empty (0 bytes): a volume of zero bytes cannot hold anything, so "
+                              "it is not imported; nothing was changed (to clear the volume, give size alone, "
+                              "without src or src_vid)" % source.description)
     planner.refuse_if_in_use("import into")
     planner.check_size(result_size)
     if not options.force and unchanged(workspace.vm_dir, files, source, result_size):
         if options.checksum:
             verify_clean_checksum(workspace.vm(), vid, options.checksum)
         return planner.finish_precache(keep) + stale_journal
+    planner.refuse_if_import_held("import into")
+    if source is not None and options.fallback == "never":
+        _refuse_impossible_reflink(workspace, source)
     actions: Actions = []
     if not files.exists:
         actions.extend(new_volume_actions(planner, workspace))

@@ -22,6 +22,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._base.names import es
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory, PoolDirectory
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.inode_identity import generation_of
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import metadata_subdir
 
 JOURNALS_DIR = "imports"
@@ -88,12 +89,16 @@ class WriteJournal(Action[Workspace]):
     def run(self, workspace: Workspace) -> None:
         record = dict(self.record)
         record["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        # The image the record is about, by inode number and generation (_fs/inode_identity.py: ext4
+        # and XFS give a freed number to the next file made).
         if record.get("state") == BEGUN and workspace.vm_dir is not None:
             found = workspace.vm().lstat(self.vid.import_)
             record["import_ino"] = found.st_ino if found else None
+            record["import_gen"] = generation_of(workspace.vm(), self.vid.import_) if found else None
         if record.get("state") == COMMITTED and workspace.vm_dir is not None:
             found = workspace.vm().lstat(self.vid.clean)
             record["clean_ino"] = found.st_ino if found else None
+            record["clean_gen"] = generation_of(workspace.vm(), self.vid.clean) if found else None
         data = json.dumps(record, sort_keys=True).encode()
         with journals_dir(self.pool_dir, create=True) as journals:
             if journals is not None:   # always: it is made when missing

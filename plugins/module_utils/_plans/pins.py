@@ -13,6 +13,7 @@ a pin (a revert to a pin is in revert.py).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Literal, Union
 
@@ -59,8 +60,9 @@ class MakePin(act.Clone):
                                     finish=_set_mtime(self.mtime_ns))
 
     def simulate(self, files: dict[str, FileInfo]) -> None:
-        source = files[self.src]
-        files[self.dst] = FileInfo(self.dst, source.size, source.usage, self.mtime_ns)
+        source = files.get(self.src)   # None: check mode plans the pin of a volume an earlier task makes
+        size, usage = (source.size, source.usage) if source is not None else (0, 0)
+        files[self.dst] = FileInfo(self.dst, size, usage, self.mtime_ns)
 
 
 class RemovePin(act.Remove):
@@ -93,8 +95,15 @@ class PinPlanner:
         # qubesd gives a revision the time of its copy as mtime; its name holds the data's time.
         return info.name, parse_timestamp(files.revision_timestamp(number) or "") * 10 ** 9, "revision %d" % number
 
-    def present(self, name: str, revision: PinSource, force: bool) -> tuple[Actions, str]:
-        """Actions that make pin ``name`` hold ``revision``'s content, and the pinned source's description."""
+    def present(self, name: str, revision: PinSource, force: bool,
+                planned_only: list[str] | None = None) -> tuple[Actions, str]:
+        """Actions that make pin ``name`` hold ``revision``'s content, and the pinned source's description.
+
+        ``planned_only``: in check mode, a list for warnings: a volume that does not exist yet (an
+        earlier task of the same check-mode run creates it) is planned with a warning, not refused.
+        """
+        if planned_only is not None and not self.files.exists:
+            return self.planned_on_missing_volume(name, revision, planned_only)
         src, mtime_ns, description = self.source(revision)
         pin_file = self.vid.pin(name)
         existing = self.files.pins.get(name)
@@ -107,6 +116,20 @@ class PinPlanner:
                 "volume %s already has a pin %s with other content than its %s; choose another name, or set "
                 "force: true to replace it (the pin's old content is then lost)" % (self.vid, name, description))
         return [MakePin(self.rel, src, pin_file, mtime_ns, "replace pin %s (force) by %s" % (name, description))], \
+            description
+
+    def planned_on_missing_volume(self, name: str, revision: PinSource, warnings: list[str]) -> tuple[Actions, str]:
+        """Check mode: the pin of a volume that does not exist, as if an earlier task of this run had made it."""
+        if isinstance(revision, int):
+            src, description = self.vid.revision(revision, "?"), "revision %d" % revision
+        elif revision == "latest":
+            src, description = self.vid.clean, "the latest revision"
+        else:
+            src, description = self.vid.clean, CLEAN_SOURCE
+        warnings.append("volume %s does not exist: check mode planned pin %s as if an earlier task of this check-mode "
+                        "run had created it (check mode creates nothing); a real run pins it once the volume "
+                        "exists, and fails without it" % (self.vid, name))
+        return [MakePin(self.rel, src, self.vid.pin(name), time.time_ns(), "pin %s (%s)" % (name, description))], \
             description
 
     def size_of(self, name: str) -> int:

@@ -15,6 +15,15 @@ from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import META
 from ansible_collections.dom0.reflink.plugins.module_utils._state.scan import PoolScan
 
 
+def refuse_symlinked_pool(path: str) -> None:
+    """Refuse to remove a pool whose path is a symlink: its contents would go, then its rmdir would fail."""
+    link = path.rstrip("/") or "/"
+    if os.path.islink(link):
+        raise PoolError("pool path %s is a symlink (to %s): nothing was removed; give the pool's real path %s "
+                        "to remove the pool, then remove the symlink itself"
+                        % (path, os.readlink(link), os.path.realpath(link)))
+
+
 def open_pool_or_parent(path: str) -> tuple[Directory | None, bool]:
     """Open the pool, or (if it does not exist yet) check its parent; returns (Directory|None, exists)."""
     try:
@@ -74,8 +83,16 @@ def plan_absent(path: str, pool_dir: Directory) -> list[Step]:
     images = image_files_in(scan)
     if images:
         shown = ", ".join(images[:5]) + (" and %d more" % (len(images) - 5) if len(images) > 5 else "")
-        raise PoolError("pool %s still holds %d image file(s): %s; remove the volumes first "
-                        "(dom0.reflink.reflink_volume state=absent)" % (path, len(images), shown))
+        pins = ["%s/%s" % (volume.vid.vm_dir, volume.pins[name].name)
+                for volume in scan.sorted_volumes() for name in sorted(volume.pins)]
+        how = "dom0.reflink.reflink_volume state=absent"
+        if pins:
+            # state=absent keeps a volume's pins: without remove_pins the pool would still not be empty.
+            how += (" with remove_pins: true, since %d of them are pins (%s), which state=absent keeps otherwise; "
+                    "or remove the pins one by one with dom0.reflink.reflink_pin state=absent"
+                    % (len(pins), ", ".join(pins[:5]) + (" and %d more" % (len(pins) - 5) if len(pins) > 5 else "")))
+        raise PoolError("pool %s still holds %d image file(s): %s; remove the volumes first (%s)"
+                        % (path, len(images), shown, how))
     foreign = foreign_entries(pool_dir, scan)
     if foreign:
         raise PoolError("pool %s holds files that are not part of a pool: %s; move them away first"

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import VolumeStateError
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Rel
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Probe, Rel
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import MakeVmDir
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
@@ -86,6 +86,13 @@ class Stage(Action[Workspace]):
     def simulate(self, files: dict[str, FileInfo]) -> None:
         usage = 0 if self.source is None else min(self.source.usage, self.size)
         files[self.name] = FileInfo(self.name, self.size, usage)
+
+    def predict_how(self, probe: Probe) -> None:
+        if self.source is None:
+            self.how = clone.EMPTY
+            return
+        how = probe(self.source.fd)[0]
+        self.how = how if how != clone.COPY or self.allow_copy else None
 
     @property
     def done(self) -> str:

@@ -12,13 +12,22 @@ nothing: the import image holds another program's work.
 
 from __future__ import annotations
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, ReflinkError, VolumeInUse, VolumeStateError
+import os
+
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
+    ChecksumMismatch,
+    InvalidArgument,
+    ReflinkError,
+    VolumeInUse,
+    VolumeStateError,
+)
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Rel
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import Fsync, MakeVmDir, Remove, ResizeInPlace
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import Fsync, MakeVmDir, Remove, RemoveVmDirIfEmpty, ResizeInPlace
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.markers import MarkImported, read_import_marker
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum import VerifyChecksum
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.inode_identity import generation_of
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum import VerifyChecksum, sha256_of
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import (
     BEGUN,
     COMMITTED,
@@ -89,8 +98,12 @@ def _plan_abort(planner: VolumePlanner, workspace: Workspace, journal: JournalRe
                 "claims it (it may be qubesd's own import in progress); reflink_gc removes it once it is "
                 "older than min_age" % (vid, rel(vid.import_)))
         return []
+    planner.refuse_if_import_held("abort the import into")
     actions: Actions = [Remove(rel, vid.import_, why)] if files.import_ is not None else []
     actions.append(RemoveJournal(workspace.pool_dir, vid))
+    if state == BEGUN and journal is not None and journal.get("made_vm_dir") and workspace.vm_dir is not None \
+            and set(workspace.vm_dir.names()) <= {vid.import_}:
+        actions.append(RemoveVmDirIfEmpty(vid))   # begin made it for the import: nothing else is in it
     return actions
 
 
@@ -103,8 +116,13 @@ def _plan_commit(planner: VolumePlanner, workspace: Workspace, options: ImportOp
         raise VolumeStateError(corrupt_journal(vid, "commit cannot check that the import image is the one begun")
                                + "; then begin again")
     if state != BEGUN or journal is None:   # (a state comes from a journal)
-        if state == COMMITTED or read_import_marker(workspace.vm_dir, vid.clean) is not None:
-            return planner.finish_precache(keep)  # this commit happened: a rerun changes nothing
+        marked = read_import_marker(workspace.vm_dir, vid.clean) is not None
+        if state == COMMITTED or marked:
+            # This commit happened: a rerun changes nothing, once what it is given matches what was committed
+            # (checked while clean is still that image: marked, or the inode the journal recorded).
+            if marked or (journal is not None and _is_recorded(planner, files.clean, journal, "clean")):
+                _check_committed(planner, workspace, options)
+            return planner.finish_precache(keep)
         if journal is None and check_mode:
             warnings.append(_planned_only(vid, "commit"))
             assumed_size = options.size if options.size is not None else files.size
@@ -115,8 +133,13 @@ def _plan_commit(planner: VolumePlanner, workspace: Workspace, options: ImportOp
             "begun longer ago than its import_max_age): run state=begin first, have the data written into "
             "the import_image it returns, then commit" % vid)
     begun_at = journal.get("written", "?")
-    if files.import_ is None and files.clean is not None and files.clean.ino == journal.get("import_ino"):
-        # The commit's rename happened and the task died before it recorded it: finish.
+    if files.import_ is None and _is_recorded(planner, files.clean, journal, "import") \
+            and read_import_marker(workspace.vm_dir, vid.clean) is not None:
+        # The commit's rename happened and the task died before it recorded it: finish.  The mark is what
+        # MarkImported set on the import image before that rename; without it, clean is another file that
+        # got the import image's freed inode number (ext4 gives it to the next file made), and the import
+        # image is gone.
+        _check_committed(planner, workspace, options)
         return planner.finish_precache(keep) + [
             WriteJournal(workspace.pool_dir, vid, {"vid": str(vid), "state": COMMITTED},
                          "record the import of %s as committed" % vid)]
@@ -130,6 +153,7 @@ def _plan_commit(planner: VolumePlanner, workspace: Workspace, options: ImportOp
     _refuse_replaced(planner, journal)
     try:
         planner.refuse_if_in_use("commit an import into")
+        planner.refuse_if_import_held("commit an import into")
     except VolumeInUse as exc:
         raise VolumeInUse("%s (the begun import stays as it is; state=abort discards it)" % exc) from None
     size = options.size
@@ -149,6 +173,32 @@ def _plan_commit(planner: VolumePlanner, workspace: Workspace, options: ImportOp
     if target != files.import_.size:
         planner.check_size(target)
     return _commit_actions(planner, workspace, options, None, checks, target, begun_at)
+
+
+def _check_committed(planner: VolumePlanner, workspace: Workspace, options: ImportOptions) -> None:
+    """A rerun of a finished commit: the ``size`` and ``checksum`` it is given must match the committed image."""
+    vid, committed, rel = planner.vid, planner.files.clean, planner.rel
+    if committed is None:
+        return
+    way_out = ("nothing was changed; to import other data, begin a new import (state=begin, write the data, "
+               "state=commit)")
+    if options.size is not None and options.size != committed.size:
+        raise VolumeStateError(
+            "the import of %s was committed already, at %d bytes (%s), but this commit gives size %d; "
+            "give the committed size (or none) to confirm it; %s"
+            % (vid, committed.size, rel(vid.clean), options.size, way_out))
+    if options.checksum:
+        fd = workspace.vm().open_file(vid.clean, os.O_RDONLY)
+        try:
+            actual = sha256_of(fd)
+        finally:
+            os.close(fd)
+        if actual != options.checksum:
+            way_out = "check the checksum; " + way_out
+            raise ChecksumMismatch(
+                "checksum mismatch: the import of %s was committed already, and the committed image %s has "
+                "sha256:%s, not the expected sha256:%s; %s"
+                % (vid, rel(vid.clean), actual, options.checksum, way_out), way_out)
 
 
 def _commit_actions(planner: VolumePlanner, workspace: Workspace, options: ImportOptions,
@@ -171,17 +221,35 @@ def _commit_actions(planner: VolumePlanner, workspace: Workspace, options: Impor
     return actions
 
 
+def _is_recorded(planner: VolumePlanner, info: FileInfo | None, journal: JournalRecord, what: str) -> bool:
+    """Whether ``info`` is the file the journal recorded as ``what`` ("import" or "clean").
+
+    The same inode number, and the same generation where the journal recorded one (a journal
+    written before generations were recorded has only the number): a file made after the
+    recorded one was removed may have its number (_fs/inode_identity.py).
+    """
+    if info is None or journal.get(what + "_ino") != info.ino:
+        return False
+    recorded = journal.get(what + "_gen")
+    if recorded is None or planner.vm_dir is None:
+        return True
+    return generation_of(planner.vm_dir, info.name) in (recorded, None)
+
+
 def _refuse_replaced(planner: VolumePlanner, journal: JournalRecord) -> None:
     vid, files, rel = planner.vid, planner.files, planner.rel
     begun_ino = journal.get("import_ino")
-    if begun_ino is not None and files.import_ is not None and begun_ino != files.import_.ino:
+    if begun_ino is not None and files.import_ is not None and not _is_recorded(planner, files.import_, journal, "import"):
+        found = "inode %d, begun as inode %d" % (files.import_.ino, begun_ino)
+        if files.import_.ino == begun_ino:
+            found = "inode %d of another generation: a new file got the begun file's freed inode number" % begun_ino
         raise VolumeStateError(
-            "the import image %s is not the file that state=begin created (inode %d, begun as inode %d): it "
+            "the import image %s is not the file that state=begin created (%s): it "
             "was replaced, perhaps by another program's import (qubesd's qvm-volume import makes its own), so "
             "it is left alone and the volume is unchanged. Once that other import is over, state=abort removes "
             "the image and the journal and state=begin starts afresh; have the writer write into the begun "
             "file in place (for example dd conv=notrunc) instead of replacing it"
-            % (rel(vid.import_), files.import_.ino, begun_ino))
+            % (rel(vid.import_), found))
 
 
 def _plan_begin(planner: VolumePlanner, workspace: Workspace, options: ImportOptions,
@@ -208,9 +276,12 @@ def _plan_begin(planner: VolumePlanner, workspace: Workspace, options: ImportOpt
         journal_text = ("replace the stale import journal of %s (its import image, begun at %s, is gone) with "
                         "a record of this begin" % (vid, journal.get("written", "?")))
     planner.refuse_if_in_use("import into")
+    planner.refuse_if_import_held("begin an import into")
     planner.check_size(size)
     actions: Actions = [] if workspace.vm_dir is not None else [MakeVmDir(vid)]
     actions.append(Stage(rel, vid.import_, None, size, allow_copy=True))
-    actions.append(WriteJournal(workspace.pool_dir, vid, {"vid": str(vid), "state": BEGUN, "size": size},
-                                journal_text))
+    record: JournalRecord = {"vid": str(vid), "state": BEGUN, "size": size}
+    if workspace.vm_dir is None:
+        record["made_vm_dir"] = True   # so that state=abort removes it again
+    actions.append(WriteJournal(workspace.pool_dir, vid, record, journal_text))
     return actions

@@ -33,6 +33,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor impo
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import same_content
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.holders import describe_holders, open_holders
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles, read_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import QubesPool, QubesVolume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings, loop_size
@@ -106,13 +107,32 @@ class VolumePlanner:
             raise VolumeInUse("cannot %s volume %s: it is in use (%s); %s"
                               % (what, self.vid, "; ".join(reasons), way_out))
 
+    def refuse_if_import_held(self, what: str) -> None:
+        """Refuse to replace or remove the import image while a process holds it open.
+
+        qubesd's Import writer keeps it open while a slow restore streams in: replaced or
+        removed, the data would go into a file nobody can commit.  One walk of /proc, and
+        only when there is an import image.
+        """
+        info = self.files.import_
+        if info is None:
+            return
+        found = open_holders([(info.dev, info.ino)]).get((info.dev, info.ino))
+        if found:
+            raise VolumeInUse(
+                "cannot %s volume %s: its import image %s is held open by %s (qubesd's Import writer keeps it "
+                "open while data streams in), and this would replace or remove it; nothing was changed; run "
+                "this again once that process has closed it" % (what, self.vid, self.rel(info.name),
+                                                                describe_holders(found)))
+
     def new_precache(self) -> act.Clone:
-        return act.Clone(self.rel, self.vid.clean, self.vid.precache, "refresh precache",
-                         copy_mtime=True)
+        return act.MakePrecache(self.rel, self.vid.clean, self.vid.precache, "refresh precache",
+                                copy_mtime=True)
 
     def remove_everything(self, why: str) -> list[act.Remove]:
         """Remove actions for every file of the volume (the dirty image last)."""
         files = self.files
+        self.refuse_if_import_held("remove the files of")
         ordered = list(files.tempfiles)
         ordered.extend(info for info in (files.import_,) if info)
         ordered.extend(info for _number, info in files.revisions)
@@ -347,6 +367,7 @@ class VolumeRequest:
     revisions_to_keep: int | None = None
     remove_pins: bool = False
     label: str = ""       # how an error names the item ("" for a single-volume task)
+    warning: str = ""     # what the task should be told about this request (a size it does not use), or ""
 
     @property
     def changes(self) -> str | None:
@@ -357,9 +378,23 @@ class VolumeRequest:
         return {"kept_pins": sorted(after.pins)} if self.state == "absent" else {}
 
 
+def unused_size_warning(state: str, size: int | None, label: str = "") -> str:
+    """The warning for a size given with a state that does not use it (never ignored silently), or ""."""
+    if size is None or state == "present":
+        return ""
+    if state == "absent":
+        why = "state=absent removes the volume"
+    else:
+        why = ("state=stopped commits the pending dirty image at its own size; to resize, run state=present "
+               "with size after it")
+    return "%ssize %d was not used: %s" % ("%s: " % label if label else "", size, why)
+
+
 def plan_request(request: VolumeRequest, planner: VolumePlanner, context: PlanContext) -> Actions:
     """The actions that bring one volume to ``request`` (the one place for what each state means)."""
     keep = planner.revisions_to_keep(request.revisions_to_keep)
+    if request.warning:
+        context.warnings.append(request.warning)
     if request.state == "absent":
         return planner.absent(context.vm_dir_names, remove_pins=request.remove_pins)
     if request.state == "stopped":

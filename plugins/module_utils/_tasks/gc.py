@@ -13,6 +13,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import I
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_duration
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.prediction import CloneProbe, predicted_texts
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import LOCKS_DIR, metadata_dir, pool_lock, try_volume_lock
@@ -54,8 +55,14 @@ def parse_gc_options(params: Params) -> GcOptions:
 def run_gc_task(params: Params, check_mode: bool) -> Result:
     """reflink_gc: scan, plan, remove (unless in check mode), report."""
     options = parse_gc_options(params)
-    only = [parse_vid(vid) for vid in params["vids"]] if params.get("vids") else None
+    # An empty list means no volume, never every volume (an empty template variable must not widen the task).
+    only = [parse_vid(vid) for vid in params["vids"]] if params.get("vids") is not None else None
     path = params["pool"]
+    if options.remove_orphans and options.keep_vids == set():
+        raise InvalidArgument("keep_vids is an empty list and remove_orphans is true: that would remove every "
+                              "volume of the pool (an empty keep_vids is almost always an empty template "
+                              "variable); nothing was changed; name the volumes that should exist in keep_vids, "
+                              "or leave keep_vids out to take them from qubes.xml")
     qubes = read_qubes_xml(params.get("qubes_xml"), path)
     if options.remove_orphans and options.keep_vids is None and qubes is None:
         raise InvalidArgument("remove_orphans needs keep_vids (the list of volumes that should exist), or a "
@@ -70,12 +77,12 @@ def run_gc_task(params: Params, check_mode: bool) -> Result:
     with Directory.open_pool(path) as pool_dir:
         require_pool(pool_dir)
         with pool_lock(pool_dir, exclusive=True, timeout=params["lock_timeout"], purpose="reflink_gc",
-                       create=not check_mode):
+                       create=not check_mode, record=not check_mode):
             scan = PoolScan.read(pool_dir, only)
             planner = GcPlanner(pool_dir, options, now, qubes)
             surroundings = Surroundings.read(path, qubes.name if qubes else None)
             try:
-                planner.plan(scan, surroundings, *read_journals(pool_dir))
+                planner.plan(scan, surroundings, *read_journals(pool_dir, only))
             finally:
                 planner.close()
             skipped.extend(planner.skipped)
@@ -84,11 +91,12 @@ def run_gc_task(params: Params, check_mode: bool) -> Result:
             if meta is not None:
                 with meta:
                     locks = meta.open_dir(LOCKS_DIR)
+            probe = CloneProbe(pool_dir)   # check mode: how a rebuilt precache's clone would go
             try:
                 for key in sorted(planner.per_volume):
                     vid, volume_actions = planner.per_volume[key]
                     if check_mode:
-                        actions.extend(action.text for action in volume_actions)
+                        actions.extend(predicted_texts(volume_actions, probe))
                         removed.extend(a.entry for a in volume_actions if isinstance(a, Removal))
                         continue
                     lock = try_volume_lock(locks, vid) if locks is not None else None

@@ -39,7 +39,7 @@ def run_info_task(params: Params, check_mode: bool = False) -> Result:
     """reflink_info: report the pool and its volumes; never changes anything."""
     path = params["pool"]
     only = None
-    if params.get("vids"):
+    if params.get("vids") is not None:   # an empty list reports no volume, never every volume
         only = [names.parse_vid(vid) for vid in params["vids"]]
     qubes = read_qubes_xml(params.get("qubes_xml"), path)
     wanted = None if only is None else {str(vid) for vid in only}

@@ -19,12 +19,16 @@ def run_pin_task(params: Params, check_mode: bool, diff: bool) -> Result:
     revision = parse_pin_source(params["revision"])
     state = params["state"]
     pinned: dict[str, str] = {}
+    replaced = []
 
-    def plan(planner: VolumePlanner, _context: PlanContext) -> Actions:
+    def plan(planner: VolumePlanner, context: PlanContext) -> Actions:
         pins = PinPlanner(planner)
         if state == "absent":
             return pins.absent(name)
-        actions, pinned["source"] = pins.present(name, revision, params["force"])
+        actions, pinned["source"] = pins.present(name, revision, params["force"],
+                                                 context.warnings if check_mode else None)
+        if actions and name in planner.files.pins:
+            replaced.append(name)
         return actions
 
     def report_pin(after: VolumeFiles) -> dict[str, object]:
@@ -34,5 +38,10 @@ def run_pin_task(params: Params, check_mode: bool, diff: bool) -> Result:
         return {"pin": {"name": name, "size": info.size, "timestamp": format_timestamp(info.mtime_ns // 10 ** 9),
                         "source": pinned["source"]}}
 
-    return run_single_volume_task(params, check_mode, diff, "reflink_pin %s %s state=%s" % (params["vid"], name, state),
-                                  plan, extra=report_pin, changes="pin" if state == "present" else None)
+    result = run_single_volume_task(params, check_mode, diff, "reflink_pin %s %s state=%s" % (params["vid"], name, state),
+                                    plan, extra=report_pin, changes="pin" if state == "present" else None)
+    if "diff" in result and replaced:
+        # A forced replacement may keep the pin's size and time: the diff says what changed.
+        result["diff"]["before"]["pin"] = {"name": name, "content": "its old content"}
+        result["diff"]["after"]["pin"] = {"name": name, "content": "that of %s (replaced, force)" % pinned["source"]}
+    return result

@@ -16,9 +16,10 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, Protocol
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import ReflinkError
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, W
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Probe, W
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed, execute
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.prediction import predicted_texts
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import AbsentDirectory, Directory, PoolDirectory
 
 # A module's options, as AnsibleModule checked them (module.params).
@@ -29,6 +30,8 @@ Result = dict[str, Any]
 
 class Module(Protocol):
     """What the flow uses of an AnsibleModule (the core imports no Ansible)."""
+
+    params: dict[str, Any]
 
     def fail_json(self, msg: str, **kwargs: Any) -> NoReturn:
         """End the module: the task failed with ``msg``."""
@@ -41,10 +44,13 @@ class Module(Protocol):
 
 
 def run_or_report(actions: Sequence[Action[W]], workspace: W, check_mode: bool,
-                  guard: Callable[[W], None] | None = None) -> list[str]:
-    """What ``actions`` did (executed, see _engine/executor.py), or in check mode what they would do."""
+                  guard: Callable[[W], None] | None = None, probe: Probe | None = None) -> list[str]:
+    """What ``actions`` did (executed, see _engine/executor.py), or in check mode what they would do.
+
+    ``probe``: check mode says how each clone goes, as the real run does (_engine/prediction.py).
+    """
     if check_mode:
-        return [action.text for action in actions]
+        return predicted_texts(actions, probe) if probe is not None else [action.text for action in actions]
     return execute(actions, workspace, guard=guard)
 
 
@@ -62,9 +68,17 @@ def open_task_pool(path: str, check_mode: bool, warnings: list[str]) -> PoolDire
     return Directory.open_pool(path)
 
 
+def check_lock_timeout(value: object) -> None:
+    """``lock_timeout`` (None where a module has none): a whole number of seconds, 0 or more."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise InvalidArgument("lock_timeout must be a whole number of seconds, 0 or more (0: do not wait), got %r"
+                              % (value,))
+
+
 def main_wrapper(module: Module, work: Callable[[], Result]) -> None:
     """Call ``work()`` and exit the module with its result, or fail with a clear message."""
     try:
+        check_lock_timeout(module.params.get("lock_timeout"))
         result = work()
     except PlanFailed as exc:
         # A batch's failure also says what each item done before it left (``result``).

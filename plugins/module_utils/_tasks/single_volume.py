@@ -16,6 +16,7 @@ from typing import Any
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.prediction import CloneProbe
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_lock
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import PlanContext, PlanFunction, VolumePlan, plan_volume, read_for_plan
@@ -49,7 +50,7 @@ def run_single_volume_task(params: Params, check_mode: bool, diff: bool, purpose
     with open_task_pool(pool, check_mode, warnings) as pool_dir, Workspace(pool_dir, vid) as workspace:
         # The workspace checked that this is a pool before any lock file is made in it.
         with volume_lock(pool_dir, vid, timeout=params["lock_timeout"], purpose=purpose,
-                         create=not check_mode):
+                         create=not check_mode, record=not check_mode):
             workspace.open_vm_dir()
             listing, files = read_for_plan(workspace)
             # After the volume: a VM started in between is new to the plan, so the in-use guard withdraws
@@ -57,7 +58,7 @@ def run_single_volume_task(params: Params, check_mode: bool, diff: bool, purpose
             surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
             planned = plan_volume(files, surroundings, qubes, plan,
                                   PlanContext(workspace, listing, workspace.vm_dir is not None, warnings))
-            carry_out(planned, surroundings, check_mode)
+            carry_out(planned, surroundings, check_mode, CloneProbe(workspace.vm_dir or workspace.prefix_dir))
             result = {
                 "changed": bool(planned.actions),
                 "actions": planned.done,
@@ -72,12 +73,15 @@ def run_single_volume_task(params: Params, check_mode: bool, diff: bool, purpose
             return result
 
 
-def carry_out(plan: VolumePlan, surroundings: Surroundings, check_mode: bool) -> None:
-    """Execute one volume's plan, the in-use guard on (in check mode: report it); read the volume again after it."""
+def carry_out(plan: VolumePlan, surroundings: Surroundings, check_mode: bool, probe: CloneProbe) -> None:
+    """Execute one volume's plan, the in-use guard on (in check mode: report it); read the volume again after it.
+
+    ``probe``: how check mode tells how each clone goes (one per task: a batch shares it).
+    """
     if not plan.actions:
         return
     workspace = plan.workspace
     plan.done = run_or_report(plan.actions, workspace, check_mode,
-                              guard=None if check_mode else InUseGuard(plan.files, surroundings))
+                              guard=None if check_mode else InUseGuard(plan.files, surroundings), probe=probe)
     if not check_mode:
         plan.after = read_volume(workspace.vm_dir, workspace.vid)

@@ -9,20 +9,27 @@ import functools
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_volume_size
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import VolumeRequest, check_revisions_to_keep, plan_request
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import (
+    VolumeRequest,
+    check_revisions_to_keep,
+    plan_request,
+    unused_size_warning,
+)
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import Params, Result
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.single_volume import run_single_volume_task
 
 
 def volume_request(params: Params) -> VolumeRequest:
     """The request of a single-volume task (options already checked by the module)."""
+    size = None if params["size"] is None else parse_volume_size(params["size"])
     return VolumeRequest(
         vid=parse_vid(params["vid"]),
         state=params["state"],
-        size=None if params["size"] is None else parse_volume_size(params["size"]),
+        size=size,
         allow_shrink=params["allow_shrink"],
         revisions_to_keep=check_revisions_to_keep(params["revisions_to_keep"], optional=True),
         remove_pins=params["remove_pins"],
+        warning=unused_size_warning(params["state"], size),
     )
 
 

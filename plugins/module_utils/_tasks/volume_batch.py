@@ -20,11 +20,17 @@ from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import I
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid, parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_volume_size
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.prediction import CloneProbe
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory, PoolDirectory
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_locks
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.batch import BatchItem, labelled, plan_all
-from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import STATES, VolumeRequest, check_revisions_to_keep
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.volume import (
+    STATES,
+    VolumeRequest,
+    check_revisions_to_keep,
+    unused_size_warning,
+)
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import read_qubes_xml, refuse_qubesd_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.report import volume_report
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings
@@ -93,14 +99,17 @@ def _item_request(item: dict[str, Any], params: Params, label: str) -> VolumeReq
     if state not in STATES:
         raise InvalidArgument("state must be one of %s (got %r)" % (", ".join(STATES), state))
     size = value("size")
+    size = None if size is None else parse_volume_size(size)
     return VolumeRequest(
         vid=parse_vid(item["vid"]),
         state=state,
-        size=None if size is None else parse_volume_size(size),
+        size=size,
         allow_shrink=_boolean(value("allow_shrink"), "allow_shrink"),
         revisions_to_keep=check_revisions_to_keep(_integer(value("revisions_to_keep")), optional=True),
         remove_pins=params["remove_pins"],
         label=label,
+        # Only the item's own size: the task's is a default for the items that create or resize.
+        warning=unused_size_warning(state, size if item.get("size") is not None else None, label),
     )
 
 
@@ -146,10 +155,11 @@ def run_volume_batch(params: Params, check_mode: bool, diff: bool, purpose: str 
         workspaces = [labelled(request, prefixes.workspace, request.vid) for request in requests]
         try:
             with volume_locks(pool_dir, [request.vid for request in requests], timeout=params["lock_timeout"],
-                              purpose=purpose, create=not check_mode):
+                              purpose=purpose, create=not check_mode, record=not check_mode):
                 surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
                 items = plan_all(requests, workspaces, surroundings, qubes, warnings)
-                _carry_out_all(items, surroundings, pool, check_mode)
+                _carry_out_all(items, surroundings, pool, check_mode,
+                               CloneProbe(pool_dir if isinstance(pool_dir, Directory) else None))
         finally:
             for workspace in workspaces:
                 workspace.close()
@@ -159,7 +169,8 @@ def run_volume_batch(params: Params, check_mode: bool, diff: bool, purpose: str 
     return result
 
 
-def _carry_out_all(items: list[BatchItem], surroundings: Surroundings, pool: str, check_mode: bool) -> None:
+def _carry_out_all(items: list[BatchItem], surroundings: Surroundings, pool: str, check_mode: bool,
+                   probe: CloneProbe) -> None:
     """Execute the items' plans in order (in check mode: report them); the first failure stops the batch."""
     for position, item in enumerate(items):
         if not item.plan.actions:
@@ -168,7 +179,7 @@ def _carry_out_all(items: list[BatchItem], surroundings: Surroundings, pool: str
         try:
             # Afresh: an earlier item may have made or removed this VM directory.
             workspace.open_vm_dir()
-            carry_out(item.plan, surroundings, check_mode)
+            carry_out(item.plan, surroundings, check_mode, probe)
         except (ReflinkError, OSError) as exc:
             raise _stopped_at(items, position, exc, pool, surroundings) from None
         finally:
