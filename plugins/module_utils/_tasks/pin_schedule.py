@@ -119,8 +119,9 @@ def run_pin_schedule_task(params: Params, check_mode: bool, diff: bool) -> Resul
         try:
             volumes = [_Volume(prefixes.workspace(vid)) for vid in vids]
             if volumes:   # vids: [] is nothing to do, and no lock file to make for it
+                # Check mode writes nothing, not even its holder's record into an existing lock file.
                 with volume_locks(pool_dir, vids, timeout=params["lock_timeout"], purpose=PURPOSE,
-                                  create=not check_mode):
+                                  create=not check_mode, record=not check_mode):
                     surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
                     for volume in volumes:
                         try:
