@@ -195,8 +195,8 @@ def check_run(h, before: dict, options: dict, expected: dict, result) -> None:
     named = [options["vid"]] if options.get("vid") is not None else options["vids"]
     changed = untouchable_changes(before, h.snapshot(), named)
     if changed:
-        h.flag("schedule_touched_others", "%s; %s" % ("failed: " + result.msg if result.failed else "ok",
-                                                    "; ".join(changed)))
+        outcome = "failed: " + result.msg if result.failed else "ok"
+        h.flag("schedule_touched_others", "%s; %s" % (outcome, "; ".join(changed)))
     if result.failed:
         return
     for vid, wanted in expected.items():
