@@ -175,7 +175,8 @@ def listing(root: str, prefix: str = "", locks: bool = False) -> dict[str, Entry
     Lock files (and the directories made for them) are the collection's own
     machinery: left out, unless ``locks`` (check mode must not make one, nor
     write the holder's record that a real run's exclusive lock writes into an
-    existing one).  A directory's mtime is left out (its entries are compared instead).
+    existing one); so is the journals' directory (its journals are not).  A directory's mtime is left
+    out (its entries are compared instead).
     """
     found: dict[str, Entry] = {}
     if not os.path.lexists(root):
@@ -190,7 +191,9 @@ def listing(root: str, prefix: str = "", locks: bool = False) -> dict[str, Entry
             except FileNotFoundError:
                 continue
             is_lock = "/.reflink/locks/" in "/" + rel
-            if not locks and (is_lock or rel.endswith((".reflink/locks", ".reflink"))):
+            # The journals' directory itself too (its journals are compared): like .reflink, an empty
+            # directory of the collection's that a failed begin may leave is no change a user sees.
+            if not locks and (is_lock or rel.endswith((".reflink/locks", ".reflink", ".reflink/imports"))):
                 continue
             entry = entry_of(path, st)
             if entry.kind == "dir":

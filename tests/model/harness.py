@@ -238,7 +238,8 @@ class Harness:
                 self.violation("model_mismatch", "; ".join(differences), known)
         self.model = found
         reports = [real.result["volume"]] if isinstance(real.result.get("volume"), dict) else []
-        reports += [item for item in real.result.get("volumes", []) if module == "reflink_volume"]
+        reports += [item for item in real.result.get("volumes", [])
+                    if module == "reflink_volume" or options.get("schedule") is not None]
         for report in reports:
             wrong = report_differences(report, found)
             if wrong:

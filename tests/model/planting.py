@@ -185,6 +185,24 @@ class Planting:
                 os.fsync(handle.fileno())
         self._try("dirty image of %s" % vid, plant)
 
+    def data_time(self, vid: str, seconds: int) -> None:
+        """The VM of ``vid`` stopped at ``seconds``: its clean image's data time (mtime) is that moment.
+
+        A fresh precache gets the same mtime (qubesd makes it from the new clean
+        image), so that it stays fresh; a stale one stays stale.
+        """
+        vm_dir = self._vm_dir(vid, create=False)
+        volume = os.path.basename(vid)
+        clean = os.path.join(vm_dir or "", volume + ".img")
+        if vm_dir is None or not os.path.isfile(clean) or os.path.islink(clean):
+            return
+        precache = os.path.join(vm_dir, volume + "-precache.img")
+        fresh = self.h.model.vol(vid).precache == "fresh" and os.path.isfile(precache)
+        os.utime(clean, ns=(seconds * 10 ** 9, seconds * 10 ** 9), follow_symlinks=False)
+        if fresh:
+            os.utime(precache, ns=(seconds * 10 ** 9, seconds * 10 ** 9), follow_symlinks=False)
+        self._done("%s stopped at %s" % (vid, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))))
+
     def write_import(self, vid: str, seed: int, extend: bool) -> None:
         """The other program of a two-phase import writes into the import image in place."""
         vm_dir = self._vm_dir(vid, create=False)

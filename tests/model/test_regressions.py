@@ -319,3 +319,11 @@ def test_check_mode_writes_no_lock_record(machine):
     state.volume_present(allow_shrink=False, keep=None, size=None, vid="appvms/a/data")
     state.gc(keep=None, keep_vids="none", min_age=0, rebuild=False, remove_orphans=False, scope="all",
              vid="appvms/a/data")
+
+
+def test_check_mode_of_scheduled_pins_writes_no_lock_record(machine):
+    """reflink_pin with schedule in check mode wrote its holder's record into the volume's existing lock
+    file (the schedule task missed issue 26's fix of the volume tasks)."""
+    state = machine("btrfs")
+    state.make_pool(seeds=[0])
+    state.scheduled_pins(nights=[(0, False)], schedule={"hourly": 0}, scope="one", vid="appvms/a/data")

@@ -148,8 +148,8 @@ def run_volume_batch(params: Params, check_mode: bool, diff: bool, purpose: str 
     for request in requests:
         if request.changes is not None:
             labelled(request, refuse_qubesd_volume, qubes, request.vid, request.changes)
-    _make_room_for_locks(len(requests))
-    with open_task_pool(pool, check_mode, warnings) as pool_dir, _PrefixDirs(pool_dir) as prefixes:
+    make_room_for_locks(len(requests))
+    with open_task_pool(pool, check_mode, warnings) as pool_dir, PrefixDirs(pool_dir) as prefixes:
         if not requests:   # nothing to do, and no lock file to make for it
             return dict(_result([], pool, None, diff), **({"warnings": warnings} if warnings else {}))
         workspaces = [labelled(request, prefixes.workspace, request.vid) for request in requests]
@@ -228,7 +228,7 @@ def _result(items: list[BatchItem], pool: str, surroundings: Surroundings | None
     return result
 
 
-class _PrefixDirs:
+class PrefixDirs:
     """The pool's prefix directories, opened once for every item of the batch."""
 
     def __init__(self, pool_dir: PoolDirectory) -> None:
@@ -240,7 +240,7 @@ class _PrefixDirs:
             self.opened[vid.prefix] = self.pool_dir.open_dir(vid.prefix)
         return Workspace(self.pool_dir, vid, prefix_dir=self.opened[vid.prefix])
 
-    def __enter__(self) -> _PrefixDirs:
+    def __enter__(self) -> PrefixDirs:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -249,7 +249,7 @@ class _PrefixDirs:
                 directory.close()
 
 
-def _make_room_for_locks(count: int) -> None:
+def make_room_for_locks(count: int) -> None:
     """Raise the soft limit of open files if a batch of ``count`` volume locks needs it (the hard limit allows)."""
     needed = count + _FD_MARGIN
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
