@@ -258,6 +258,15 @@ def test_a_begun_import_whose_journal_does_not_fit_leaves_no_journal_directory(m
     state.import_begin(size=65536, vid="appvms/a/data")
 
 
+def test_an_abort_over_an_unreadable_journal_leaves_no_empty_vm_dir(machine):
+    """begin made the VM directory; its journal (which says so) cannot be read; abort still removes the directory."""
+    state = machine("btrfs")
+    state.make_pool(seeds=[])
+    begun = state.import_begin(size=65536, vid="vm-templates/t/root")
+    state.plant_corrupt_journal(vid=begun)
+    state.import_abort(vid=begun)
+
+
 @pytest.mark.parametrize("kind", ["btrfs", "ext4"])
 def test_scoped_gc_removes_a_begun_import_of_another_volume(machine, kind):
     state = machine(kind)
