@@ -119,7 +119,7 @@ attributes:
 notes:
   - RV(reclaimed_bytes) is what the run frees, computed for the removed files as one set from the extent
     maps of every image file of the pool (read once, before the first removal, and only when there is
-    something to remove). Data that several removed files share counts once, and data that a file gc keeps
+    something to remove); data that several removed files share counts once, and data that a file gc keeps
     (the clean image, a precache, a pin, another volume's image, even with O(vids)) or a file outside the
     pool also holds does not count, since removing the set does not free it. On btrfs it counts whole
     extents, as btrfs frees an extent only when no file references any part of it; on XFS, blocks. Check mode

@@ -13,8 +13,8 @@ REMOVED = [{"file": "appvms/a/private.img.1@x", "bytes": 65536, "exclusive_bytes
            {"file": "appvms/a/private.img.2@y", "bytes": 65536, "exclusive_bytes": 0}]
 
 
-def result(reclaimed, removed=REMOVED, alias=None):
-    return {"removed": removed, "reclaimed_bytes": reclaimed,
+def result(reclaimed, removed=None, alias=None):
+    return {"removed": REMOVED if removed is None else removed, "reclaimed_bytes": reclaimed,
             "reclaimed_exclusive_bytes": reclaimed if alias is None else alias}
 
 

@@ -41,6 +41,7 @@ def _fs_info_request(machine: str | None = None) -> int:
     direction = (2 << 29) if machine.startswith(("ppc", "mips", "sparc")) else (2 << 30)
     return direction | (_FS_INFO_SIZE << 16) | (0x94 << 8) | 31
 
+
 EXPECTED_ERRNOS = frozenset((errno.EOPNOTSUPP, errno.ENOTSUP))
 
 _NOCOW_CLEARS_WITH_A_COPY = (
