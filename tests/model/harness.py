@@ -195,14 +195,14 @@ class Harness:
         if "No space left" in real.msg and "precache" in real.msg and "revisions_to_keep" not in real.msg:
             self.violation("enospc_precache_advice", real.msg, "enospc_precache_advice")
         if real.refusal:
-            self._way_out(module, options, real.msg)
+            self._way_out(module, options, real.msg, ctx)
         found = self.read_model()
         gone = lost(self.model, expected, found)
         if gone:
             self.violation("failure_lost_data", "%s; lost: %s" % (real.msg, gone), known)
         self.model = found
 
-    def _way_out(self, module, options, msg):
+    def _way_out(self, module, options, msg, ctx):
         """A refusal that names a way out (another task, or an option to set): that task works (in check mode)."""
         vid = options.get("vid")
         shared = {"pool": options.get("pool"), "vid": vid, "qubes_xml": "none"}
@@ -217,6 +217,10 @@ class Harness:
                 ways.append((module, dict(options, **{option: True})))
         for way_module, way_options in ways:
             outcome = api.run(way_module, way_options, check=True)
+            if outcome.failed and (vid, "import") in ctx.held and "held open by" in outcome.msg:
+                # The way out waits for the process that holds the import image (qubesd's Import writer):
+                # its refusal says so and works once the file is closed (release_held), not a dead end.
+                continue
             if outcome.failed:
                 self.violation("way_out_fails", "the refusal (%s) names a way out, %s %s, which fails: %s"
                                % (msg, way_module, brief(way_options), outcome.msg))
