@@ -20,12 +20,12 @@ btrfs no extent stays allocated for a part of it (the rewrite happened).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import random
 
 import crash_engine as ce
 import reliability_helpers as rh
+from dedupe_helpers import reflink_copy
 
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.extent_maps import read_disk_extents, read_extent_map
 
@@ -34,7 +34,6 @@ BLOCK = 4096
 ROOT_SIZE = 4 * MIB
 CHANGED = (3 * MIB // 2, 256 * 1024)   # offset, length of what the copy changed
 PRIVATE_SIZE = 2 * MIB
-FICLONE = 0x40049409
 T0 = 1_700_000_000 * 10 ** 9
 IMAGES = ("vm-templates/base/root.img", "vm-templates/base/root-precache.img", "vm-templates/copy/root.img",
           "vm-templates/copy/root-precache.img", "appvms/work/private.img", "appvms/work/private-precache.img",
@@ -57,19 +56,6 @@ def _write(path, data, mtime_ns):
         os.utime(fd, ns=(mtime_ns, mtime_ns))
     finally:
         os.close(fd)
-
-
-def _precache(clean, precache):
-    src = os.open(clean, os.O_RDONLY)
-    dst = os.open(precache, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        fcntl.ioctl(dst, FICLONE, src)
-        os.fsync(dst)
-        st = os.fstat(src)
-        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
-    finally:
-        os.close(src)
-        os.close(dst)
 
 
 def _facts(pool):
@@ -118,10 +104,10 @@ class Dedupe(ce.Scenario):
         private = rng.randbytes(PRIVATE_SIZE)
         for vm, data, mtime in (("base", root, T0), ("copy", copy, T0 + 10 ** 9)):
             _write(pool / "vm-templates" / vm / "root.img", data, mtime)
-            _precache(pool / "vm-templates" / vm / "root.img", pool / "vm-templates" / vm / "root-precache.img")
+            reflink_copy(pool / "vm-templates" / vm / "root.img", pool / "vm-templates" / vm / "root-precache.img")
         _write(pool / IMAGES[6], private, T0 - 86400 * 10 ** 9)
         _write(pool / "appvms/work/private.img", private, T0)
-        _precache(pool / "appvms/work/private.img", pool / "appvms/work/private-precache.img")
+        reflink_copy(pool / "appvms/work/private.img", pool / "appvms/work/private-precache.img")
         ctx = ce.Context(base=base, pool=pool, vid="appvms/work/private",
                          args={"pool": str(pool), "scope": "pool", "qubes_xml": "none"}, labels=rh.Labels())
         for label, data in (("base root", root), ("copy root", copy), ("private", private)):
