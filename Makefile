@@ -32,6 +32,13 @@ SANITY_PYTHON ?= 3.11
 # Extra arguments, e.g. `make sanity SANITY_ARGS="--test pylint"`.
 SANITY_ARGS ?=
 PYTEST_ARGS ?=
+# `make pytest` runs tests/core and tests/modules on PYTEST_JOBS pytest-xdist workers
+# (processes; each makes its own loop filesystems; tests marked serial run alone:
+# tests/README.md). Default: 2 for the whole suite, 0 (one process, no xdist) when
+# PYTEST_ARGS is given, e.g. `make pytest PYTEST_ARGS="tests/core/test_locks.py -x"`;
+# PYTEST_JOBS=2 (or auto) with PYTEST_ARGS runs those in parallel.
+PYTEST_JOBS ?= $(if $(strip $(PYTEST_ARGS)),0,2)
+PYTEST_XDIST = $(if $(filter-out 0,$(PYTEST_JOBS)),-n $(PYTEST_JOBS) --dist worksteal)
 
 # `make molecule`: the scenarios of extensions/molecule (MOLECULE_ARGS="-s default"
 # for one). `make compat`: the scenarios default, role_pool and maintenance
@@ -204,7 +211,7 @@ test: deps venv
 # exist yet); that is reported but is not a failure.
 pytest: deps venv
 	@cd "$(ROOT)" && rc=0; \
-	PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/python" -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	PATH="$(VENV_BIN):$$PATH" "$(VENV_BIN)/python" -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS) || rc=$$?; \
 	if [ "$$rc" = 5 ]; then echo 'make pytest: no tests were collected'; rc=0; fi; \
 	exit $$rc
 

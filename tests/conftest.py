@@ -22,6 +22,17 @@ Running the collection through Ansible:
 
     ansible_env                    environment for ansible/ansible-playbook
     run_module(name, check=False, diff=False, **args) -> result dict
+
+Parallel runs.  ``make pytest`` runs tests/core and tests/modules on two
+pytest-xdist workers; each worker is a session of its own, with filesystems
+of its own.  A test is safe beside any other when everything it changes is
+under its own directories (the fixtures above, tmp_path) and its own
+subprocesses.  A test that changes what every test on the machine sees
+(qubesd's /var/run/qubes files, /var/lib/qubes, users, services, a fixed
+path outside its directories) is marked ``@pytest.mark.serial``: it
+then runs while no other test runs (tests/machine_lock.py).  A loop device
+attached to an image in the test's own directory needs no mark (the in-use
+check matches the backing file's path).  Details: tests/README.md.
 """
 
 from __future__ import annotations
@@ -36,6 +47,8 @@ import sys
 import tempfile
 
 import pytest
+
+import machine_lock
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 PYTEST_COLLECTIONS = REPO_ROOT / 'build' / 'pytest-collections'
@@ -80,6 +93,23 @@ if str(PYTEST_COLLECTIONS) not in sys.path:
     sys.path.insert(0, str(PYTEST_COLLECTIONS))
 
 loopfs = _load_loopfs()
+
+
+# ------------------------------------------------------- tests running side by side
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', machine_lock.MARKER_HELP)
+
+
+@pytest.fixture(autouse=True)
+def _machine_lock(request):
+    """Every test holds the machine's test lock: shared, or exclusive when marked serial.
+
+    Autouse, so it is taken before the test's other function fixtures are set up and
+    released after they are torn down.
+    """
+    with machine_lock.machine_lock(request.node.get_closest_marker(machine_lock.MARKER) is not None):
+        yield
 
 
 # ---------------------------------------------------------------- filesystems

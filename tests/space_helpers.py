@@ -30,6 +30,7 @@ import pytest
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import ficlone_request
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
+from ansible_collections.dom0.reflink.plugins.module_utils._inspect.extents import sync_filesystem
 from ansible_collections.dom0.reflink.plugins.module_utils._inspect.space import ImageFile, SpaceMap
 
 MIB = 1024 * 1024
@@ -93,8 +94,14 @@ def sync_all(path) -> None:
     XFS inactivates unlinked files in the background (a file of thousands of
     extents takes a while); ``xfs_spaceman prealloc -s`` waits for that work
     (and drops speculative preallocations, which only makes the count steadier).
+    syncfs(2) of that filesystem, not sync(2): a machine-wide sync would flush a
+    write another test runs meanwhile (pytest-xdist) halfway, in two extents.
     """
-    os.sync()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sync_filesystem(fd)
+    finally:
+        os.close(fd)
     kind = fs_kind(path)
     if kind == "btrfs":
         subprocess.run(["btrfs", "filesystem", "sync", str(path)], check=True, capture_output=True, env=tool_env())

@@ -29,13 +29,19 @@ Command line (prints JSON)::
 cleanup_stale() removes what an aborted earlier run left under base_dir
 (mounts, attached loop devices whose backing file is there, image files) but
 leaves alone the filesystems of processes that are still running, so two test
-sessions can share a base directory.
+sessions (two pytest-xdist workers, or two checkouts) can share a base
+directory.  Both hold the flock of <base_dir>/.loopfs.lock while they look at
+or make a work directory, so that a cleanup never sees a work directory whose
+loopfs.json is not written yet; names starting with a dot are lock files,
+never removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -64,6 +70,7 @@ KINDS = tuple(MKFS_COMMANDS)
 IMAGE_NAME = 'image.img'
 MOUNT_NAME = 'mnt'
 META_NAME = 'loopfs.json'
+LOCK_NAME = '.loopfs.lock'
 
 # Where the tools live when the caller's PATH lacks the sbin directories.
 _SBIN_PATH = '/usr/local/sbin:/usr/sbin:/sbin'
@@ -192,6 +199,25 @@ def _detach(device: str, attempts: int = 10) -> None:
         raise LoopFsError('cannot detach loop device %s' % device)
 
 
+@contextlib.contextmanager
+def _base_dir_lock(base_dir: str):
+    """Hold the exclusive flock of <base_dir>/.loopfs.lock (released when the process dies, too)."""
+    fd = os.open(os.path.join(base_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write_meta(workdir: str, meta: dict) -> None:
+    """Write loopfs.json whole or not at all (a reader never sees half of it)."""
+    temp_path = os.path.join(workdir, META_NAME + '.tmp')
+    with open(temp_path, 'w', encoding='utf-8') as meta_file:
+        json.dump(meta, meta_file, indent=2)
+    os.replace(temp_path, os.path.join(workdir, META_NAME))
+
+
 @dataclasses.dataclass
 class LoopFs:
     """A mounted loop filesystem: path is the mount point."""
@@ -261,21 +287,26 @@ def create(kind: str, size_bytes: int | None = None, base_dir: str = DEFAULT_BAS
 
     base_dir = os.path.realpath(base_dir)
     os.makedirs(base_dir, exist_ok=True)
-    workdir = tempfile.mkdtemp(prefix=kind + '-', dir=base_dir)
-    fs = LoopFs(path=os.path.join(workdir, MOUNT_NAME), image=os.path.join(workdir, IMAGE_NAME),
-                device='', kind=kind, workdir=workdir, size=size)
     pid = os.getpid() if owner_pid is None else owner_pid
-    meta = fs.to_dict()
-    meta.update(owner_pid=pid, owner_start=_process_start_time(pid))
+    with _base_dir_lock(base_dir):
+        # Under the lock: a cleanup_stale() of another session sees the work directory
+        # only with its loopfs.json naming a live owner.
+        workdir = tempfile.mkdtemp(prefix=kind + '-', dir=base_dir)
+        fs = LoopFs(path=os.path.join(workdir, MOUNT_NAME), image=os.path.join(workdir, IMAGE_NAME),
+                    device='', kind=kind, workdir=workdir, size=size)
+        meta = fs.to_dict()
+        meta.update(owner_pid=pid, owner_start=_process_start_time(pid))
+        try:
+            _write_meta(workdir, meta)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
     try:
-        with open(os.path.join(workdir, META_NAME), 'w', encoding='utf-8') as meta_file:
-            json.dump(meta, meta_file, indent=2)
         with open(fs.image, 'wb') as image:
             image.truncate(size)  # sparse: no block is written
         fs.device = _run(['losetup', '--find', '--show', fs.image]).stdout.strip()
         meta['device'] = fs.device
-        with open(os.path.join(workdir, META_NAME), 'w', encoding='utf-8') as meta_file:
-            json.dump(meta, meta_file, indent=2)
+        _write_meta(workdir, meta)
         _run(MKFS_COMMANDS[kind] + [fs.device])
         os.mkdir(fs.path)
         _run(['mount', '-t', kind, fs.device, fs.path])
@@ -304,10 +335,14 @@ def cleanup_stale(base_dir: str = DEFAULT_BASE_DIR, include_live: bool = False) 
     still running is kept, with its mount and device, unless include_live.
     """
     base_dir = os.path.realpath(base_dir)
-    removed: list[str] = []
     if not os.path.isdir(base_dir):
-        return removed
+        return []
+    with _base_dir_lock(base_dir):
+        return _cleanup_stale_locked(base_dir, include_live)
 
+
+def _cleanup_stale_locked(base_dir: str, include_live: bool) -> list[str]:
+    removed: list[str] = []
     live = []
     if not include_live:
         for name in os.listdir(base_dir):
@@ -331,7 +366,7 @@ def cleanup_stale(base_dir: str = DEFAULT_BASE_DIR, include_live: bool = False) 
 
     for name in sorted(os.listdir(base_dir)):
         entry = os.path.join(base_dir, name)
-        if is_live(entry):
+        if name.startswith('.') or is_live(entry):
             continue
         if any(_is_under(p, entry) for p in mount_points()):
             print('loopfs: %s is still mounted somewhere, leaving it' % entry, file=sys.stderr)

@@ -15,6 +15,7 @@ import re
 import stat
 import subprocess
 
+import machine_lock
 from module_helpers import MIB, listing, put_file
 
 VID = "appvms/work/private"
@@ -141,7 +142,10 @@ def read_only_loop(path):
 
 @contextlib.contextmanager
 def qubes_running_file(name):
-    """qubesd's running-state file /var/run/qubes/volume-running-<name> for the ``with`` block."""
+    """qubesd's running-state file /var/run/qubes/volume-running-<name> for the ``with`` block.
+
+    The whole machine sees it: the test must be marked ``@pytest.mark.serial``."""
+    machine_lock.require_serial("/var/run/qubes/volume-running-" + name)
     directory = "/var/run/qubes"
     made_dir = not os.path.isdir(directory)
     if made_dir:

@@ -20,6 +20,7 @@ import sys
 
 import pytest
 
+from ansible_collections.dom0.reflink.plugins.module_utils._inspect.extents import sync_filesystem
 from module_helpers import MIB, make_pool, make_volume, put_file, same_bytes
 from staging_helpers import image, snapshot, vm_dir_of
 
@@ -50,7 +51,12 @@ def small_pool(small_filesystems, request):
 
 
 def free_bytes(path):
-    os.sync()
+    # syncfs(2) of this file system only: a machine-wide sync(2) would flush another test's write halfway.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sync_filesystem(fd)
+    finally:
+        os.close(fd)
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
 

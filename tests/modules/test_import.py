@@ -685,6 +685,7 @@ def test_refused_while_a_loop_device_is_attached(btrfs_dir, run_module):
     assert_no_leftovers(pool, btrfs_dir)
 
 
+@pytest.mark.serial
 def test_refused_while_qubesd_says_the_volume_is_running(btrfs_dir, run_module):
     """qubesd's /var/run/qubes/volume-running-<pool>:<escaped vid>, whatever the pool's Qubes name."""
     pool = make_pool(btrfs_dir)

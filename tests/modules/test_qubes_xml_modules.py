@@ -8,6 +8,9 @@ import contextlib
 import os
 import pathlib
 
+import pytest
+
+import machine_lock
 from qubes_xml_helpers import BILLION_LAUGHS, dom0_layout
 
 from module_helpers import MIB, T0, assert_failed, make_pool, make_volume, pool_listing, put_file, stamp
@@ -180,7 +183,8 @@ def test_info_reports_qubes_and_missing_through_a_symlinked_pool(btrfs_dir, run_
 @contextlib.contextmanager
 def running_state_file(name):
     """qubesd's running-state file /var/run/qubes/volume-running-<name>, removed afterwards (and the
-    directory too, if this made it)."""
+    directory too, if this made it).  The whole machine sees it: the test is marked serial."""
+    machine_lock.require_serial("/var/run/qubes/volume-running-" + name)
     directory = "/var/run/qubes"
     made = not os.path.isdir(directory)
     if made:
@@ -198,6 +202,7 @@ def running_state_file(name):
                 os.rmdir(directory)
 
 
+@pytest.mark.serial
 def test_running_state_file_of_the_pools_own_name_only(btrfs_dir, run_module):
     pool = make_pool(btrfs_dir)
     vid = "appvms/test-qubes-xml-14/private"
