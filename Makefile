@@ -34,7 +34,8 @@ SANITY_ARGS ?=
 PYTEST_ARGS ?=
 
 # `make molecule`: the scenarios of extensions/molecule (MOLECULE_ARGS="-s default"
-# for one). `make compat`: the scenario default with ansible-core 2.16 (in
+# for one). `make compat`: the scenarios default, role_pool and maintenance
+# (extensions/molecule/compat.sh) with ansible-core 2.16 (in
 # .venv-2.16) and with Python 3.13 as the modules' interpreter (PYTHON313=path
 # to choose it; the run is skipped when there is none).
 MOLECULE_ARGS ?= --all
@@ -106,7 +107,7 @@ export ANSIBLE_TEST_PIP_VERSION_PY
 help:
 	@echo 'Targets:'
 	@echo '  make test        deps + venv, then pytest, test-model, test-reliability, test-powercut, test-fleet, sanity, lint,'
-	@echo '                   docs-check, package-test, bench-quick, molecule and compat'
+	@echo '                   package-test, bench-quick, molecule, docs-check and compat'
 	@echo '  make pytest      pytest only (PYTEST_ARGS="..." to pass options)'
 	@echo '  make test-model  stateful property-based test of the core on btrfs, XFS, ext4 (tests/model), ~1 min;'
 	@echo '                   longer: MODEL_EXAMPLES=2000 (per file system), MODEL_SEED=random for new sequences,'
@@ -118,9 +119,10 @@ help:
 	@echo '  make lint        ruff, mypy (strict on the core), yamllint, ansible-lint (production), changelog and docs lint'
 	@echo '  make package-test  build the tarball, install it offline, run a module from it'
 	@echo '  make molecule    molecule test of extensions/molecule/* (MOLECULE_ARGS="-s default" for one)'
-	@echo '  make compat      scenario default with ansible-core 2.16, and with modules on Python 3.13'
+	@echo '  make compat      scenarios default, role_pool, maintenance with ansible-core 2.16, and modules on Python 3.13'
 	@echo '  make docs        the docs site (modules, role, guide, performance, reliability) in build/docsite/html'
-	@echo '  make docs-check  make docs, then every page in headless Chromium: titles, option tables, links'
+	@echo '  make docs-check  make docs, then every page in headless Chromium: titles, option tables, links;'
+	@echo '                   and the maintenance report of the molecule scenario maintenance, against its results'
 	@echo '  make demo        run playbooks/demo.yml on a temporary btrfs loop mount'
 	@echo '  make bench       benchmarks against cp and the bare ioctl, ~15 min (ARGS=--quick: < 1 min)'
 	@echo '  make bench-quick every benchmark case, tiny, to check that they run'
@@ -192,10 +194,10 @@ test: deps venv
 	$(MAKE) --no-print-directory test-fleet
 	$(MAKE) --no-print-directory sanity
 	$(MAKE) --no-print-directory lint
-	$(MAKE) --no-print-directory docs-check
 	$(MAKE) --no-print-directory package-test
 	$(MAKE) --no-print-directory bench-quick
 	$(MAKE) --no-print-directory molecule
+	$(MAKE) --no-print-directory docs-check
 	$(MAKE) --no-print-directory compat
 
 # pytest exits 5 when it collects no test (tests/core and tests/modules may not
@@ -292,10 +294,24 @@ docs: docs-venv collection
 # Every page of the site in headless Chromium (Debian's, driven by Playwright):
 # tests/docsite, run on its own (conftest.py of tests/ is not loaded); the
 # screenshot of the reflink_volume page is build/docsite/reflink_volume.png.
-docs-check: docs
+# Also the report of the role dom0.reflink.maintenance that the molecule scenario
+# maintenance made (build/maintenance-report/), checked against the results it was
+# made from: the scenario runs first when that report is missing or older than
+# what makes it (`make test` runs molecule before docs-check, so it is there).
+docs-check: docs maintenance-report
 	cd "$(ROOT)" && PATH="$(DOCS_VENV)/bin:$$PATH" ANSIBLE_COLLECTIONS_PATH="$(COLLECTIONS_PATH)" \
 		"$(DOCS_VENV)/bin/python" -m pytest --confcutdir=tests/docsite -p no:cacheprovider tests/docsite $(PYTEST_ARGS)
-	@echo "make docs-check: screenshot in build/docsite/reflink_volume.png"
+	@echo "make docs-check: screenshots in build/docsite/reflink_volume.png and build/docsite/maintenance-report.png"
+
+MAINTENANCE_REPORT := $(ROOT)/build/maintenance-report/report.html
+MAINTENANCE_SOURCES = $(shell cd "$(ROOT)" && find roles/maintenance plugins extensions/molecule/maintenance \
+	extensions/molecule/config.yml extensions/molecule/shared playbooks/nightly-maintenance.yml -type f ! -name '*.pyc')
+
+.PHONY: maintenance-report
+maintenance-report: $(MAINTENANCE_REPORT)
+
+$(MAINTENANCE_REPORT): $(addprefix $(ROOT)/,$(MAINTENANCE_SOURCES))
+	$(MAKE) --no-print-directory molecule MOLECULE_ARGS="--scenario-name maintenance"
 
 # What a user installs: the tarball must hold no test output, venv or image,
 # and a module must run from the installed copy.

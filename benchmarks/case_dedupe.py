@@ -1,6 +1,6 @@
 # Copyright: dom0.reflink contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Case 7: sharing identical data again (the engine of reflink_dedupe) against duperemove, on btrfs and XFS.
+"""Case 8: sharing identical data again (reflink_dedupe) against duperemove, on btrfs and XFS.
 
 The spec's "restored pool": a template root (96 MiB) and three full copies of
 it with 4 MiB changed in each, every image with a reflinked precache; a
@@ -10,9 +10,12 @@ as a restore writes it.  Quick: 12 MiB roots (1 MiB changed), 8 MiB private.
 
 Per file system, page-cache state and round, two identical copies of the
 pool (same bytes, written the same way): ``duperemove -dr
---dedupe-options=partial,same`` on one, the engine (scope ``pool``, in this
-process, through ``dedupe_volumes`` as the module will call it) on the
-other; the order alternates from round to round.  Page cache "cold": that
+--dedupe-options=partial,same`` on one, reflink_dedupe (scope ``pool``, its
+task in this process: the locks, the space accounting read before and
+after, the engine) on the other; the order alternates from round to round.
+Before the real run, the same task in check mode (its prediction, then the
+page cache dropped again for "cold").  A collection without the module
+(``--collection``) runs the engine alone (``dedupe_volumes``).  Page cache "cold": that
 pool's images are dropped from it first (POSIX_FADV_DONTNEED on each, then
 syncfs), so that the data comes from the loop device as a restored pool's
 would from disk (the loop device's backing file may still be in the host's
@@ -20,7 +23,8 @@ page cache); "warm": every image is read once first.  Measured:
 
 - time (wall clock of the run);
 - freed: statvfs used space before minus after (syncfs, and on btrfs
-  ``btrfs filesystem sync``), and the engine's own figure next to it;
+  ``btrfs filesystem sync``), and the module's figure (``reclaimed_bytes``)
+  and check mode's next to it;
 - % of the ideal: per offset, distinct physical blocks minus distinct
   contents over all images, from FIEMAP and the data, before either run;
 - every image's sha256, size, mode, inode, mtime and SEEK_HOLE map, before
@@ -214,8 +218,16 @@ def rchar() -> int:
     return 0
 
 
-def run_engine(core, pool: str, vids: list[str], kind: str):
-    """The engine over every volume, scope pool, as the module will run it; returns its report."""
+def run_engine(core, pool: str, vids: list[str], kind: str, check: bool = False):
+    """reflink_dedupe's task over every volume, scope pool (the engine alone for a collection without it).
+
+    Returns (changed, deduped, reclaimed, rewritten, bytes read).
+    """
+    if core.run_dedupe_task is not None:
+        result = core.run_dedupe_task({'pool': pool, 'vids': None, 'scope': 'pool', 'lock_timeout': 60,
+                                       'qubes_xml': 'none'}, check, False)
+        return (result['changed'], result['deduped_bytes'], result['reclaimed_bytes'], result['rewritten_bytes'],
+                result['bytes_read'])
     opened = {}
     volumes = []
     try:
@@ -226,7 +238,8 @@ def run_engine(core, pool: str, vids: list[str], kind: str):
                 opened[vm_dir] = os.open(os.path.join(pool, vm_dir), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
             volumes.append(core.VolumeDir(vid, opened[vm_dir], vm_dir, volume))
         settings = core.dedupe_settings_for(kind, opened[vm_dir])
-        return core.dedupe_volumes(volumes, 'pool', settings, True).report
+        report = core.dedupe_volumes(volumes, 'pool', settings, not check).report
+        return report.changed, report.deduped_bytes, report.reclaimed_bytes, report.rewritten_bytes, report.bytes_read
     finally:
         for fd in opened.values():
             os.close(fd)
@@ -249,24 +262,28 @@ def _round(ctx, kind: str, base: str, seed: int, order: list[str], cache: str) -
     before = snapshot(pools['engine'])
     for who in order:
         pool = pools[who]
+        if who == 'engine':
+            (drop_cache if cache == 'cold' else warm_cache)(pool)
+            start = time.perf_counter()
+            predicted = run_engine(ctx.core, pool, vids, kind, check=True)
+            check_seconds = time.perf_counter() - start
         (drop_cache if cache == 'cold' else warm_cache)(pool)
         start_used = used(base, kind)
         start = time.perf_counter()
         if who == 'duperemove':
             bl.run_quiet(DUPEREMOVE + [pool])
         else:
-            report = run_engine(ctx.core, pool, vids, kind)
+            done = run_engine(ctx.core, pool, vids, kind)
         elapsed = time.perf_counter() - start
         result[who] = {'seconds': elapsed, 'freed': start_used - used(base, kind)}
-    result['engine'].update(claimed=report.reclaimed_bytes, deduped=report.deduped_bytes,
-                            rewritten=report.rewritten_bytes, refused=len(report.refused))
+    result['engine'].update(claimed=done[2], deduped=done[1], rewritten=done[3], predicted=predicted[2],
+                            check_seconds=check_seconds)
     if cache == 'cold':
         drop_cache(pools['engine'])
         start_used, start_read, start = used(base, kind), rchar(), time.perf_counter()
         again = run_engine(ctx.core, pools['engine'], vids, kind)
         result['rerun'] = {'seconds': time.perf_counter() - start, 'rchar': rchar() - start_read,
-                           'bytes_read': again.bytes_read, 'changed': again.changed,
-                           'freed': start_used - used(base, kind)}
+                           'bytes_read': again[4], 'changed': again[0], 'freed': start_used - used(base, kind)}
     result['unchanged'] = snapshot(pools['engine']) == before
     for pool in pools.values():
         shutil.rmtree(pool, ignore_errors=True)
@@ -274,13 +291,13 @@ def _round(ctx, kind: str, base: str, seed: int, order: list[str], cache: str) -
 
 
 def run(ctx) -> bl.Section:
-    section = bl.Section('7', 'Sharing identical data again: the dedupe engine against duperemove (restored pool)',
-                         ['file system', 'page cache', 'run', 'time', 'freed (statvfs)', '% of ideal', 'engine says',
-                          'read', 'note'], aligns='lllrrrrrl')
+    section = bl.Section('8', 'Sharing identical data again: reflink_dedupe against duperemove (restored pool)',
+                         ['file system', 'page cache', 'run', 'time', 'freed (statvfs)', '% of ideal', 'module says',
+                          'check mode says', 'read', 'note'], aligns='lllrrrrrrl')
     if ctx.core.dedupe_volumes is None:
-        raise RuntimeError('case 7: the collection under test has no dedupe engine')
+        raise RuntimeError('case 8: the collection under test has no dedupe engine')
     if not shutil.which('duperemove', path=bl.tool_env()['PATH']):
-        raise RuntimeError('case 7 needs duperemove (apt-get install duperemove; make deps installs it)')
+        raise RuntimeError('case 8 needs duperemove (apt-get install duperemove; make deps installs it)')
     version = subprocess.run(['duperemove', '--version'], capture_output=True, text=True, check=False)
     rounds = ctx.reps(1, 3)
     for kind in ('btrfs', 'xfs'):
@@ -288,7 +305,7 @@ def run(ctx) -> bl.Section:
             results = []
             for index in range(rounds):
                 order = ['duperemove', 'engine'] if index % 2 == 0 else ['engine', 'duperemove']
-                ctx.log('case 7: %s, page cache %s, round %d of %d (%s first)'
+                ctx.log('case 8: %s, page cache %s, round %d of %d (%s first)'
                         % (kind, cache, index + 1, rounds, order[0]))
                 results.append(_round(ctx, kind, ctx.fs[kind], 100 + index, order, cache))
             section.data.append({'filesystem': kind, 'page_cache': cache, 'rounds': results})
@@ -299,8 +316,9 @@ def run(ctx) -> bl.Section:
         'revisions; precaches reflinked. %d round(s) per file system and page-cache state, medians; each run on '
         'its own identical copy of the pool. Page cache "cold": dropped for the pool\'s images before the run '
         '(the loop device\'s backing file may still be cached by the host); "warm": every image read once before. '
-        'duperemove: %s, `%s`. Engine: scope pool, in this process (no Ansible). "read" of the rerun (cold): '
-        'this process\'s rchar (/proc/self/io); the engine counted the same bytes itself.'
+        'duperemove: %s, `%s`. reflink_dedupe: scope pool, its task in this process (no Ansible), check mode '
+        'first (not in the time; its page cache dropped again for "cold"). "read" of the rerun (cold): this '
+        'process\'s rchar (/proc/self/io), which counts every read the task made.'
         % (bl.fmt_size(root_size), bl.fmt_size(changed), bl.fmt_size(private_size), rounds,
            (version.stdout or version.stderr).strip(), ' '.join(DUPEREMOVE)))
     return section
@@ -318,20 +336,26 @@ def _report(section: bl.Section, kind: str, cache: str, results: list[dict]) -> 
     def share(value):
         return '%.1f %%' % (100.0 * value / ideal) if ideal else '-'
 
+    predicted = median('engine', 'predicted')
     section.rows.append([kind, cache, 'duperemove', bl.fmt_time(dupe_s), bl.fmt_bytes(dupe_freed), share(dupe_freed),
-                         '-', '-', 'ideal %s' % bl.fmt_bytes(ideal)])
-    section.rows.append([kind, cache, 'engine', bl.fmt_time(engine_s), bl.fmt_bytes(engine_freed),
-                         share(engine_freed), bl.fmt_bytes(claimed), '-',
-                         'rewrote %s' % bl.fmt_bytes(median('engine', 'rewritten'))])
+                         '-', '-', '-', 'ideal %s' % bl.fmt_bytes(ideal)])
+    section.rows.append([kind, cache, 'reflink_dedupe', bl.fmt_time(engine_s), bl.fmt_bytes(engine_freed),
+                         share(engine_freed), bl.fmt_bytes(claimed), bl.fmt_bytes(predicted), '-',
+                         'rewrote %s; check mode took %s' % (bl.fmt_bytes(median('engine', 'rewritten')),
+                                                             bl.fmt_time(median('engine', 'check_seconds')))])
     ratio = statistics.median(result['engine']['seconds'] / result['duperemove']['seconds'] for result in results)
     section.goal('%s, %s: in no more time than duperemove' % (kind, cache),
                  '%s vs %s (median ratio %.2f)' % (bl.fmt_time(engine_s), bl.fmt_time(dupe_s), ratio), ratio <= 1.0)
-    section.goal('%s, %s: the engine frees at least 95 %% of the ideal' % (kind, cache),
+    section.goal('%s, %s: reflink_dedupe frees at least 95 %% of the ideal' % (kind, cache),
                  '%s of %s (%s)' % (bl.fmt_bytes(engine_freed), bl.fmt_bytes(ideal), share(engine_freed)),
                  engine_freed >= 0.95 * ideal)
-    section.goal('%s, %s: the engine\'s freed figure is the file system\'s (1 MiB + 1 %%)' % (kind, cache),
+    section.goal('%s, %s: reclaimed_bytes is the file system\'s figure (1 MiB + 1 %%)' % (kind, cache),
                  'says %s, statvfs %s' % (bl.fmt_bytes(claimed), bl.fmt_bytes(engine_freed)),
                  all(abs(result['engine']['claimed'] - result['engine']['freed'])
+                     <= MiB + result['engine']['claimed'] // 100 for result in results))
+    section.goal('%s, %s: check mode predicts reclaimed_bytes (1 MiB + 1 %%)' % (kind, cache),
+                 'predicted %s, real %s' % (bl.fmt_bytes(predicted), bl.fmt_bytes(claimed)),
+                 all(abs(result['engine']['claimed'] - result['engine']['predicted'])
                      <= MiB + result['engine']['claimed'] // 100 for result in results))
     section.goal('%s, %s: no image changed (sha256, size, mode, inode, mtime, holes)' % (kind, cache),
                  'unchanged' if all(result['unchanged'] for result in results) else 'CHANGED',
@@ -341,8 +365,9 @@ def _report(section: bl.Section, kind: str, cache: str, results: list[dict]) -> 
     images_bytes = results[0]['images_bytes']
     rerun_s, rerun_read = median('rerun', 'seconds'), median('rerun', 'rchar')
     changed = any(result['rerun']['changed'] for result in results)
-    section.rows.append([kind, cache, 'engine, rerun', bl.fmt_time(rerun_s), bl.fmt_bytes(median('rerun', 'freed')),
-                         '-', '-', bl.fmt_bytes(rerun_read), 'changed' if changed else 'nothing changed'])
+    section.rows.append([kind, cache, 'reflink_dedupe, rerun', bl.fmt_time(rerun_s),
+                         bl.fmt_bytes(median('rerun', 'freed')), '-', '-', '-', bl.fmt_bytes(rerun_read),
+                         'changed' if changed else 'nothing changed'])
     section.goal('%s: the rerun changes nothing and reads under 5 %% of the images\' bytes' % kind,
                  '%s of %s read' % (bl.fmt_bytes(rerun_read), bl.fmt_bytes(images_bytes)),
                  rerun_read < 0.05 * images_bytes and not changed)

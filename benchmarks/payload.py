@@ -25,7 +25,7 @@ import zipfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 MODULES = ("reflink_pool", "reflink_volume", "reflink_import", "reflink_revert", "reflink_pin", "reflink_gc",
-           "reflink_info")
+           "reflink_info", "reflink_dedupe")
 OURS = "ansible_collections/dom0/reflink/"
 MODULE_UTILS = OURS + "plugins/module_utils/"
 

@@ -112,12 +112,17 @@ def _load_core(collections):
         dedupe = importlib.import_module(prefix + '_dedupe.run')
     except ImportError:   # a collection from before the dedupe engine (--collection)
         dedupe = None
+    try:
+        dedupe_task = importlib.import_module(prefix + '_tasks.dedupe')
+    except ImportError:   # a collection from before the module reflink_dedupe (--collection)
+        dedupe_task = None
     return types.SimpleNamespace(
         Directory=fsops.Directory, clone_file=clone.clone_file, fill_from=clone.fill_from,
         sparse_copy=clone.sparse_copy, REFLINK=clone.REFLINK, COPY=clone.COPY, module_file=clone.__file__,
         PoolScan=scan.PoolScan, run_info_task=info.run_info_task, run_gc_task=gc.run_gc_task,
         dedupe_volumes=getattr(dedupe, 'dedupe_volumes', None), VolumeDir=getattr(dedupe, 'VolumeDir', None),
-        dedupe_settings_for=getattr(dedupe, 'settings_for', None))
+        dedupe_settings_for=getattr(dedupe, 'settings_for', None),
+        run_dedupe_task=getattr(dedupe_task, 'run_dedupe_task', None))
 
 
 def _first_line(command, env=None):

@@ -257,3 +257,46 @@ def run_module(ansible_env):
         return result
 
     return run
+
+
+@pytest.fixture
+def run_modules(ansible_env):
+    """Run several modules, one after the other, in one ansible-playbook; their results, in order.
+
+    ``run_modules([('reflink_pin', {...}), ('reflink_info', {...})])``: as many run_module calls,
+    each task with ignore_errors, but one start of ansible-playbook for them all (a start costs
+    more than a module run), for tests that try many inputs on the same pool.
+    """
+    def run(calls, check: bool = False):
+        tasks = []
+        for number, (module_name, args) in enumerate(calls):
+            fqcn = module_name if '.' in module_name else 'dom0.reflink.' + module_name
+            tasks += ['    - name: run module %d' % number,
+                      '      %s: %s' % (fqcn, _yaml_value(args)),
+                      '      register: result_%d' % number,
+                      '      ignore_errors: true']
+        with tempfile.TemporaryDirectory(prefix='dom0-reflink-run-modules-') as work:
+            result_path = os.path.join(work, 'results.json')
+            playbook_path = os.path.join(work, 'playbook.yml')
+            results = ', '.join('result_%d' % number for number in range(len(calls)))
+            playbook = '\n'.join(['- hosts: localhost', '  gather_facts: false', '  tasks:'] + tasks + [
+                '    - name: save the results',
+                '      ansible.builtin.copy:',
+                '        content: "{{ [%s] | to_json }}"' % results,
+                '        dest: %s' % json.dumps(result_path),
+                '        mode: "0600"',
+                '      check_mode: false',
+                '',
+            ])
+            with open(playbook_path, 'w', encoding='utf-8') as playbook_file:
+                playbook_file.write(playbook)
+            cmd = ['ansible-playbook', '-i', 'localhost,', '-c', 'local', playbook_path] + (['--check'] if check else [])
+            proc = subprocess.run(cmd, cwd=work, env=ansible_env, stdin=subprocess.DEVNULL, capture_output=True,
+                                  text=True, timeout=PLAYBOOK_TIMEOUT, check=False)
+            if not os.path.exists(result_path):
+                raise AssertionError('ansible-playbook gave no results (exit status %d)\n--- playbook\n%s--- stdout\n%s\n'
+                                     '--- stderr\n%s' % (proc.returncode, playbook, proc.stdout, proc.stderr))
+            with open(result_path, encoding='utf-8') as result_file:
+                return json.load(result_file)
+
+    return run

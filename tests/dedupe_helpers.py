@@ -11,7 +11,7 @@ import os
 import random
 import subprocess
 
-from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.fiemap_interim import read_extent_map
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.extent_maps import read_extent_map
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.run import VolumeDir, dedupe_volumes, settings_for
 
 MIB = 1024 * 1024
@@ -154,21 +154,68 @@ def ideal_bytes(pool, paths=None, block=4096):
     fds = [os.open(path, os.O_RDONLY) for path in paths]
     try:
         maps = [[extent for extent in read_extent_map(fd) if extent.dedupable] for fd in fds]
+        cursor = [0] * len(fds)
         size = max(os.fstat(fd).st_size for fd in fds)
         total = 0
-        for offset in range(0, size, block):
-            physical, contents = set(), set()
-            for fd, extents in zip(fds, maps, strict=True):
-                for extent in extents:
-                    if extent.logical <= offset < extent.logical + extent.length:
+        for chunk in range(0, size, MIB):
+            datas = [os.pread(fd, MIB, chunk) for fd in fds]
+            for offset in range(chunk, min(chunk + MIB, size), block):
+                physical, contents = set(), set()
+                for index, extents in enumerate(maps):
+                    while cursor[index] < len(extents) and \
+                            extents[cursor[index]].logical + extents[cursor[index]].length <= offset:
+                        cursor[index] += 1
+                    if cursor[index] < len(extents) and extents[cursor[index]].logical <= offset:
+                        extent = extents[cursor[index]]
                         physical.add(extent.physical + offset - extent.logical)
-                        contents.add(os.pread(fd, block, offset))
-                        break
-            total += (len(physical) - len(contents)) * block
+                        contents.add(datas[index][offset - chunk:offset - chunk + block])
+                total += (len(physical) - len(contents)) * block
         return total
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def restored_pool(pool, root_size, changed, private_size, seed=11):
+    """The spec's "restored pool", as a restore writes it (1 MiB pieces, one fsync per file).
+
+    A template root (vm-templates/tpl/root) and three full copies of it
+    (tpl-r1..3) with ``changed`` bytes rewritten, each at a place of its own;
+    every root has a hole of 1 MiB at the same place and a precache (a reflink
+    with its mtime).  A private volume (appvms/work/private) whose three
+    revisions and one pin are full copies of its clean, with a precache.
+    Returns {vid: [paths of its images]}.
+    """
+    rng = random.Random(seed)
+    root = [rng.randbytes(MIB) for _index in range(root_size // MIB)]
+    private = [rng.randbytes(MIB) for _index in range(private_size // MIB)]
+    hole = root_size // MIB // 2
+    images = {}
+    for number, vm in enumerate(["tpl", "tpl-r1", "tpl-r2", "tpl-r3"]):
+        vm_dir = pool / "vm-templates" / vm
+        vm_dir.mkdir(parents=True)
+        data = list(root)
+        if number:
+            first = max(0, number * len(root) // 4 - changed // MIB)
+            first = first if not first <= hole < first + changed // MIB else hole + 1
+            for index in range(first, first + changed // MIB):
+                data[index] = rng.randbytes(MIB)
+        pieces = [(index * MIB, piece) for index, piece in enumerate(data) if index != hole]
+        write_file(vm_dir / "root.img", pieces, root_size, T0 + number * 10 ** 9)
+        reflink_copy(vm_dir / "root.img", vm_dir / "root-precache.img")
+        images["vm-templates/%s/root" % vm] = [vm_dir / "root.img", vm_dir / "root-precache.img"]
+    vm_dir = pool / "appvms" / "work"
+    vm_dir.mkdir(parents=True)
+    pieces = [(index * MIB, piece) for index, piece in enumerate(private)]
+    names = ["private.img.%d@2023-11-1%dT00:00:00Z" % (number, number) for number in (1, 2, 3)]
+    for number, name in enumerate(names, 1):
+        write_file(vm_dir / name, pieces, private_size, T0 - (4 - number) * 86400 * 10 ** 9)
+    write_file(vm_dir / "private.img.pin-daily", pieces, private_size, T0 - 86400 * 10 ** 9)
+    write_file(vm_dir / "private.img", pieces, private_size, T0)
+    reflink_copy(vm_dir / "private.img", vm_dir / "private-precache.img")
+    images[PRIVATE_VID] = [vm_dir / name for name in ["private.img", "private-precache.img", "private.img.pin-daily"]
+                           + names]
+    return images
 
 
 def volume_dirs(pool, vids):

@@ -273,6 +273,29 @@ class Volume:
         os.utime(self.precache, (self.mtime, self.mtime))
 
 
+REGION = 16 * MIB
+
+
+def revision_chain(pool, vid, pieces: bool, region: int = REGION) -> Volume:
+    """A volume of four regions after qubesd's sessions, three revisions kept (space-notes.md).
+
+    The first session writes all four regions (in one write, or as four fsynced
+    pieces: one extent or four on btrfs); the next three rewrite the first,
+    second and third region.  The revision of the empty image from before the
+    first session is removed.
+    """
+    volume = Volume(pool, vid, 4 * region)
+    if pieces:
+        volume.session([(index * region, region) for index in range(4)], seed=1, fsync_each=True)
+    else:
+        volume.session([(0, 4 * region)], seed=1)
+    for index in range(3):
+        volume.session([(index * region, region)], seed=10 + index)
+    volume.revisions()[0].unlink()
+    assert len(volume.revisions()) == 3
+    return volume
+
+
 def write_fragmented(path, blocks) -> None:
     """Write ``blocks`` 4 KiB blocks of ``path`` (an existing file) with O_DIRECT, each followed by one of a
     scratch file next to it, then fsync and remove the scratch file: every block of ``path`` lies apart from its

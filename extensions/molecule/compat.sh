@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One compatibility run of the molecule scenarios `default` (prepare, converge,
-# idempotence, verify, the example playbooks, destroy) and `role_pool` (the
-# role's filters and its one batch task are templated by this ansible-core too), run by `make compat`
+# idempotence, verify, the example playbook, destroy), `role_pool` (the
+# role's filters and its one batch task are templated by this ansible-core too) and
+# `maintenance` (the role dom0.reflink.maintenance: its report is templated, with the
+# collection's filter maintenance_report, by this ansible-core), run by `make compat`
 # from the repository root:
 #
 #   compat.sh LABEL VENV_BIN [MODULE_PYTHON]
@@ -27,4 +29,5 @@ echo "== compat $label: $(ansible --version | head -n 1) on $("$venv_bin/python"
 start=$(date +%s)
 molecule test --scenario-name default
 molecule test --scenario-name role_pool
+molecule test --scenario-name maintenance
 echo "== compat $label: passed in $(( $(date +%s) - start )) s"

@@ -38,6 +38,12 @@ notes:
     refuse to change a volume that is in use (a dirty image, a loop device backed by one of its images,
     or qubesd's running-state file).
   - Every file the modules create has mode V(0600); every change is fsynced before the module returns.
+  - Where a clone cannot be a reflink (the source on another file system, a file system without reflinks,
+    a btrfs No_COW attribute on one side only), the data is copied sparsely. Each copy is checked against
+    the file system's free space first (what statvfs gives an unprivileged writer) and refused before a
+    byte is written when its data does not fit, naming both figures and the way out. A copy where a reflink
+    was expected (the file system shares blocks and both files are on it) adds a warning naming the likely
+    cause (a No_COW attribute, and which file or directory has it, with the way out).
   - Removals work on a full file system (btrfs included). The record of who holds a lock is written only when
     it fits, and a volume whose lock file cannot be made for lack of space is worked on under the pool lock
     held exclusively. A step that needs new space and finds none says which step it is.

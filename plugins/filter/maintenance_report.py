@@ -12,7 +12,7 @@ version_added: 0.2.0
 short_description: What the maintenance report shows, computed from the nightly run's results
 description:
   - Turns the registered results of M(dom0.reflink.reflink_info) (with C(space=true)),
-    M(dom0.reflink.reflink_gc) and C(dom0.reflink.reflink_dedupe) into the content of the role
+    M(dom0.reflink.reflink_gc) and M(dom0.reflink.reflink_dedupe) into the content of the role
     C(dom0.reflink.maintenance)'s HTML report. That is the figures (each with its text and its source), the volumes
     grouped by VM, the findings grouped by kind, and the geometry of the inline SVG charts.
   - The role's template C(report.html.j2) lays it out; anything else can too.
@@ -30,7 +30,7 @@ options:
     description: The registered result of M(dom0.reflink.reflink_gc), if it ran.
     type: dict
   dedupe:
-    description: The registered result of C(dom0.reflink.reflink_dedupe), if it ran.
+    description: The registered result of M(dom0.reflink.reflink_dedupe), if it ran.
     type: dict
   now:
     description:

@@ -109,17 +109,27 @@ options:
 attributes:
   check_mode:
     description:
-      - Check mode lists exactly what a real run would remove, with the same keys and byte counts.
+      - Check mode lists exactly what a real run would remove, with the same keys and byte counts, and the same
+        RV(reclaimed_bytes).
       - On a pool that does not exist yet it plans against an empty pool (nothing to remove), with a
         warning; a real run fails.
   diff_mode:
     support: none
     description: The report in RV(removed) says what changed.
 notes:
-  - RV(reclaimed_bytes) adds up the allocated bytes of the removed files. On btrfs and XFS a file may share
-    its extents with other files (revisions and precache are reflinks of each other), and removing it
-    frees only the extents no other file uses. RV(reclaimed_exclusive_bytes) counts the bytes the
-    filesystem did not flag as shared (FIEMAP); it is the better estimate of the space given back.
+  - RV(reclaimed_bytes) is what the run frees, computed for the removed files as one set from the extent
+    maps of every image file of the pool (read once, before the first removal, and only when there is
+    something to remove). Data that several removed files share counts once, and data that a file gc keeps
+    (the clean image, a precache, a pin, another volume's image, even with O(vids)) or a file outside the
+    pool also holds does not count, since removing the set does not free it. On btrfs it counts whole
+    extents, as btrfs frees an extent only when no file references any part of it; on XFS, blocks. Check mode
+    reports the same figure, and a run that removes fewer files than planned (a volume that became in use,
+    a file replaced meanwhile) reports the figure of the files it did remove.
+  - It equals the file system's own change of free space (statvfs after a sync) within 1 MiB + 1 %. Metadata
+    (inodes, extent items, checksums) is not counted. On XFS a block held by two removed files and by a file
+    outside the pool cannot be told from one held by the two alone (FIEMAP does not say who shares a block),
+    so it counts as freed. A new precache (O(rebuild_precache)) is not subtracted; on a file system without
+    reflinks it is a full copy.
 seealso:
   - module: dom0.reflink.reflink_info
   - module: dom0.reflink.reflink_volume
@@ -183,17 +193,26 @@ removed:
       type: str
       sample: stale tempfile, older than min_age
     bytes:
-      description: Allocated bytes of the file.
+      description: Allocated bytes of the file (what C(du) counts for it, whether or not it shares them).
       type: int
     exclusive_bytes:
-      description: Allocated bytes not shared with other files (FIEMAP), when the filesystem tells.
+      description:
+        - What removing this file alone frees (bytes no other file holds; on btrfs whole extents). Not
+          returned for a file that was gone or replaced when the pool's extent maps were read.
+        - Before 0.2.0 it counted the bytes FIEMAP did not flag as shared, file by file.
       type: int
 reclaimed_bytes:
-  description: Sum of RV(removed[].bytes).
+  description:
+    - What the run freed (in check mode, would free), computed for the files in RV(removed) as one set; see
+      the notes. Not the sum of RV(removed[].exclusive_bytes), which counts each file alone.
+    - Before 0.2.0 it was the sum of RV(removed[].bytes), which overstates what reflinked files free.
   returned: always
   type: int
 reclaimed_exclusive_bytes:
-  description: Sum of RV(removed[].exclusive_bytes).
+  description:
+    - Deprecated, to be removed in 1.0.0; read RV(reclaimed_bytes). Since 0.2.0 it has the same value.
+    - Before 0.2.0 it was the sum of RV(removed[].exclusive_bytes), the better estimate of what a run frees
+      then; playbooks that read it keep working and get the exact figure.
   returned: always
   type: int
 orphans:

@@ -18,6 +18,17 @@ description:
   - The data is cloned (FICLONE) when source and pool are on the same reflink filesystem, which
     takes milliseconds whatever the size; otherwise it is copied sparsely (holes and all-zero
     MiB chunks stay holes), unless O(fallback=never).
+  - A copy must fit in the pool's free space. Where the plan can tell that a copy is needed (the source on
+    another file system, a pool on a file system that cannot share blocks, a btrfs No_COW attribute on the
+    source or the VM directory but not both), an import whose data (the source's data ranges, as
+    SEEK_DATA/SEEK_HOLE report them, up to O(size)) is more than the free space fails before it changes
+    anything, in check mode too, naming both numbers and the way out; the clone checks again before it copies.
+    All-zero blocks of a source count unless they are holes (C(fallocate --dig-holes) makes them holes); a
+    block device's data is not known without reading it, so it is not checked. On a file system without
+    reflinks the commit's precache (and revision) are copies too, each checked before it is written.
+  - A copy where a reflink was expected (source and pool on one file system that shares blocks) adds a
+    warning naming the likely cause, usually btrfs's No_COW attribute (C(chattr +C)) on the source or on
+    the VM directory, and the way out (C(chattr -C) on the directory and import again).
   - "One shot: O(src) or O(src_vid). Two phases: O(state=begin) creates an empty import image of
     O(size) and returns its path in RV(import_image) for another program to write, then
     O(state=commit) or O(state=abort) ends it, each as a separate task."
@@ -101,7 +112,9 @@ options:
   fallback:
     description:
       - V(errno) copies the data sparsely when a reflink is impossible (different filesystems, a
-        filesystem without reflinks), and only then; any other error of the clone is reported.
+        filesystem without reflinks, a btrfs No_COW attribute on one side only), and only then, when the data
+        fits in the free space (a copy the plan can foresee is refused while planning, in check mode too);
+        any other error of the clone is reported.
       - V(never) fails instead of copying. A source from which no reflink into the pool is possible (another
         file system, or a pool that cannot share blocks) is refused while planning, in check mode too.
     type: str

@@ -41,7 +41,7 @@ description:
   - V(not_shared) (with O(space); warning for a precache, info for a revision or pin) - a precache that holds
     bytes its clean image does not share (a copy, not a reflink); a revision or pin that shares none of its bytes
     with the clean image (a full copy, or the data was replaced whole since, as an import does). Way out - remove
-    the precache and run M(dom0.reflink.reflink_volume) for a fresh one; C(dom0.reflink.reflink_dedupe) shares
+    the precache and run M(dom0.reflink.reflink_volume) for a fresh one; M(dom0.reflink.reflink_dedupe) shares
     what is the same again; M(dom0.reflink.reflink_gc) or M(dom0.reflink.reflink_pin) remove what is not needed.
   - V(direct_io_loop) (warning) - a loop device with direct I/O on over a pool image on btrfs; data changed
     while in flight gets checksums that do not match, and reads fail (Qubes issue 9488). Way out -
@@ -59,7 +59,7 @@ description:
     and more than 1,000 per GiB of its data. Way out - C(btrfs filesystem defragment) or C(xfs_fsr) while the VM
     is stopped, then a fresh precache (remove it, run M(dom0.reflink.reflink_volume)).
   - V(stranded) (with O(space); info) - a volume whose stranded bytes (RV(volumes[].space.stranded)) exceed a
-    quarter of its allocated bytes. Way out - C(dom0.reflink.reflink_dedupe), or a full rewrite of the image
+    quarter of its allocated bytes. Way out - M(dom0.reflink.reflink_dedupe), or a full rewrite of the image
     (the message gives the commands).
   - V(no_reflink) (warning) - the pool's filesystem cannot share blocks, so every clone is a full copy. Way out -
     move the pool to btrfs or to XFS made with C(reflink=1).

@@ -8,7 +8,7 @@ import os
 import subprocess
 import threading
 
-from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.fiemap_interim import read_extent_map
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.extent_maps import read_extent_map
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.images import (
     close_images, held_open, open_images, volume_candidates)
 from dedupe_helpers import MIB, PRIVATE_VID, assert_close, fs_settings, run_dedupe, snapshot, used_bytes, write_file

@@ -13,7 +13,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._fs import dedupe_ran
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.dedupe_range import (
     FILE_DEDUPE_RANGE_DIFFERS, MAX_DESTINATIONS, DedupeUnsupported, Destination, dedupe_fully, dedupe_range as dedupe,
     probe_dedupe)
-from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.fiemap_interim import read_extent_map
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.extent_maps import read_extent_map
 from dedupe_helpers import MIB, used_bytes
 
 DATA = bytes(range(256)) * 4096 * 4   # 4 MiB that no block of which is all zeros

@@ -17,27 +17,17 @@ import subprocess
 
 import pytest
 
-from space_helpers import (MIB, Volume, assert_close, clone, compsize, freed_by_removing, fs_kind,
-                           large_btrfs_dir, large_filesystems, large_reflink_dir, space_map, used_bytes)
+from space_helpers import (REGION, Volume, assert_close, clone, compsize, freed_by_removing, fs_kind,
+                           large_btrfs_dir, large_filesystems, large_reflink_dir, revision_chain, space_map, used_bytes)
 
 __all__ = ["large_btrfs_dir", "large_filesystems", "large_reflink_dir"]   # fixtures
 
 VID = "appvms/work/private"
-REGION = 16 * MIB
 
 
 def make_chain(pool, pieces: bool) -> Volume:
     """Three revisions kept; the first session wrote all 64 MiB (in one write, or four fsynced ones)."""
-    volume = Volume(pool, VID, 4 * REGION)
-    if pieces:
-        volume.session([(index * REGION, REGION) for index in range(4)], seed=1, fsync_each=True)
-    else:
-        volume.session([(0, 4 * REGION)], seed=1)
-    for region in range(3):
-        volume.session([(region * REGION, REGION)], seed=10 + region)
-    volume.revisions()[0].unlink()   # the revision of the empty image of before the first session
-    assert len(volume.revisions()) == 3
-    return volume
+    return revision_chain(pool, VID, pieces)
 
 
 def relative(pool, paths):

@@ -20,25 +20,22 @@ DOCSITE_HTML (a directory) checks another copy of the site.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import pathlib
 import shutil
 import subprocess
-import tempfile
-import threading
 import urllib.parse
 
 import pytest
+from conftest import serve_directory
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HTML = pathlib.Path(os.environ.get("DOCSITE_HTML", ROOT / "build" / "docsite" / "html")).resolve()
 SHOTS = ROOT / "build" / "docsite"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 COLLECTION = "collections/dom0/reflink/"
-MODULES = ("reflink_pool", "reflink_volume", "reflink_import", "reflink_revert", "reflink_gc", "reflink_info", "reflink_pin")
+# Every module of the collection has its page.
+MODULES = tuple(sorted(path.stem for path in (ROOT / "plugins" / "modules").glob("reflink_*.py")))
 # Pages whose title is known in advance (the rest: their <h1>).
 # Sphinx's search page is the only one without a heading.
 NO_HEADING = {"search.html"}
@@ -49,19 +46,8 @@ TITLES = {
     "reliability.html": "Reliability: what is guaranteed, and how it is tested",
     COLLECTION + "docsite/guide.html": "dom0.reflink guide",
     COLLECTION + "pool_role.html": "dom0.reflink.pool role",
+    COLLECTION + "maintenance_role.html": "dom0.reflink.maintenance role",
 } | {COLLECTION + "%s_module.html" % m: "dom0.reflink.%s module" % m for m in MODULES}
-# The closed network here refuses everything but localhost; these keep
-# Chromium from trying (the brief of issue 16 lists them).
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 # Read in the page once it has loaded: title, heading, every id (anchors),
 # every link, and the option tables.
@@ -88,56 +74,12 @@ def _pages():
     return sorted(p.relative_to(HTML).as_posix() for p in HTML.rglob("*.html"))
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
-        pass
-
-
 @pytest.fixture(scope="session")
 def server():
     if not (HTML / "index.html").is_file():
         pytest.fail("no site in %s: run `make docs` first" % HTML)
-    handler = functools.partial(_QuietHandler, directory=str(HTML))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield "http://127.0.0.1:%d/" % httpd.server_address[1]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(10)
-
-
-@pytest.fixture(scope="session")
-def browser_context():
-    # A missing Playwright fails the check: skipping would let `make docs-check` pass having checked nothing.
-    try:
-        from playwright import sync_api  # noqa: PLC0415  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        sync_api = None
-    if sync_api is None:
-        pytest.fail("Playwright is missing: it is in docs/sphinx/requirements.txt (.venv-docs, made by make docs)")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail("%s is missing: `make deps` installs Debian's chromium" % CHROMIUM)
-    profile = tempfile.mkdtemp(prefix="dom0-reflink-chromium.")
-    try:
-        with sync_api.sync_playwright() as playwright:
-            context = playwright.chromium.launch_persistent_context(
-                profile,
-                executable_path=CHROMIUM,
-                headless=True,
-                chromium_sandbox=False,
-                args=CHROMIUM_ARGS,
-                viewport={"width": 1280, "height": 1000},
-                timeout=60_000,
-            )
-            try:
-                yield context
-            finally:
-                context.close()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+    with serve_directory(HTML) as base:
+        yield base
 
 
 @pytest.fixture(scope="session")
@@ -224,9 +166,10 @@ def test_module_page_has_its_option_table(site, module_options, module):
     assert any(t["section"] == "return-values" for t in data["tables"]), "%s: no return values table" % module
 
 
-def test_role_page_has_its_variable_table(site):
-    data = site["pages"][COLLECTION + "pool_role.html"]
-    assert any(t["rows"] > 0 and t["visible"] for t in data["tables"]), "pool role: no table of role variables"
+@pytest.mark.parametrize("role", ["pool", "maintenance"])
+def test_role_page_has_its_variable_table(site, role):
+    data = site["pages"][COLLECTION + "%s_role.html" % role]
+    assert any(t["rows"] > 0 and t["visible"] for t in data["tables"]), "%s role: no table of role variables" % role
 
 
 @pytest.mark.parametrize("rel", _pages())

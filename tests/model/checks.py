@@ -103,6 +103,39 @@ def dict_difference(left, right, path="") -> str:
     return "%s: check mode %r, real run %r" % (path or "result", left, right)
 
 
+def gc_space_problems(result: dict, kind: str) -> list:
+    """Where gc's space figures contradict each other or the files it removed.
+
+    ``reclaimed_bytes`` is what the removed files free as one set: 0 when nothing
+    was removed, at least the sum of what each frees alone (``exclusive_bytes``,
+    from the same extent map), and ``reclaimed_exclusive_bytes`` (deprecated)
+    the same figure.  Outside btrfs it is at most the removed files' allocated
+    bytes (``bytes``, st_blocks): a freed block is a block of a removed file.
+    On btrfs that bound does not hold: a file that references part of an
+    extent keeps the whole extent allocated, and removing the last such file
+    frees all of it (stranded bytes included).
+    """
+    removed = result.get("removed", [])
+    reclaimed = result.get("reclaimed_bytes")
+    problems = []
+    if not isinstance(reclaimed, int) or reclaimed < 0:
+        return ["reclaimed_bytes is %r" % (reclaimed,)]
+    if result.get("reclaimed_exclusive_bytes") != reclaimed:
+        problems.append("reclaimed_exclusive_bytes %r differs from reclaimed_bytes %d"
+                        % (result.get("reclaimed_exclusive_bytes"), reclaimed))
+    if not removed and reclaimed != 0:
+        problems.append("reclaimed_bytes %d with nothing removed" % reclaimed)
+    alone = sum(entry.get("exclusive_bytes", 0) for entry in removed)
+    if reclaimed < alone:
+        problems.append("reclaimed_bytes %d is less than the removed files' exclusive_bytes, %d in all"
+                        % (reclaimed, alone))
+    allocated = sum(entry["bytes"] for entry in removed)
+    if kind != "btrfs" and reclaimed > allocated:
+        problems.append("reclaimed_bytes %d is more than the removed files' allocated bytes, %d in all"
+                        % (reclaimed, allocated))
+    return problems
+
+
 def brief(value) -> str:
     text = repr(value)
     return text if len(text) < 300 else text[:300] + "..."

@@ -22,10 +22,12 @@ from typing import Any
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks import arguments
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.dedupe import run_dedupe_task
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.gc import run_gc_task
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.imports import run_import_task
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.info import run_info_task
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.pin import run_pin_task
+from ansible_collections.dom0.reflink.plugins.module_utils._tasks.pin_schedule import run_pin_schedule_task
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.pool import run_pool_task
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.revert import run_revert_task
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.runner import main_wrapper
@@ -41,12 +43,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "reflink_import": dict(_SHARED, pool=None, vid=None, state="present", src=None, src_vid=None, src_pool=None,
                            size=None, checksum=None, force=False, revisions_to_keep=None, fallback="errno"),
     "reflink_revert": dict(_SHARED, pool=None, vid=None, revision=None, pin=None, discard_dirty=False),
-    "reflink_pin": dict(_SHARED, pool=None, vid=None, name=None, revision="clean", state="present", force=False),
+    "reflink_pin": dict(_SHARED, pool=None, vid=None, vids=None, name=None, revision="clean", state="present",
+                        force=False, schedule=None),
     "reflink_gc": dict(_SHARED, pool=None, vids=None, keep_vids=None, remove_orphans=False, min_age="1h",
                        import_max_age="1d", revisions_to_keep=None, revisions_to_keep_per_volume={},
                        rebuild_precache=False),
-    "reflink_info": dict(_SHARED, pool=None, vids=None),
+    "reflink_info": dict(_SHARED, pool=None, vids=None, space=False, if_removed=None),
     "reflink_pool": dict(_SHARED, path=None, state="present", require_reflink=True),
+    "reflink_dedupe": dict(_SHARED, pool=None, vids=None, scope="volume"),
 }
 
 
@@ -101,10 +105,13 @@ _WORK: dict[str, Callable[[dict, bool, bool], dict]] = {
     "reflink_volume": run_volume_task,
     "reflink_import": run_import_task,
     "reflink_revert": run_revert_task,
-    "reflink_pin": run_pin_task,
+    # As the module's main() does: with schedule, the task of the scheduled pins.
+    "reflink_pin": lambda params, check, diff: (run_pin_schedule_task if params["schedule"] is not None
+                                                else run_pin_task)(params, check, diff),
     "reflink_gc": lambda params, check, _diff: run_gc_task(params, check),
     "reflink_info": lambda params, check, _diff: run_info_task(params, check),
     "reflink_pool": run_pool_task,
+    "reflink_dedupe": run_dedupe_task,
 }
 
 

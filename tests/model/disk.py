@@ -14,10 +14,12 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import os
 import re
 import stat
+import struct
 
 ZERO_CHUNK = bytes(1 << 20)
 
@@ -173,7 +175,8 @@ def listing(root: str, prefix: str = "", locks: bool = False) -> dict[str, Entry
     Lock files (and the directories made for them) are the collection's own
     machinery: left out, unless ``locks`` (check mode must not make one, nor
     write the holder's record that a real run's exclusive lock writes into an
-    existing one).  A directory's mtime is left out (its entries are compared instead).
+    existing one); so is the journals' directory (its journals are not).  A directory's mtime is left
+    out (its entries are compared instead).
     """
     found: dict[str, Entry] = {}
     if not os.path.lexists(root):
@@ -188,7 +191,9 @@ def listing(root: str, prefix: str = "", locks: bool = False) -> dict[str, Entry
             except FileNotFoundError:
                 continue
             is_lock = "/.reflink/locks/" in "/" + rel
-            if not locks and (is_lock or rel.endswith((".reflink/locks", ".reflink"))):
+            # The journals' directory itself too (its journals are compared): like .reflink, an empty
+            # directory of the collection's that a failed begin may leave is no change a user sees.
+            if not locks and (is_lock or rel.endswith((".reflink/locks", ".reflink", ".reflink/imports"))):
                 continue
             entry = entry_of(path, st)
             if entry.kind == "dir":
@@ -237,6 +242,39 @@ def vid_of(rel_path: str) -> str | None:
 
 def file_mtime(path: str) -> int:
     return os.lstat(path).st_mtime_ns
+
+
+# FS_IOC_FIEMAP (linux/fiemap.h): struct fiemap (32 bytes), then struct fiemap_extent (56 bytes) each.
+_FS_IOC_FIEMAP = 0xC020660B
+_FIEMAP_HEAD = struct.Struct("=QQIIII")
+_FIEMAP_EXTENT = struct.Struct("=QQQ16xI12x")
+_FIEMAP_FLAG_SYNC = 0x1
+_FIEMAP_EXTENT_LAST = 0x1
+_EXTENTS_PER_CALL = 64
+
+
+def extent_map(path: str) -> tuple:
+    """((logical, physical, length), ...) of the file ``path``: where its data lies on the disk (FIEMAP, synced)."""
+    found = []
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        start = 0
+        while True:
+            request = bytearray(_FIEMAP_HEAD.size + _EXTENTS_PER_CALL * _FIEMAP_EXTENT.size)
+            _FIEMAP_HEAD.pack_into(request, 0, start, 2 ** 64 - 1 - start, _FIEMAP_FLAG_SYNC, 0, _EXTENTS_PER_CALL, 0)
+            fcntl.ioctl(fd, _FS_IOC_FIEMAP, request)
+            mapped = _FIEMAP_HEAD.unpack_from(request)[3]
+            last = False
+            for number in range(mapped):
+                logical, physical, length, flags = _FIEMAP_EXTENT.unpack_from(
+                    request, _FIEMAP_HEAD.size + number * _FIEMAP_EXTENT.size)
+                found.append((logical, physical, length))
+                start = logical + length
+                last = bool(flags & _FIEMAP_EXTENT_LAST)
+            if mapped == 0 or last:
+                return tuple(found)
+    finally:
+        os.close(fd)
 
 
 def syncfs(path: str) -> None:

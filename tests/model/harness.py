@@ -23,7 +23,7 @@ import time
 import core_api as api
 import known_defects
 from disk import listing, parse_name, syncfs
-from checks import brief, changes, dict_difference, is_bare, lost, report_differences, shown_by_diff, strip
+from checks import brief, changes, dict_difference, gc_space_problems, is_bare, lost, report_differences, shown_by_diff, strip
 from pool_model import PoolModel, Vol
 from predict import Ctx, Refuse, RefuseOrWarn, Unsure
 
@@ -163,7 +163,8 @@ class Harness:
         if outcome in ("refuse", "refuse_at_run") and not real.failed:
             self.violation("should_refuse", "expected a refusal (%s), the task succeeded: %s"
                            % (why, brief(real.result)), known)
-        enospc = "No space left" in real.msg
+        # A copy refused before it began for want of room (clone.require_room_for_copy) is a lack of space too.
+        enospc = "No space left" in real.msg or "no room for a copy" in real.msg
         if outcome in ("refuse", "refuse_or_warn") and real.failed and not check.failed and not planned_only \
                 and not (ctx.full and enospc):
             self.violation("check_mode_missed_refusal", "the real run failed (%s) where check mode succeeded: %s"
@@ -237,7 +238,8 @@ class Harness:
                 self.violation("model_mismatch", "; ".join(differences), known)
         self.model = found
         reports = [real.result["volume"]] if isinstance(real.result.get("volume"), dict) else []
-        reports += [item for item in real.result.get("volumes", []) if module == "reflink_volume"]
+        reports += [item for item in real.result.get("volumes", [])
+                    if module == "reflink_volume" or options.get("schedule") is not None]
         for report in reports:
             wrong = report_differences(report, found)
             if wrong:
@@ -282,6 +284,9 @@ class Harness:
         if gone - reported or reported - images:
             self.violation("gc_report", "removed without a report: %s; reported but not there before: %s"
                            % (sorted(gone - reported), sorted(reported - images)))
+        problems = gc_space_problems(result, self.kind)
+        if problems:
+            self.violation("gc_space", "; ".join(problems))
 
     def _invariants(self, before, after, vm_dir, module, options):
         temp_before = {rel for rel in before if "~" in rel}

@@ -21,6 +21,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, multi
 import predict as p
 import predict_gc
 import predict_import as pi
+import predict_schedule as ps
 from core_api import run
 from harness import Harness
 from planting import Planting, make_content
@@ -35,10 +36,24 @@ volume_sizes = st.sampled_from([4096, 65536, 65536, 65536, 1 << 20, 1 << 20, 1 <
 optional_sizes = st.sampled_from([None, None, None, None, 65536, 4096, 1 << 20, 0, "1M"])
 keeps = st.sampled_from([None, None, None, 1, 2, 0, -1, 3, -2])
 checksums = st.sampled_from([None, None, None, "right", "wrong", "bad"])
-pin_names = st.sampled_from(["p1", "p1", "p1", "keep", "a-b_c", "Bad", "x.y", "", "a\n", "a" * 41])
+# auto-before-upgrade: a user's pin that the schedule never touches; auto-20210104t120000: a user's pin with a
+# scheduled pin's name (the schedule counts it at the time in its name, whatever its data).
+pin_names = st.sampled_from(["p1", "p1", "p1", "keep", "a-b_c", "Bad", "x.y", "", "a\n", "a" * 41,
+                             "auto-before-upgrade", "auto-20210104t120000"])
 revisions = st.sampled_from(["latest", "latest", 1, 2, 3, 4, "2", 0, -1, "abc"])
 pin_sources = st.sampled_from(["clean", "clean", "latest", 1, 2, 3, None, 0, "x"])
 scopes = st.sampled_from(["all", "all", "empty", "one", "two"])
+# Small schedules, mostly good; some that the spec refuses (and a digit string, which is taken).
+good_schedules = st.dictionaries(st.sampled_from(ps.CLASSES), st.integers(0, 3), min_size=1, max_size=3)
+schedules = st.one_of(
+    good_schedules, good_schedules, good_schedules, good_schedules,
+    st.sampled_from([{}, {"daily": "2"}, {"dayly": 1}, {"weekly": -1}, {"monthly": True}, {"daily": 1.5},
+                     {"hourly": None}, "daily"]))
+# How far "now" moves on before a scheduled run: a second to a year, around the periods' edges.
+advances = st.sampled_from([0, 1, 59, 3599, 3600, 86399, 86400, 3 * 86400, 7 * 86400, 31 * 86400, 92 * 86400,
+                            366 * 86400])
+CLOCK_START = 1609113600        # 2020-12-28T00:00:00Z, a Monday: ISO week 53 of 2020 runs into 2021
+CLOCK_END = CLOCK_START + 5 * 365 * 86400
 
 
 class PoolMachine(RuleBasedStateMachine):
@@ -53,6 +68,7 @@ class PoolMachine(RuleBasedStateMachine):
         base = tempfile.mkdtemp(prefix="model-", dir=fs_root)
         other = tempfile.mkdtemp(prefix="model-src-", dir=other_root)
         self.h = Harness(base, kind, other)
+        self.clock = CLOCK_START      # the "now" of the scheduled runs (data times are file mtimes)
         self.plant = Planting(self.h, fs_root)
         os.mkdir(os.path.join(base, "src"))          # made now: a full file system refuses even a directory
         os.symlink("pool", os.path.join(base, "pool-link"))
@@ -243,6 +259,40 @@ class PoolMachine(RuleBasedStateMachine):
         if outcome.failed:
             self.h.flag("check_mode_pin_of_planned_volume", "check mode failed: %s" % outcome.msg,
                         "check_mode_pin_of_planned_volume")
+
+    @rule(scope=st.sampled_from(["one", "one", "two", "existing", "existing", "existing", "all", "empty", "twice"]),
+          vid=vids, schedule=schedules, nights=st.lists(st.tuples(advances, st.booleans()), min_size=1, max_size=3))
+    def scheduled_pins(self, scope, vid, schedule, nights) -> None:
+        """reflink_pin with schedule on a few nights: each (advance, stopped) moves "now" on; ``stopped``:
+        vid's VM stopped at that moment.
+
+        The calendar takes no clock: a run's "now" is the data time of the newest
+        image, so the clock moves the clean image's mtime (as qubesd's commit at a
+        VM's stop does) and the next commit stamps the revision it makes with it.
+        Several nights in one rule: a history of scheduled pins needs runs at
+        several times on the same volumes.
+        """
+        for advance, stopped in nights:
+            self.clock = min(self.clock + advance, CLOCK_END)
+            if stopped:
+                self.plant.data_time(vid, self.clock)
+            options = self.opts(pool=self.h.pool, schedule=schedule)
+            if scope == "one":
+                options["vid"] = vid
+            else:
+                existing = [one for one in VIDS if self.h.model.vol(one).exists]
+                options["vids"] = {"two": [vid, VIDS[(VIDS.index(vid) + 1) % len(VIDS)]], "all": list(VIDS),
+                                   "existing": existing, "empty": [], "twice": [vid, vid]}[scope]
+            expected: dict = {}
+            before = self.h.snapshot()
+            result = self.h.perform("scheduled pins", "reflink_pin", options,
+                                    lambda m, c, options=options, expected=expected: ps.run_schedule(m, options, c,
+                                                                                                     expected))
+            if result is None:
+                return
+            ps.check_run(self.h, before, options, expected, result)
+            if result.failed:
+                return
 
     # -- reflink_gc and reflink_info -------------------------------------------------
 

@@ -185,6 +185,24 @@ class Planting:
                 os.fsync(handle.fileno())
         self._try("dirty image of %s" % vid, plant)
 
+    def data_time(self, vid: str, seconds: int) -> None:
+        """The VM of ``vid`` stopped at ``seconds``: its clean image's data time (mtime) is that moment.
+
+        A fresh precache gets the same mtime (qubesd makes it from the new clean
+        image), so that it stays fresh; a stale one stays stale.
+        """
+        vm_dir = self._vm_dir(vid, create=False)
+        volume = os.path.basename(vid)
+        clean = os.path.join(vm_dir or "", volume + ".img")
+        if vm_dir is None or not os.path.isfile(clean) or os.path.islink(clean):
+            return
+        precache = os.path.join(vm_dir, volume + "-precache.img")
+        fresh = self.h.model.vol(vid).precache == "fresh" and os.path.isfile(precache)
+        os.utime(clean, ns=(seconds * 10 ** 9, seconds * 10 ** 9), follow_symlinks=False)
+        if fresh:
+            os.utime(precache, ns=(seconds * 10 ** 9, seconds * 10 ** 9), follow_symlinks=False)
+        self._done("%s stopped at %s" % (vid, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))))
+
     def write_import(self, vid: str, seed: int, extend: bool) -> None:
         """The other program of a two-phase import writes into the import image in place."""
         vm_dir = self._vm_dir(vid, create=False)
@@ -253,6 +271,38 @@ class Planting:
             self.h.holders.append((proc, os.fstat(handle.fileno()).st_ino))
         self._done("hold %s open (pid %d)" % (name, proc.pid))
 
+    def restored(self, vid: str, which: str) -> None:
+        """A restore (or a copy across file systems) wrote one of the volume's images anew: the same bytes, size,
+        inode and mtime, but none of its blocks shared any more (the dedupe's work)."""
+        vol = self.h.model.vols.get(vid)
+        vm_dir = self._vm_dir(vid, create=False)
+        if vol is None or vm_dir is None:
+            return
+        volume = os.path.basename(vid)
+        name = {"clean": volume + ".img", "precache": volume + "-precache.img", "dirty": volume + "-dirty.img"}.get(which)
+        if which == "revision" and vol.revisions:
+            number = min(vol.revisions)
+            name = "%s.img.%d@%s" % (volume, number, vol.revisions[number][1])
+        elif which == "pin" and vol.pins:
+            name = "%s.img.pin-%s" % (volume, sorted(vol.pins)[0])
+        path = os.path.join(vm_dir, name) if name else None
+        if path is None or os.path.islink(path) or not os.path.isfile(path):
+            return
+
+        def plant():
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            st = os.fstat(fd)
+            try:
+                for start, end in _data_segments(fd, st.st_size):
+                    for offset in range(start, end, 1 << 20):
+                        data = os.pread(fd, min(end - offset, 1 << 20), offset)
+                        os.pwrite(fd, data, offset)   # the same bytes: new blocks (copy on write)
+                os.fsync(fd)
+            finally:
+                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.close(fd)
+        self._try("%s written anew (a restore: the same bytes, nothing shared)" % name, plant)
+
     def fill(self) -> None:
         """Fill the file system with one file outside the pool (freed by free_disk)."""
         if self.h.filler is not None:
@@ -276,3 +326,19 @@ class Planting:
             os.close(fd)
         syncfs(self.fs_root)
         self._done("fill the file system (%d MiB)" % (offset >> 20))
+
+
+def _data_segments(fd: int, size: int) -> list:
+    """(start, end) of each run of data of the open file ``fd`` (holes left out)."""
+    found = []
+    position = 0
+    while position < size:
+        try:
+            start = os.lseek(fd, position, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                break
+            raise
+        position = os.lseek(fd, start, os.SEEK_HOLE)
+        found.append((start, position))
+    return found

@@ -250,6 +250,23 @@ def test_enospc_on_a_precache_copy(machine):
 
 # -- found by the machine, beyond issue 26 -------------------------------------------
 
+def test_a_begun_import_whose_journal_does_not_fit_leaves_no_journal_directory(machine):
+    """On a full btrfs the journal's write fails: the .reflink/imports directory it made went with it."""
+    state = machine("btrfs")
+    state.make_pool(seeds=[])
+    state.fill_disk()
+    state.import_begin(size=65536, vid="appvms/a/data")
+
+
+def test_an_abort_over_an_unreadable_journal_leaves_no_empty_vm_dir(machine):
+    """begin made the VM directory; its journal (which says so) cannot be read; abort still removes the directory."""
+    state = machine("btrfs")
+    state.make_pool(seeds=[])
+    begun = state.import_begin(size=65536, vid="vm-templates/t/root")
+    state.plant_corrupt_journal(vid=begun)
+    state.import_abort(vid=begun)
+
+
 @pytest.mark.parametrize("kind", ["btrfs", "ext4"])
 def test_scoped_gc_removes_a_begun_import_of_another_volume(machine, kind):
     state = machine(kind)
@@ -311,3 +328,11 @@ def test_check_mode_writes_no_lock_record(machine):
     state.volume_present(allow_shrink=False, keep=None, size=None, vid="appvms/a/data")
     state.gc(keep=None, keep_vids="none", min_age=0, rebuild=False, remove_orphans=False, scope="all",
              vid="appvms/a/data")
+
+
+def test_check_mode_of_scheduled_pins_writes_no_lock_record(machine):
+    """reflink_pin with schedule in check mode wrote its holder's record into the volume's existing lock
+    file (the schedule task missed issue 26's fix of the volume tasks)."""
+    state = machine("btrfs")
+    state.make_pool(seeds=[0])
+    state.scheduled_pins(nights=[(0, False)], schedule={"hourly": 0}, scope="one", vid="appvms/a/data")

@@ -207,7 +207,9 @@ def test_check_mode_writes_nothing_into_the_lock_files(btrfs_dir, run_module):
     for module, options in (("reflink_volume", {"pool": str(pool), "vid": VID, "size": "16M"}),
                             ("reflink_volume", {"pool": str(pool), "volumes": [{"vid": VID, "size": "16M"}]}),
                             ("reflink_gc", {"pool": str(pool), "rebuild_precache": True}),
-                            ("reflink_pool", {"path": str(pool)})):
+                            ("reflink_pool", {"path": str(pool)}),
+                            ("reflink_dedupe", {"pool": str(pool), "vids": [VID], "qubes_xml": "none"}),
+                            ("reflink_pin", {"pool": str(pool), "vid": VID, "schedule": {"daily": 1}})):
         result = run_module(module, check=True, **options)
         assert not result.get("failed"), result
         assert lock_files() == before, module

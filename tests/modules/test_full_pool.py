@@ -142,6 +142,8 @@ def test_no_room_for_a_precache_copy_names_the_way_out(small_fs, run_module):
         result = run_module("reflink_volume", **args)
         assert result.get("failed") is True and result["changed"] is False, result
         assert "no space left for the precache" in result["msg"], result["msg"]
+        # Refused before the copy began: the figures of the check are kept (the clean image's 76 KiB of data).
+        assert "the copy needs %d bytes" % (76 * 1024) in result["msg"] and "nothing was written" in result["msg"]
         assert "revisions_to_keep: -1" in result["msg"] and "reverted" in result["msg"], result["msg"]
         assert "run the task again to finish" not in result["msg"], result["msg"]
         assert not (pool / "appvms/work/private-precache.img").exists()

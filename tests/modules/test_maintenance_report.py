@@ -44,6 +44,7 @@ PLAYBOOK = """\
         maintenance_gc: "{{{{ results.gc | default(none) }}}}"
         maintenance_dedupe: "{{{{ results.dedupe | default(none) }}}}"
         maintenance_now: "{{{{ results.now | default(none) }}}}"
+        maintenance_failed_steps: "{{{{ results.failed_steps | default([]) }}}}"
 """
 
 
@@ -146,6 +147,7 @@ def test_everything_from_the_pool_is_escaped(render):
     results["gc"]["removed"][0].update(file=HOSTILE, reason=HOSTILE)
     results["dedupe"]["skipped"][0].update(file=HOSTILE, reason=HOSTILE)
     results["dedupe"]["volumes"][0]["vid"] = HOSTILE
+    results["failed_steps"] = [{"name": HOSTILE, "result": {"failed": True, "msg": HOSTILE}}]
     html = render(results)
     lowered = html.lower()
     assert "<script" not in lowered and "<b onmouseover" not in lowered
@@ -154,7 +156,7 @@ def test_everything_from_the_pool_is_escaped(render):
     assert page.problems == []
     text = " ".join(page.text)
     # shown as the text it is (not dropped, not templated), once per place it comes from
-    assert text.count(HOSTILE) >= 9
+    assert text.count(HOSTILE) >= 11
     # the one external-looking address on the page is the pool's own text, escaped as text
     assert all(link.startswith("#") for link in page.links)
 
@@ -165,11 +167,17 @@ def test_an_empty_pool_and_steps_that_did_not_run(render):
     results["info"]["pool"]["space"].update(referenced=0, allocated=0, saved=0, stranded=0)
     results["gc"] = {"failed": True, "msg": "the pool lock is held by pid 4242 (qvm-volume)", "changed": False}
     del results["dedupe"]
+    # the role's list of the steps that failed, each with its registered result
+    results["failed_steps"] = [{"name": "gc (reflink_gc)", "result": results["gc"]},
+                               {"name": "scheduled pins (reflink_pin)",
+                                "result": {"failed": True, "msg": "volume appvms/gone/private does not exist, 1.5 GiB"}}]
     html = render(results)
     page = check_page(html, results)
     text = " ".join("".join(page.text).split())
     assert "The pool holds no volumes." in text
     assert "gc failed: the pool lock is held by pid 4242 (qvm-volume)" in text
+    assert ("Steps of this run that failedgc (reflink_gc)the pool lock is held by pid 4242 (qvm-volume)scheduled pins "
+            "(reflink_pin)volume appvms/gone/private does not exist, 1.5 GiB") in text
     assert "dedupe did not run." in text
     assert "No findings: nothing in the pool needs your attention." in text
     assert "No volume has revisions or pins." in text

@@ -23,6 +23,7 @@ import powercut_engine as pe
 import reliability_helpers as rh
 import test_crash_matrix as cm
 import write_log as wl
+from dedupe_scenario import Dedupe
 
 BROKEN_COMMIT = pathlib.Path(__file__).resolve().parent / "broken_commit.py"
 
@@ -79,6 +80,8 @@ OPERATIONS = [
     ("pin-replace", "xfs", lambda outside: cm.PinReplace()),
     ("revert-to-pin", "btrfs", lambda outside: cm.RevertToPin()),
     ("revert-to-pin", "xfs", lambda outside: cm.RevertToPin()),
+    ("dedupe", "btrfs", lambda outside: Dedupe("btrfs")),
+    ("dedupe", "xfs", lambda outside: Dedupe("xfs")),
 ]
 
 

@@ -31,7 +31,8 @@ import signal
 import sys
 import traceback
 
-MODULES = ("reflink_volume", "reflink_import", "reflink_revert", "reflink_gc", "reflink_info", "reflink_pool", "reflink_pin")
+MODULES = ("reflink_volume", "reflink_import", "reflink_revert", "reflink_gc", "reflink_info", "reflink_pool", "reflink_pin",
+           "reflink_dedupe")
 PACKAGE = "ansible_collections.dom0.reflink.plugins.modules."
 
 

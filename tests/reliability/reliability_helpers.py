@@ -47,6 +47,10 @@ TRACED = (
 )
 _WRITES = {"write", "pwrite64", "pwritev", "pwritev2", "writev"}
 TEMPFILE_RE = re.compile(r"~[a-z0-9_]{8}\Z")
+_QUERY_IOCTL = re.compile(r"\d+, (TCGETS|TIOCGWINSZ|TCSETS|FS_IOC_FIEMAP|FS_IOC_GETFLAGS|BTRFS_IOC_TREE_SEARCH(_V2)?|"
+                          r"BTRFS_IOC_INO_LOOKUP|BTRFS_IOC_FS_INFO|BTRFS_IOC_LOGICAL_INO(_V2)?)\b")
+_UNFINISHED_RE = re.compile(r"^(?P<pid>\d+)\s+(?P<name>\w+)\((?P<args>.*) <unfinished \.\.\.>$")
+_RESUMED_RE = re.compile(r"^(?P<pid>\d+)\s+<\.\.\. (?P<name>\w+) resumed>(?P<rest>.*)\)\s+=\s+(?P<ret>.*)$")
 _CALL_RE = re.compile(r"^(?P<pid>\d+)\s+(?P<name>\w+)\((?P<args>.*)\)\s+=\s+(?P<ret>.*)$")
 _STRING_RE = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
@@ -174,26 +178,40 @@ class Call:
 
     @property
     def noise(self):
-        """Not a step of the operation: a terminal query, or the module writing its result."""
-        if self.name == "ioctl" and re.match(r"\d+, (TCGETS|TIOCGWINSZ|TCSETS)", self.args):
+        """Not a step of the operation: a terminal query, a query of the file system that changes nothing
+        (FIEMAP, btrfs's tree search: how many of them a run makes depends on where its data happens to lie
+        on the disk), or the module writing its result.  A kill there leaves what a kill at the next step
+        leaves; the matrix still kills there, but does not seek them out."""
+        if self.name == "ioctl" and _QUERY_IOCTL.match(self.args):
             return True
         return self.name in _WRITES and self.args.split(",", 1)[0] in ("1", "2")
 
     @property
     def signature(self):
-        """The call without what changes from run to run (tempfile suffixes, addresses, pids, times)."""
-        first = self.args.split(",", 1)[0]
+        """The call without what changes from run to run (tempfile suffixes, addresses, pids, times).
+
+        Only what the call was given counts: a killed call has no result
+        (strace shows it ``<unfinished ...>``, without the ``=> ...`` of what
+        an ioctl returned), and must have the signature of the same call
+        finished.
+        """
+        args = self.args.replace(" <unfinished ...>", "").split(" => ", 1)[0]
+        first = args.split(",", 1)[0]
         if self.name in _WRITES:
             parts = [first]
             if self.name in ("pwrite64", "pwritev", "pwritev2"):
-                parts.append("@" + self.args.rsplit(",", 1)[-1].strip())
+                parts.append("@" + args.rsplit(",", 1)[-1].strip())
             return "%s(%s)" % (self.name, ", ".join(parts))
-        strings = [TEMPFILE_RE.sub("~XXXXXXXX", text) for text in _STRING_RE.findall(self.args)]
-        parts = [first] + ['"%s"' % text for text in strings]
         if self.name == "ioctl":
-            parts.append(self.args.split(",")[1].strip())
-        elif self.name == "ftruncate":
-            parts.append(self.args.rsplit(",", 1)[-1].strip())
+            # The request's name only: its argument is a structure whose fields are partly results.  A dedupe
+            # is named without its file: which image is the source of the k-th one depends on how the images'
+            # extents happen to lie on the disk, which changes from run to run.
+            request = args.split(",")[1].strip() if "," in args else ""
+            return "ioctl(%s)" % request if "FIDEDUPERANGE" in request else "ioctl(%s, %s)" % (first, request)
+        strings = [TEMPFILE_RE.sub("~XXXXXXXX", text) for text in _STRING_RE.findall(args)]
+        parts = [first] + ['"%s"' % text for text in strings]
+        if self.name == "ftruncate":
+            parts.append(args.rsplit(",", 1)[-1].strip())
         return "%s(%s)" % (self.name, ", ".join(parts))
 
     def __str__(self):
@@ -201,8 +219,27 @@ class Call:
 
 
 def parse_trace(text):
+    """The calls of an ``strace -f`` log, in the order they began.
+
+    A call that another thread's line interrupts is split in two lines
+    (``name(args <unfinished ...>`` and ``<... name resumed>rest) = ret``):
+    put back together, at the place of its first line.
+    """
     calls = []
+    pending = {}   # pid -> index in calls of its unfinished call
     for line in text.splitlines():
+        unfinished = _UNFINISHED_RE.match(line)
+        if unfinished:
+            pending[unfinished.group("pid")] = len(calls)
+            calls.append(Call(unfinished.group("name"), unfinished.group("args"), "?"))
+            continue
+        resumed = _RESUMED_RE.match(line)
+        if resumed:
+            index = pending.pop(resumed.group("pid"), None)
+            if index is not None:
+                first = calls[index]
+                calls[index] = Call(first.name, first.args + resumed.group("rest"), resumed.group("ret").strip())
+            continue
         match = _CALL_RE.match(line)
         if match:
             calls.append(Call(match.group("name"), match.group("args"), match.group("ret").strip()))
@@ -215,6 +252,7 @@ class TracedRun:
     calls: list             # [Call], in order; the last one is the killed one when killed
     result: dict
     output: str
+    inject: tuple | None = None   # (syscall, k) of the kill asked for
 
     @property
     def killed(self):
@@ -222,7 +260,16 @@ class TracedRun:
 
     @property
     def killed_call(self):
-        return self.calls[-1] if self.killed and self.calls and self.calls[-1].ret == "?" else None
+        """The call the kill was injected at: the k-th of its syscall (strace counts them per thread; only one
+        thread of a module makes traced calls).  strace delivers the signal when the call is entered and shows
+        it unfinished (``= ?``), but a call that does not wait may still complete (an ioctl shows its result)."""
+        if not self.killed:
+            return None
+        if self.inject is not None:
+            name, when = self.inject
+            found = [call for call in self.calls if call.name == name]
+            return found[when - 1] if len(found) >= when else None
+        return self.calls[-1] if self.calls and self.calls[-1].ret == "?" else None
 
 
 def wait_for(predicate, what, timeout=20.0):
@@ -300,7 +347,8 @@ def run_traced(module, args, inject=None, fault=None):
         status = runner.wait(pid)
         tracer.wait(timeout=60)
         output = (work / "out.txt").read_text(errors="replace")
-        return TracedRun(status, parse_trace(trace.read_text(errors="replace")), parse_result(output, status), output)
+        return TracedRun(status, parse_trace(trace.read_text(errors="replace")), parse_result(output, status), output,
+                         inject)
 
 
 # ----------------------------------------------------------------- disk state

@@ -154,6 +154,7 @@ def test_malformed_vids_in_every_module(table_pool, btrfs_dir, modrun):
             ("reflink_info", {"pool": pool, "vids": [VID, vid]}, r"vid|name"),
             ("reflink_gc", {"pool": pool, "vids": [vid], "min_age": 0}, r"vid|name"),
             ("reflink_gc", {"pool": pool, "keep_vids": [VID, vid], "remove_orphans": True}, r"vid|name"),
+            ("reflink_dedupe", {"pool": pool, "vids": [VID, vid]}, r"vid|name"),
         ]
     before = strict_listing(btrfs_dir)
     results = rh.run_many([(module, args) for module, args, _p in rows])

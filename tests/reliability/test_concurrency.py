@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import reliability_helpers as rh
+from dedupe_helpers import PRIVATE_VID, ROOT_VIDS, build_restored_pool, snapshot
 from module_helpers import T0, copy_file, put_file
 
 VID = "appvms/work/private"
@@ -344,3 +345,83 @@ def test_batches_in_opposite_orders_and_a_single_task_take_the_locks_in_vid_orde
     for vid in vids:
         assert os.path.getsize(pool / (vid + ".img")) == SIZE
         assert_tidy(pool, vid)
+
+
+# -- reflink_dedupe next to itself, an import and gc ---------------------------------------------
+
+def _dedupe_pool(base):
+    """The dedupe tests' small restored pool (five volumes) and the args of a dedupe over all of it."""
+    pool = build_restored_pool(base / "pool")
+    return pool, {"pool": str(pool), "scope": "pool", "qubes_xml": "none"}
+
+
+def _held_dedupe(args):
+    """A dedupe stopped right after it took all its locks (the holder record of its fifth and last volume lock)."""
+    return rh.held_after("reflink_dedupe", args, "pwrite64", len(ROOT_VIDS) + 1)
+
+
+def test_two_dedupes_of_the_same_volumes_wait_for_each_other(btrfs_dir, modrun):
+    """Dedupe A, held with its locks taken: B times out naming A; started with time to wait, B holds the pool lock
+    (shared, as A does) and no volume lock until A is done, and then finds nothing left to do."""
+    pool, args = _dedupe_pool(btrfs_dir)
+    before = snapshot(pool)
+    locks = pool / ".reflink" / "locks"
+    with _held_dedupe(args) as held_a:
+        held = _flock_holders(locks, held_a.pid)
+        assert held.pop("pool.lock") == {held_a.pid: "READ"} and len(held) == len(ROOT_VIDS) + 1, held
+        assert all(pids == {held_a.pid: "WRITE"} for pids in held.values()), held
+        waited = rh.run_direct("reflink_dedupe", lock_timeout=1, **args)
+        assert waited["failed"] and "pid %d" % held_a.pid in waited["msg"] and "reflink_dedupe" in waited["msg"], waited
+        assert waited["changed"] is False
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            b_future = executor.submit(rh.run_direct, "reflink_dedupe", lock_timeout=60, **args)
+            rh.wait_for(lambda: len(_flock_holders(locks, held_a.pid).get("pool.lock", {})) >= 2, "dedupe B to take the pool lock")
+            time.sleep(0.5)
+            assert not b_future.done(), b_future.result()
+            held = _flock_holders(locks, held_a.pid)
+            [pid_b] = set(held["pool.lock"]) - {held_a.pid}
+            assert all(pids == {held_a.pid: "WRITE"} for name, pids in held.items() if name != "pool.lock"), \
+                "dedupe B (pid %d) holds a volume lock while it waits: %s" % (pid_b, held)
+            result_a = assert_ok(held_a.resume())
+            result_b = assert_ok(b_future.result(timeout=120))
+    assert result_a["changed"] is True and result_a["deduped_bytes"] > 0
+    assert result_b["changed"] is False and result_b["deduped_bytes"] == 0, result_b
+    assert snapshot(pool) == before
+
+
+def test_a_dedupe_and_an_import_into_one_of_its_volumes_wait_for_each_other(btrfs_dir, modrun):
+    pool, args = _dedupe_pool(btrfs_dir)
+    source = btrfs_dir / "source.img"
+    new = put_file(source, 4 * rh.MIB, [(8192, 100000)], seed=700)
+    before = snapshot(pool)
+    with _held_dedupe(args) as held:
+        imported = rh.run_direct("reflink_import", pool=str(pool), vid=PRIVATE_VID, src=str(source), lock_timeout=1)
+        assert imported["failed"] and "pid %d" % held.pid in imported["msg"], imported
+        assert snapshot(pool) == before
+        assert_ok(held.resume())
+    # The other way round: an import stopped with its file staged and the old clean image already a revision.
+    with rh.held_after("reflink_import", {"pool": str(pool), "vid": PRIVATE_VID, "src": str(source)},
+                       "unlinkat,unlink") as held:
+        staged = rh.listing(pool)
+        deduped = rh.run_direct("reflink_dedupe", lock_timeout=1, **args)
+        assert deduped["failed"] and "pid %d" % held.pid in deduped["msg"] and "reflink_import" in deduped["msg"], deduped
+        assert rh.listing(pool) == staged, "the dedupe changed the pool while an import held one of its volumes"
+        assert_ok(held.resume())
+    assert (pool / "appvms/work/private.img").read_bytes() == new
+
+
+def test_a_dedupe_and_gc_wait_for_each_other(btrfs_dir, modrun):
+    pool, args = _dedupe_pool(btrfs_dir)
+    before = snapshot(pool)
+    with _held_dedupe(args) as held:
+        collected = rh.run_direct("reflink_gc", pool=str(pool), min_age=0, lock_timeout=1)
+        assert collected["failed"] and "pid %d" % held.pid in collected["msg"], collected
+        assert_ok(held.resume())
+    assert snapshot(pool) == before
+    # gc stopped with its exclusive pool lock taken (the holder record is its first pwrite64)
+    with rh.held_after("reflink_gc", {"pool": str(pool), "min_age": 0}, "pwrite64") as held:
+        listed = rh.listing(pool)
+        deduped = rh.run_direct("reflink_dedupe", lock_timeout=1, **args)
+        assert deduped["failed"] and "pid %d" % held.pid in deduped["msg"] and "reflink_gc" in deduped["msg"], deduped
+        assert rh.listing(pool) == listed
+        assert_ok(held.resume())

@@ -22,6 +22,7 @@ import pytest
 
 import crash_engine as ce
 import reliability_helpers as rh
+from dedupe_scenario import Dedupe
 from module_helpers import T0, copy_file, put_file, start_volume
 
 VID = "appvms/work/private"
@@ -562,6 +563,8 @@ SCENARIOS = [
     ("gc", Gc()),
     ("batch-btrfs", Batch("btrfs")),
     ("batch-xfs", Batch("xfs")),
+    ("dedupe-btrfs", Dedupe("btrfs")),
+    ("dedupe-xfs", Dedupe("xfs")),
 ]
 
 

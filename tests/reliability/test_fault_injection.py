@@ -328,7 +328,13 @@ def _free_bytes(path):
 
 
 def test_full_filesystem_during_a_fallback_copy(loopfs_factory, btrfs_dir, modrun):
-    """A 64 MiB ext4 pool, filled up; an import from btrfs (EXDEV: copied) runs out of space."""
+    """A 64 MiB ext4 pool, filled up; an import from btrfs (EXDEV: copied) that does not fit.
+
+    Refused before a byte is written, naming the data's and the free bytes.  A
+    copy that passes that check and still runs out of space (ENOSPC of a write,
+    injected: another writer filled the file system meanwhile) leaves nothing
+    behind either, and gives the space back.
+    """
     fs = loopfs_factory("ext4", 64 * rh.MIB)
     base = pathlib.Path(fs.path)
     pool = make_pool(base)
@@ -347,7 +353,25 @@ def test_full_filesystem_during_a_fallback_copy(loopfs_factory, btrfs_dir, modru
     assert free_before < 10 * rh.MIB, free_before
     result = rh.run_direct("reflink_import", pool=str(pool), vid=VID, src=str(source))
     assert result["failed"], result
-    assert "No space left on device" in result["msg"], result["msg"]
+    assert "no room for a copy" in result["msg"] and "needs %d bytes" % (24 * rh.MIB) in result["msg"], result["msg"]
+    assert "nothing was changed" in result["msg"], result["msg"]
+    _assert_left_as_it_was(pool, base, old, before, free_before)
+    # Room made for the data; the copy's writes fail once it has begun: the same clean-up.
+    filler.unlink()
+    os.sync()
+    free_before = _free_bytes(base)
+    run = rh.run_traced("reflink_import", {"pool": str(pool), "vid": VID, "src": str(source)},
+                        fault=("pwritev2", "ENOSPC", "3+"))
+    assert run.result["failed"], run.result
+    assert "No space left on device" in run.result["msg"], run.result["msg"]
+    _assert_left_as_it_was(pool, base, old, before, free_before)
+    # Without the fault, the same task succeeds.
+    again = rh.run_direct("reflink_import", pool=str(pool), vid=VID, src=str(source))
+    assert not again["failed"], again
+    assert (pool / "appvms/work/private.img").read_bytes() == new
+
+
+def _assert_left_as_it_was(pool, base, old, before, free_before):
     assert (pool / "appvms/work/private.img").read_bytes() == old
     assert snapshot(pool) == before
     assert rh.pool_tempfiles(pool) == []
@@ -355,11 +379,6 @@ def test_full_filesystem_during_a_fallback_copy(loopfs_factory, btrfs_dir, modru
     free_after = _free_bytes(base)
     assert abs(free_after - free_before) <= 512 * 1024, (
         "space not given back: %d bytes free before, %d after" % (free_before, free_after))
-    # Space made, the same task succeeds.
-    filler.unlink()
-    again = rh.run_direct("reflink_import", pool=str(pool), vid=VID, src=str(source))
-    assert not again["failed"], again
-    assert (pool / "appvms/work/private.img").read_bytes() == new
 
 
 # ------------------------------------------------------- read-only remount

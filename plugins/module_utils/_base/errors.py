@@ -10,6 +10,8 @@ any of them into ``fail_json(msg=...)``.
 
 from __future__ import annotations
 
+from errno import ENOSPC
+
 
 class ReflinkError(Exception):
     """Base class of every error the core raises on purpose; ``way_out``, where set, is what to do next."""
@@ -91,3 +93,15 @@ class CloneError(ReflinkError):
         super().__init__(message)
         self.errno = errno
         self.way_out = way_out
+
+
+class NoRoomForCopy(CloneError):
+    """A copy (no reflink possible) would not fit in the free space: refused before writing anything.
+
+    ``needed``: the bytes of data the copy writes; ``free``: what the file system has free.
+    """
+
+    def __init__(self, message: str, needed: int, free: int, way_out: str | None) -> None:
+        super().__init__(message, ENOSPC, way_out)
+        self.needed = needed
+        self.free = free

@@ -65,6 +65,10 @@ class Reader:
         self.bytes_read = 0
         for image in images:
             os.posix_fadvise(image.fd, 0, 0, os.POSIX_FADV_RANDOM)
+            if prefetcher is not None:
+                # Known before the prefetch thread needs it: its ioctl (btrfs) is then made here, in the same
+                # order in every run, not interleaved with the walk's by the thread's timing.
+                readahead_window(image.fd)
 
     def read(self, index: int, start: int, length: int) -> bytes:
         """``length`` bytes of image ``index`` at ``start``; shorter only if the file shrank meanwhile."""

@@ -3,22 +3,25 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The dedupe engine: make identical blocks at the same offsets of a set of images share one copy.
 
-Input: open images with their extent maps (dedupe_input.DedupeImage); a set
+Input: open images with their extent maps (inputs.DedupeImage); a set
 is what may share with each other (one volume's clean, revisions, pins and
 precache; with scope ``pool`` the images of several volumes).  Steps:
 
-1. sweep the extent maps (dedupe_sweep): only offsets where the images hold
+1. sweep the extent maps (sweep.py): only offsets where the images hold
    two or more physical copies are looked at; what already shares is never
    read again, so a rerun reads (almost) nothing;
-2. read each copy there once and compare exactly (dedupe_compare); the copy
+2. read each copy there once and compare exactly (compare.py); the copy
    of the best ranked image is kept, the others become destinations;
 3. FIDEDUPERANGE each (the kernel compares again under its lock: no content
    changes, ever; nor size, mode, inode or mtime);
 4. btrfs: rewrite the still-referenced parts of extents that step 3 left
-   stranded, through a scratch file and FIDEDUPERANGE (dedupe_rescue), so
+   stranded, through a scratch file and FIDEDUPERANGE (rescue.py), so
    that they are freed;
-5. report what now shares (``deduped_bytes``) and what that frees
-   (``reclaimed_bytes``: an estimate from the maps, see dedupe_model).
+5. report what now shares (``deduped_bytes``), what that frees
+   (``reclaimed_bytes``: the engine's estimate from the maps, see model.py;
+   the module measures the exact figure, see accounting.py) and where each
+   changed image's blocks now lie (``after_maps``, for check mode's
+   prediction of the exact figure).
 
 In check mode (``execute`` false) steps 1, 2 and the arithmetic of 4 and 5
 run, the ioctls and the scratch writes do not: the same figures, nothing
@@ -34,7 +37,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._fs.dedupe_range impo
     Destination, DedupeUnsupported, dedupe_fully, probe_dedupe)
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.compare import DedupeOp, Reader
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.inputs import DedupeImage
-from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.model import SharingModel
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.model import SharingModel, after_references
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.prefetch import Prefetcher
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.rescue import plan_rescue, run_rescue
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.search import search
@@ -75,10 +78,15 @@ class DedupeReport:
 
     ``deduped_bytes``: bytes of a copy that now share another copy's blocks
     (a copy that several images shared counts once); ``reclaimed_bytes``: the
-    space that frees, net of ``rewritten_bytes`` (INTERIM estimate from the
-    extent maps, see dedupe_model); ``bytes_read``: data read to compare and
+    space that frees, net of ``rewritten_bytes`` (the engine's estimate from
+    the extent maps, see model.py); ``bytes_read``: data read to compare and
     to rewrite; ``refused``: dedupes the kernel refused (the data changed
-    meanwhile, or an error), nothing changed by those.
+    meanwhile, or an error), nothing changed by those.  Per image:
+    ``shared_with`` ((destination, source) names -> bytes of the destination
+    that now share the source's blocks), ``rewritten_files`` (name -> bytes
+    moved to new extents) and ``after_maps`` (identity -> the physical ranges
+    the image references afterwards, for each image whose mapping changed;
+    rewritten data at addresses from model.SCRATCH_BASE on).
     """
 
     deduped_bytes: int = 0
@@ -88,6 +96,9 @@ class DedupeReport:
     dedupe_calls: int = 0
     groups: dict[str, GroupFigures] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
+    shared_with: dict[tuple[str, str], int] = field(default_factory=dict)
+    rewritten_files: dict[str, int] = field(default_factory=dict)
+    after_maps: dict[tuple[int, int], list[tuple[int, int]]] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -109,6 +120,11 @@ class DedupeReport:
             mine.reclaimed_bytes += figures.reclaimed_bytes
             mine.rewritten_bytes += figures.rewritten_bytes
         self.refused.extend(other.refused)
+        for pair, amount in other.shared_with.items():
+            self.shared_with[pair] = self.shared_with.get(pair, 0) + amount
+        for name, amount in other.rewritten_files.items():
+            self.rewritten_files[name] = self.rewritten_files.get(name, 0) + amount
+        self.after_maps.update(other.after_maps)
 
 
 def require_dedupe(dir_fd: int, where: str, block_size: int = 4096) -> None:
@@ -145,6 +161,8 @@ class _Attempts:
         for index in destinations:
             if per_image[index]:
                 self.model.deduped(index, op.start, op.start + per_image[index], op.source)
+                pair = (self.images[index].name, self.images[op.source].name)
+                self.report.shared_with[pair] = self.report.shared_with.get(pair, 0) + per_image[index]
         per_copy = [min(per_image[index] for index in copy) for copy in op.copies]
         for copy, amount in zip(op.copies, per_copy, strict=True):
             self.report.deduped_bytes += amount
@@ -200,4 +218,10 @@ def dedupe_set(images: Sequence[DedupeImage], settings: DedupeSettings, execute:
         report.group(name).reclaimed_bytes += amount
     for name, amount in model.rewritten_per_group.items():
         report.group(name).rewritten_bytes += amount
+    for index, (before, after) in enumerate(zip(model.before, model.after(), strict=True)):
+        if before != after:
+            report.after_maps[images[index].identity] = after_references(images[index], before, after)
+    for index, amount in enumerate(model.rewritten_by_image()):
+        if amount:
+            report.rewritten_files[images[index].name] = amount
     return report

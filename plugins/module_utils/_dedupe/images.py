@@ -28,8 +28,7 @@ from dataclasses import dataclass, replace
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base import names
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.holders import describe_holders, open_holders
-from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.fiemap_interim import (
-    read_btrfs_disk_extents, read_extent_map)
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.extent_maps import read_disk_extents, read_extent_map
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.inputs import (
     DedupeImage, MappedExtent, Skipped)
 
@@ -127,13 +126,15 @@ def _open_regular(dir_fd: int, name: str) -> tuple[int | None, os.stat_result | 
         os.close(path_fd)
 
 
-def open_images(candidates: Sequence[Candidate], held: Mapping[tuple[int, int], str]
-                ) -> tuple[list[DedupeImage], list[Skipped]]:
+def open_images(candidates: Sequence[Candidate], held: Mapping[tuple[int, int], str],
+                held_elsewhere: Mapping[tuple[int, int], int] | None = None) -> tuple[list[DedupeImage], list[Skipped]]:
     """Open the candidates read-only, leaving out files held open and second names (hard links) of one file.
 
     A name is opened without following a symlink, and only if it is (still)
     a regular file.  The images come without extent maps (see
     :func:`attach_extent_maps`); the caller closes them (:func:`close_images`).
+    ``held_elsewhere``: per identity, the bytes that files outside the set
+    also hold (inputs.DedupeImage).
     """
     images: list[DedupeImage] = []
     skipped: list[Skipped] = []
@@ -155,15 +156,16 @@ def open_images(candidates: Sequence[Candidate], held: Mapping[tuple[int, int], 
             os.close(fd)
             continue
         seen[identity] = candidate.where
-        images.append(DedupeImage(candidate.where, candidate.vid, fd, candidate.dir_fd, st.st_size, identity))
+        images.append(DedupeImage(candidate.where, candidate.vid, fd, candidate.dir_fd, st.st_size, identity,
+                                  held_elsewhere=(held_elsewhere or {}).get(identity, 0)))
     return images, skipped
 
 
 def attach_extent_maps(images: Sequence[DedupeImage],
                        read_map: Callable[[int], Sequence[MappedExtent]] = read_extent_map,
-                       read_disk_extents: Callable[[int, int], Sequence[tuple[int, int]]] = read_btrfs_disk_extents,
+                       read_disk_extents: Callable[[int, int], Sequence[tuple[int, int]]] = read_disk_extents,
                        ) -> list[DedupeImage]:
-    """The images with their extent maps (by default the interim readers; the pool's inspection later)."""
+    """The images with their extent maps (by default read through _inspect, see extent_maps.py)."""
     return [replace(image, extents=tuple(read_map(image.fd)),
                     disk_extents=tuple(read_disk_extents(image.fd, image.identity[1])))
             for image in images]

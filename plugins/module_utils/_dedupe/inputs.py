@@ -4,11 +4,10 @@
 """What the dedupe engine is given: open images and their extent maps, as plain data.
 
 The engine never looks for files or reads extent maps itself: the caller
-opens the images (dedupe_images.py does it safely for a volume) and hands
-each one's extent map in, as FIEMAP describes it (logical offset, physical
-address, length, flags).  Whatever reads the maps (the interim FIEMAP reader
-of this package, or the pool's extent inspection) only has to produce
-:class:`MappedExtent` lists.
+opens the images (images.py does it safely for a volume) and hands each
+one's extent map in, as FIEMAP describes it (logical offset, physical
+address, length, flags), read through the pool's extent inspection
+(extent_maps.py).
 """
 
 from __future__ import annotations
@@ -67,7 +66,10 @@ class DedupeImage:
     sorted by logical offset (holes are simply not listed); ``disk_extents``:
     on btrfs, (start, size) of each on-disk extent it references, whose whole
     size stays allocated while any part is referenced (empty: not known, the
-    engine then takes the map's ranges for the extents).
+    engine then takes the map's ranges for the extents); ``held_elsewhere``:
+    bytes of its blocks that files outside the set also hold (they stay
+    allocated whatever the dedupe does: its copy is the one to keep; the
+    caller knows it from the pool's space accounting).
     """
 
     name: str
@@ -78,6 +80,7 @@ class DedupeImage:
     identity: tuple[int, int]
     extents: Sequence[MappedExtent] = ()
     disk_extents: Sequence[tuple[int, int]] = ()
+    held_elsewhere: int = 0
 
 
 @dataclass(frozen=True)

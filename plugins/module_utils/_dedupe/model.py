@@ -13,15 +13,17 @@ as "this range now maps to new blocks".  From the maps before and after:
   references any part of it: here an extent is approximated by the union of
   the FIEMAP ranges of the set that overlap on disk.  An extent that keeps a
   reference is *stranded* (kept whole), which is what the rewrite of
-  dedupe_rescue.py is for.
+  rescue.py is for.
 
 Blocks FIEMAP flags as shared although only one image of the set references
 them are referenced from outside the set and never counted as freed.
 
-INTERIM: this is FIEMAP arithmetic, not the pool's space accounting.  The
-exact figure (btrfs extent tree, every reference, true extent sizes) comes
-from ``_inspect/space.py``: give it the maps before and :meth:`after` and use
-its answer for ``reclaimed_bytes``; this estimate then only steers the rescue.
+This is FIEMAP arithmetic over one set, not the pool's space accounting: it
+steers the rescue and gives the engine's own estimate.  The exact figure
+(btrfs's extent tree, every reference, true extent sizes, every set of the
+run together) is the module's, from two readings of ``_inspect/space.py``
+(accounting.py); in check mode from the reading before and each changed
+image's references afterwards (:func:`after_references`).
 """
 
 from __future__ import annotations
@@ -30,10 +32,14 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.inputs import (
+    EXTENT_DATA_INLINE, EXTENT_DATA_TAIL, EXTENT_DELALLOC, EXTENT_ENCODED, EXTENT_UNKNOWN, DedupeImage)
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.sweep import Piece
 
 # Physical addresses of rewritten data: above anything a disk has, one range per rewrite.
 SCRATCH_BASE = 1 << 62
+# Extents whose physical address names no data block (not allocated yet, or stored with the metadata).
+_NO_ADDRESS = EXTENT_UNKNOWN | EXTENT_DELALLOC | EXTENT_DATA_INLINE | EXTENT_DATA_TAIL
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,26 @@ def _slice(pieces: Sequence[Piece], starts: Sequence[int], start: int, end: int)
     return found
 
 
+def _replace(pieces: list[Piece], starts: list[int], start: int, end: int, new: Sequence[Piece]) -> None:
+    """In the sorted, disjoint ``pieces`` (``starts``: their starts), the range [start, end) becomes ``new``."""
+    first = bisect.bisect_right(starts, start) - 1
+    if first < 0 or pieces[first].end <= start:
+        first += 1
+    last = first
+    while last < len(pieces) and pieces[last].start < end:
+        last += 1
+    kept: list[Piece] = []
+    if first < last and pieces[first].start < start:
+        head = pieces[first]
+        kept.append(Piece(head.start, start, head.delta, head.shared))
+    kept.extend(new)
+    if first < last and pieces[last - 1].end > end:
+        tail = pieces[last - 1]
+        kept.append(Piece(end, tail.end, tail.delta, tail.shared))
+    pieces[first:last] = kept
+    starts[first:last] = [piece.start for piece in kept]
+
+
 def overlay(base: Sequence[Piece], overrides: Sequence[Piece]) -> list[Piece]:
     """``base`` with the ranges of ``overrides`` (sorted, not overlapping) replaced by them."""
     result: list[Piece] = []
@@ -110,7 +136,10 @@ class SharingModel:
         self._starts = [[piece.start for piece in pieces] for pieces in self.before]
         self.groups = list(groups)
         self.whole_extents = whole_extents
+        # What each image maps to instead of its own blocks: sorted, disjoint; a later dedupe of a range
+        # replaces an earlier one (images that shared a copy follow it when it shares a better one).
         self._deduped: list[list[Piece]] = [[] for _pieces in layouts]
+        self._deduped_starts: list[list[int]] = [[] for _pieces in layouts]
         self._rewritten: list[list[Piece]] = [[] for _pieces in layouts]
         self._scratch_next = SCRATCH_BASE
         self.rewritten_bytes = 0
@@ -118,7 +147,8 @@ class SharingModel:
 
     def deduped(self, dest: int, start: int, end: int, source: int) -> None:
         """Range [start, end) of image ``dest`` now shares the source's blocks at the same offset."""
-        self._deduped[dest].extend(_slice(self.before[source], self._starts[source], start, end))
+        _replace(self._deduped[dest], self._deduped_starts[dest], start, end,
+                 _slice(self.before[source], self._starts[source], start, end))
 
     def rewritten(self, refs: Sequence[tuple[int, int]], length: int) -> None:
         """``length`` bytes of data were written anew once and every (image, offset) in ``refs`` maps to them."""
@@ -130,11 +160,15 @@ class SharingModel:
         group = self.groups[refs[0][0]]
         self.rewritten_per_group[group] = self.rewritten_per_group.get(group, 0) + length
 
+    def rewritten_by_image(self) -> list[int]:
+        """Bytes of each image that now lie in rewritten (new) extents."""
+        return [sum(piece.end - piece.start for piece in pieces) for pieces in self._rewritten]
+
     def after(self) -> list[list[Piece]]:
         """Every image's mapping after what was recorded."""
         layouts = []
         for index, pieces in enumerate(self.before):
-            step = overlay(pieces, sorted(self._deduped[index], key=lambda item: item.start))
+            step = overlay(pieces, self._deduped[index])
             layouts.append(overlay(step, sorted(self._rewritten[index], key=lambda item: item.start)))
         return layouts
 
@@ -172,6 +206,41 @@ class SharingModel:
         if not self.disk_extents:
             return _merged_units(events)
         return _disk_units(events, self.disk_extents)
+
+
+def after_references(image: DedupeImage, before: Sequence[Piece], after: Sequence[Piece]) -> list[tuple[int, int]]:
+    """The physical ranges (start, end) that ``image`` references once its usable pieces went from ``before`` to
+    ``after``: those pieces, and every part of its extents the engine does not use (left as they were).
+
+    A compressed extent names only where its data starts (FIEMAP's length is
+    the uncompressed one): one byte there stands for it.
+    """
+    covered = sorted((piece.start, piece.end) for piece in before)
+    found = []
+    position = 0
+    for extent in image.extents:
+        if extent.flags & _NO_ADDRESS:
+            continue
+        if extent.flags & EXTENT_ENCODED:
+            found.append((extent.physical, extent.physical + 1))
+            continue
+        delta = extent.physical - extent.logical
+        cursor, end = extent.logical, extent.logical + extent.length
+        while position < len(covered) and covered[position][1] <= cursor:
+            position += 1
+        scan = position
+        while cursor < end:
+            if scan < len(covered) and covered[scan][0] < end:
+                if covered[scan][0] > cursor:
+                    found.append((cursor + delta, covered[scan][0] + delta))
+                cursor = max(cursor, covered[scan][1])
+                scan += 1
+            else:
+                found.append((cursor + delta, end + delta))
+                cursor = end
+    found.extend((piece.start + piece.delta, piece.end + piece.delta) for piece in after)
+    found.sort()
+    return found
 
 
 def _merged_units(intervals: Sequence[tuple[int, int, int, bool]]) -> list[Unit]:

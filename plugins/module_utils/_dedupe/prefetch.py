@@ -38,9 +38,13 @@ _BTRFS_IOC_FS_INFO = 0x8400941F
 
 
 def _sysfs_kib(path: str) -> int | None:
+    # os.read, not open(): Python's file layer asks isatty() (an ioctl) of every file it opens.
     try:
-        with open(path, encoding="ascii") as handle:
-            return int(handle.read().strip())
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return int(os.read(fd, 64).strip())
+        finally:
+            os.close(fd)
     except (OSError, ValueError):
         return None
 

@@ -24,6 +24,7 @@ ever stranded there, nothing is rewritten.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 from collections.abc import Sequence
@@ -54,32 +55,25 @@ def plan_rescue(model: SharingModel, stranded: Sequence[Unit], rewrite_ratio: in
     per_unit: list[list[tuple[int, int, int, int]]] = [[] for _unit in worth]
     for image, pieces in enumerate(model.after()):
         for piece in pieces:
-            physical = piece.start + piece.delta
-            position = _unit_of(starts, worth, physical)
-            if position is not None:
-                per_unit[position].append((physical, physical + piece.end - piece.start, image, piece.start))
+            # A piece may run over several extents (FIEMAP joins extents that lie next to each other on disk):
+            # each gets its part.
+            physical, end = piece.start + piece.delta, piece.end + piece.delta
+            position = max(bisect.bisect_right(starts, physical) - 1, 0)
+            while position < len(worth) and worth[position].start < end:
+                low, high = max(physical, worth[position].start), min(end, worth[position].end)
+                if low < high:
+                    per_unit[position].append((low, high, image, piece.start + low - physical))
+                position += 1
     runs: list[RescueRun] = []
     for references in per_unit:
         runs.extend(_runs_of(references))
     return runs
 
 
-def _unit_of(starts: Sequence[int], units: Sequence[Unit], physical: int) -> int | None:
-    low, high = 0, len(starts)
-    while low < high:
-        middle = (low + high) // 2
-        if starts[middle] <= physical:
-            low = middle + 1
-        else:
-            high = middle
-    position = low - 1
-    if position >= 0 and physical < units[position].end:
-        return position
-    return None
-
-
 def _runs_of(references: Sequence[tuple[int, int, int, int]]) -> list[RescueRun]:
     """Cut the (physical start, end, image, offset) references at every boundary; one run per stretch of disk."""
+    if not references:
+        return []   # a stranded unit that no piece of the images maps any more: nothing to write anew
     events = sorted([(start, 1, index) for index, (start, _end, _image, _offset) in enumerate(references)]
                     + [(end, -1, index) for index, (_start, end, _image, _offset) in enumerate(references)])
     runs: list[RescueRun] = []

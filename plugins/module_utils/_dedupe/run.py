@@ -61,10 +61,14 @@ def _allow_open_files(count: int) -> None:
 
 
 def dedupe_volumes(volumes: Sequence[VolumeDir], scope: str, settings: DedupeSettings, execute: bool,
-                   in_use: Mapping[str, Mapping[str, str]] | None = None) -> DedupeOutcome:
+                   in_use: Mapping[str, Mapping[str, str]] | None = None,
+                   held_elsewhere: Mapping[str, Mapping[tuple[int, int], int]] | None = None) -> DedupeOutcome:
     """Dedupe the volumes' images (scope ``volume``: each volume alone; ``pool``: all together).
 
     ``in_use``: per vid, file names known to be in use and why (left alone).
+    ``held_elsewhere``: per set (its vid for scope ``volume``, ``"pool"``),
+    the bytes of each image (by identity) that files outside the set also
+    hold: the engine keeps those images' copies first.
     Raises DedupeUnsupported before anything is read where the file system
     cannot share blocks (ext4), in check mode too.  Scope ``volume`` opens
     one volume's images at a time.
@@ -87,7 +91,8 @@ def dedupe_volumes(volumes: Sequence[VolumeDir], scope: str, settings: DedupeSet
     if scope == "pool":
         _allow_open_files(len(sets[0]) + 64)
     for candidates in sets:
-        images, skipped = open_images(candidates, held)
+        key = candidates[0].vid if scope == "volume" and candidates else "pool"
+        images, skipped = open_images(candidates, held, (held_elsewhere or {}).get(key))
         outcome.skipped.extend(skipped)
         try:
             outcome.report.merge(dedupe_set(attach_extent_maps(images), settings, execute))

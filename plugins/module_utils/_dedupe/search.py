@@ -13,7 +13,7 @@ Per chunk of a segment (at most CHUNK_BYTES), for each physical copy:
    the walk asked it to prefetch); the walk itself reads no more;
 3. a copy the kernel found different, or one whose samples match another
    copy's only in part, is read in full with the copies it may share with,
-   and compared block by block (dedupe_compare.compare_chunk);
+   and compared block by block (compare.compare_chunk);
 4. a copy whose samples match no other copy's is left alone: data that
    differs at every sampled block is taken as different.  This is what keeps
    a rerun cheap: ranges that differ are sampled, not read again.
@@ -113,7 +113,7 @@ def _propose(segment: Segment, start: int, length: int, reader: Reader, block_si
 
 
 def _settle(proposal: _Proposal, reader: Reader, block_size: int, attempt: Attempt) -> None:
-    copies, start, length = proposal.copies, proposal.start, proposal.length
+    copies, start, length = list(proposal.copies), proposal.start, proposal.length
     remaining = set(range(len(copies)))
     for group in proposal.groups:
         if len(group) < 2:
@@ -121,7 +121,10 @@ def _settle(proposal: _Proposal, reader: Reader, block_size: int, attempt: Attem
         op = DedupeOp(copies[group[0]][0], start, length, tuple(copies[index] for index in group[1:]))
         for index, done in zip(group[1:], attempt(op, False), strict=True):
             if done == length:
-                remaining.discard(index)   # shares the keeper's blocks now: the keeper stands for it
+                # It shares the keeper's blocks now: the keeper stands for it, and takes its images along
+                # wherever the keeper's copy is made to share a better one below.
+                remaining.discard(index)
+                copies[group[0]] = copies[group[0]] + copies[index]
     chosen = sorted(_related(proposal.samples, sorted(remaining)))
     if len(chosen) < 2:
         return

@@ -15,8 +15,10 @@ address" is "same ``physical - logical``" (the extent's *delta*) for as long
 as neither image crosses an extent boundary: the sweep goes from boundary to
 boundary and groups the images by delta.
 
-Images are ranked once for the whole set: the image whose data is already
-shared with the most others comes first (it is most likely the original the
+Images are ranked once for the whole set: the image whose blocks files
+outside the set also hold comes first (those blocks stay allocated anyway: a
+running AppVM's dirty image holds its template's), then the image whose data
+is already shared with the most others (it is most likely the original the
 others were copied from, and keeping its blocks leaves its extents whole),
 then the caller's order.  Each segment's copies are ordered by their best
 image, and the first copy of a set of equal copies is the one kept.
@@ -111,16 +113,18 @@ def _walk(layouts: Sequence[Sequence[Piece]]) -> list[tuple[int, int, dict[int, 
     return found
 
 
-def rank_images(layouts: Sequence[Sequence[Piece]],
-                walked: Sequence[tuple[int, int, dict[int, list[int]]]]) -> list[int]:
-    """Rank of each image (0 = best): most bytes already shared with another image first, then given order."""
+def rank_images(layouts: Sequence[Sequence[Piece]], walked: Sequence[tuple[int, int, dict[int, list[int]]]],
+                held_elsewhere: Sequence[int] = ()) -> list[int]:
+    """Rank of each image (0 = best): most bytes held outside the set too, then most bytes already shared with
+    another image of the set, then given order."""
     shared = [0] * len(layouts)
     for start, end, by_delta in walked:
         for members in by_delta.values():
             if len(members) > 1:
                 for index in members:
                     shared[index] += end - start
-    order = sorted(range(len(layouts)), key=lambda index: (-shared[index], index))
+    elsewhere = list(held_elsewhere) or [0] * len(layouts)
+    order = sorted(range(len(layouts)), key=lambda index: (-elsewhere[index], -shared[index], index))
     rank = [0] * len(layouts)
     for position, index in enumerate(order):
         rank[index] = position
@@ -131,7 +135,7 @@ def find_segments(images: Sequence[DedupeImage], block_size: int) -> tuple[list[
     """The usable pieces of every image, and the segments where two or more copies exist, in offset order."""
     layouts = [usable_pieces(image, block_size) for image in images]
     walked = _walk(layouts)
-    rank = rank_images(layouts, walked)
+    rank = rank_images(layouts, walked, [image.held_elsewhere for image in images])
     segments: list[Segment] = []
     previous: dict[int, list[int]] | None = None
     for start, end, by_delta in walked:

@@ -13,9 +13,10 @@ it ran, how (``done``: e.g. whether a clone was a reflink or a copy).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.copy_cause import CopyCause
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo
 
 # Where an action runs: a volume's Workspace (file actions), or nothing (a pool-level Step).
@@ -46,7 +47,8 @@ class Action(Generic[W]):
     a record of the commit, only finishes; withdrawing it would take back the
     revision that now holds the old data).  When a plan is withdrawn, a step
     that is ``kept_after_pruning`` (the new revision a commit makes) stays if a
-    later step ``prunes`` an older revision to make room for it.
+    later step ``prunes`` an older revision to make room for it.  ``copy_cause``:
+    for a step that clones, why it was (check mode: will be) a copy, where it was.
     """
 
     text = ""
@@ -56,6 +58,11 @@ class Action(Generic[W]):
     completes = False
     prunes = False
     kept_after_pruning = False
+    copy_cause: CopyCause | None = None
+
+    def note_copy(self, cause: CopyCause) -> None:
+        """Record why this step's clone is a copy (the ``copied`` callback of clone.fill_from)."""
+        self.copy_cause = cause
 
     def run(self, workspace: W) -> None:
         raise NotImplementedError
@@ -77,6 +84,12 @@ class Action(Generic[W]):
     @property
     def done(self) -> str:
         return self.text
+
+
+def copy_warnings(actions: Sequence[Action[W]]) -> list[str]:
+    """The warnings of the steps whose clone was (check mode: will be) a copy where a reflink was expected."""
+    return [action.copy_cause.warning("the step '%s'" % action.text) for action in actions
+            if action.copy_cause is not None and not action.copy_cause.expected]
 
 
 class Step(Action[None]):

@@ -9,8 +9,9 @@ import errno
 import fcntl
 import os
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError, ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError, NoRoomForCopy, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
+from ansible_collections.dom0.reflink.plugins.module_utils._base.units import format_size
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Probe, Rel
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo
@@ -75,8 +76,9 @@ class Clone(Action[Workspace]):
         # Imported here, as below: a plan that is only made (a no-op, check mode) does not compile the clone code.
         # pylint: disable-next=import-outside-toplevel
         from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone  # noqa: PLC0415
+        self.copy_cause = None
         self.how = clone.clone_file(workspace.vm(), self.src, workspace.vm(), self.dst,
-                                    dst_size=self.size, copy_mtime=self.copy_mtime)
+                                    dst_size=self.size, copy_mtime=self.copy_mtime, copied=self.note_copy)
 
     def simulate(self, files: dict[str, FileInfo]) -> None:
         source = files[self.src]
@@ -107,10 +109,15 @@ class MakePrecache(Clone):
             code = exc.errno if isinstance(exc, (OSError, CloneError)) else None
             if code not in (errno.ENOSPC, errno.EDQUOT):
                 raise
+            # A copy refused before it began (clone.require_room_for_copy) knows both figures: they are kept.
+            why = os.strerror(code)
+            if isinstance(exc, NoRoomForCopy):
+                why += ": the copy needs %d bytes (%s) where the file system has %d bytes (%s) free; nothing was written" \
+                    % (exc.needed, format_size(exc.needed), exc.free, format_size(exc.free))
             raise CloneError(
                 "no space left for the precache %s (%s): it is a reflink of the clean image where the file "
                 "system shares blocks, and a full (sparse) copy of its data where it cannot"
-                % (self.dst, os.strerror(code)), code,
+                % (self.dst, why), code,
                 "a rerun fails the same way until there is room: free some space (dom0.reflink.reflink_gc), or set "
                 "revisions_to_keep: -1 for this volume (snapshots disabled: it then keeps no precache and no "
                 "revisions; qubesd starts the VM on its clean image itself, so what the VM writes cannot be "

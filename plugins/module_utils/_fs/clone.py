@@ -7,6 +7,11 @@ The errno gate: only EBADF, EINVAL, EOPNOTSUPP (= ENOTSUP on Linux) and EXDEV
 mean "a reflink is not possible between these two files" (see ioctl_ficlone(2)).
 Any other errno (EIO, ENOSPC, EPERM, ENOTTY, EAGAIN, ...) is a real error of the
 system or the storage and is raised: a fallback copy could mask it.
+
+Where the gate decides to copy, the copy is checked first against the free
+space: data that cannot fit is refused before a byte is written (the message
+names both figures, why no reflink was possible and the way out; see
+copy_cause.py), rather than written until ENOSPC.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import platform
 import stat
 from collections.abc import Callable, Iterator
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError, NoRoomForCopy
+from ansible_collections.dom0.reflink.plugins.module_utils._base.units import format_size
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.copy_cause import CopyCause, copy_cause
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 
 FALLBACK_ERRNOS = frozenset((errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV))
@@ -155,16 +162,66 @@ def _copy_segment(src_fd: int, dst_fd: int, start: int, end: int, view: memoryvi
     return written
 
 
+def copy_need(src_fd: int, length: int) -> int | None:
+    """At most how many bytes of data a sparse copy of the first ``length`` bytes of ``src_fd`` writes.
+
+    The bytes in its data ranges (SEEK_DATA/SEEK_HOLE), and no more than the
+    file's allocated bytes (where the file system cannot tell its holes).
+    All-zero chunks in them are not written, so this may overstate.  None for
+    a block device: its zeros are found only by reading it all.
+    """
+    st = os.fstat(src_fd)
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    data = sum(end - start for start, end in data_segments(src_fd, length))
+    return min(data, st.st_blocks * 512)
+
+
+def free_bytes(fd: int) -> int:
+    """The free space of the file system of ``fd`` that an unprivileged writer may use (statvfs)."""
+    st = os.fstatvfs(fd)
+    return st.f_bavail * st.f_frsize
+
+
+def require_room_for_copy(src_fd: int, dst_fd: int, length: int, cause: CopyCause, describe: tuple[str, str],
+                          planning: bool = False) -> None:
+    """Refuse (NoRoomForCopy) a copy of ``length`` bytes of ``src_fd`` whose data does not fit where ``dst_fd`` is.
+
+    ``dst_fd``: the new file or its directory; ``cause``: why it is a copy;
+    ``planning``: refused while a task plans, before it changed anything (the
+    message then holds the way out itself).
+    """
+    need = copy_need(src_fd, length)
+    free = free_bytes(dst_fd)
+    if need is None or need <= free:
+        return
+    source, destination = describe
+    message = ("no room for a copy of %s: %s, so its data is copied into %s, and the copy needs %d bytes (%s) where "
+               "the file system has %d bytes (%s) free; %s"
+               % (source, cause.reason, destination, need, format_size(need), free, format_size(free),
+                  "nothing was changed" if planning else "nothing was written"))
+    way_out = ("%s; or free at least %d bytes (%s) on that file system (dom0.reflink.reflink_gc removes old revisions "
+               "and leftovers) and run the task again; all-zero blocks of the source count unless they are holes "
+               "(fallocate --dig-holes makes them holes)" % (cause.way_out, need - free, format_size(need - free)))
+    if planning:
+        raise NoRoomForCopy("%s; way out: %s" % (message, way_out), need, free, None)
+    raise NoRoomForCopy(message, need, free, way_out)
+
+
 def fill_from(dst_fd: int, src_fd: int, *, dst_size: int | None = None, allow_copy: bool = True,
-              describe: tuple[str, str] | None = None) -> str:
+              describe: tuple[str, str] | None = None, dst_dir_fd: int | None = None,
+              copied: Callable[[CopyCause], object] | None = None) -> str:
     """Fill the new, empty file ``dst_fd`` with the content of ``src_fd``.
 
     Clone when the filesystem can (FICLONE); where the errno gate allows, copy
-    sparsely instead, unless ``allow_copy`` is false.  ``dst_size`` None keeps
-    the source's size, 0 gives an empty file without touching the source, any
-    other value truncates or extends the result.  ``describe`` is a
-    ``(source, destination)`` pair of paths for error messages.  Returns
-    REFLINK, COPY or EMPTY.
+    sparsely instead, unless ``allow_copy`` is false, or the data does not fit
+    in the free space (NoRoomForCopy, before anything is written).
+    ``dst_size`` None keeps the source's size, 0 gives an empty file without
+    touching the source, any other value truncates or extends the result.
+    ``describe`` is a ``(source, destination)`` pair of paths for messages;
+    ``dst_dir_fd`` the destination's directory (to name a No_COW attribute
+    the new file got from it); ``copied(cause)`` is called with the CopyCause
+    before a copy.  Returns REFLINK, COPY or EMPTY.
     """
     if dst_size == 0:
         return EMPTY
@@ -183,7 +240,12 @@ def fill_from(dst_fd: int, src_fd: int, *, dst_size: int | None = None, allow_co
                 "cannot reflink %s to %s (%s) and copying is not allowed (fallback: never)"
                 % (source, destination, _errno_name(exc.errno)), exc.errno, NO_REFLINK_WAY_OUT) from None
         src_size = file_size(src_fd)
-        sparse_copy(src_fd, dst_fd, src_size if dst_size is None else min(src_size, dst_size))
+        length = src_size if dst_size is None else min(src_size, dst_size)
+        cause = copy_cause(src_fd, dst_fd, exc.errno, source, destination, dst_dir_fd)
+        require_room_for_copy(src_fd, dst_fd, length, cause, (source, destination))
+        if copied is not None:
+            copied(cause)
+        sparse_copy(src_fd, dst_fd, length)
         how = COPY
     else:
         how = REFLINK
@@ -206,19 +268,21 @@ def copy_times(src_fd: int, dst_fd: int) -> None:
 
 
 def clone_file(src_dir: Directory, src_name: str, dst_dir: Directory, dst_name: str, *, dst_size: int | None = None,
-               copy_mtime: bool = False, allow_copy: bool = True, finish: Callable[[int], object] | None = None) -> str:
+               copy_mtime: bool = False, allow_copy: bool = True, finish: Callable[[int], object] | None = None,
+               copied: Callable[[CopyCause], object] | None = None) -> str:
     """Make ``dst_dir/dst_name`` a new inode with the content of ``src_dir/src_name``.
 
     The destination is written by :meth:`Directory.write_new_file` (atomic,
     durable, 0600).  ``finish(dst_fd)``, if given, runs once the data is in,
     before the flush and the rename (a fixed mtime, an extended attribute).
-    Returns REFLINK, COPY or EMPTY.
+    ``copied`` as for fill_from.  Returns REFLINK, COPY or EMPTY.
     """
     src_fd = src_dir.open_file(src_name, os.O_RDONLY)
     try:
         def fill(dst_fd: int) -> str:
             how = fill_from(dst_fd, src_fd, dst_size=dst_size, allow_copy=allow_copy,
-                            describe=(src_dir.join(src_name), dst_dir.join(dst_name)))
+                            describe=(src_dir.join(src_name), dst_dir.join(dst_name)), dst_dir_fd=dst_dir.fd,
+                            copied=copied)
             if copy_mtime:
                 copy_times(src_fd, dst_fd)
             if finish is not None:

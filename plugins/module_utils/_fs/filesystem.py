@@ -81,6 +81,23 @@ def probe_reflink(directory: Directory) -> bool:
             directory.unlink(name, sync=False, missing_ok=True)
 
 
+# File systems that cannot share blocks at all (FICLONE fails with EOPNOTSUPP on them).
+NO_SHARING = frozenset(("ext2", "ext3", "ext4", "tmpfs", "vfat", "exfat", "ntfs3"))
+
+
+def shares_blocks(directory: Directory) -> bool | None:
+    """Whether the file system of ``directory`` can share blocks, from its type: True, False, or None (unknown).
+
+    Told without any clone: btrfs always can, the types of NO_SHARING never
+    can; XFS can only when made with reflink=1, which its type does not say,
+    and other types may or may not (None: the clone itself finds out).
+    """
+    fstype = filesystem_type(directory.path)
+    if fstype == "btrfs":
+        return True
+    return False if fstype in NO_SHARING else None
+
+
 def clone_probe(directory: Directory | None, src_fd: int | None = None) -> tuple[str | None, int | None]:
     """How a clone into a new file of ``directory`` would go, for a plan: ``(REFLINK, None)``, ``(COPY, errno)`` or ``(None, None)``.
 

@@ -86,7 +86,7 @@ def _add_cluster(cluster: list[tuple[int, int, int, int]], sharing: Sharing) -> 
     """Add overlapping mappings as runs of blocks that the same mappings hold."""
     first = cluster[0]
     if all(piece[0] == first[0] and piece[1] == first[1] for piece in cluster):
-        _add_run(first[1], [(piece[2], piece[3]) for piece in cluster], sharing)
+        _add_run(first[0], first[1], [(piece[2], piece[3]) for piece in cluster], sharing)
         return
     bounds = sorted({piece[0] for piece in cluster} | {piece[0] + piece[1] for piece in cluster})
     holders: list[list[tuple[int, int]]] = [[] for _bound in bounds]
@@ -95,11 +95,13 @@ def _add_cluster(cluster: list[tuple[int, int, int, int]], sharing: Sharing) -> 
             holders[position].append((index, shared))
     for position, held in enumerate(holders[:-1]):
         if held:
-            _add_run(bounds[position + 1] - bounds[position], held, sharing)
+            _add_run(bounds[position], bounds[position + 1] - bounds[position], held, sharing)
 
 
-def _add_run(length: int, held: list[tuple[int, int]], sharing: Sharing) -> None:
-    """A run of ``length`` bytes mapped by ``held`` (file, shared flag) mappings."""
+def _add_run(start: int, length: int, held: list[tuple[int, int]], sharing: Sharing) -> None:
+    """A run of ``length`` bytes at ``start`` mapped by ``held`` (file, shared flag) mappings."""
     kept = len(held) == 1 and bool(held[0][1])
     owners = tuple(sorted({index for index, _shared in held}))
     sharing.add(owners, kept, length)
+    if sharing.units is not None:
+        sharing.units.append((start, length, owners, kept))

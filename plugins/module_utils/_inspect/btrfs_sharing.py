@@ -105,7 +105,7 @@ class BtrfsDomain:
         self._read(sharing)
         extent_bytes, stranded = self._extents()
         counts = self.search.extent_reference_counts(extent_bytes)
-        repeated, old_leaves, groups = self.repeated, self.old_leaves, sharing.groups
+        repeated, old_leaves, groups, units = self.repeated, self.old_leaves, sharing.groups, sharing.units
         for bytenr, holders in self.owners.items():
             if not bytenr:
                 continue   # holes and inline data: no data extent
@@ -120,6 +120,8 @@ class BtrfsDomain:
             else:
                 entry[0] += size
                 entry[1] += strand
+            if units is not None:
+                units.append((bytenr, size, key[0], kept))
 
     def _extents(self) -> tuple[dict[int, int], dict[int, int]]:
         """{disk_bytenr: disk_num_bytes} of every extent, and {disk_bytenr: stranded bytes} of those that

@@ -28,7 +28,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY
 _Domain: TypeAlias = "BtrfsDomain | BlockDomain"
 
 
-def read_sharing(pool_fd: int, names: Sequence[str], inodes: Sequence[int] | None = None) -> Sharing:
+def read_sharing(pool_fd: int, names: Sequence[str], inodes: Sequence[int] | None = None,
+                 units: bool = False) -> Sharing:
     """Read the extent maps of the files ``names`` (paths relative to the open pool directory ``pool_fd``).
 
     Read-only; no symlink below the pool is followed (a file or directory
@@ -38,8 +39,9 @@ def read_sharing(pool_fd: int, names: Sequence[str], inodes: Sequence[int] | Non
     files' inode numbers where the caller has just read them (a scan's
     lstat), 0 for one to read here; on btrfs the extent items are found by
     inode number, and a stat less per file is a tenth of the work.
+    ``units``: also keep where each unit lies (``Sharing.units``).
     """
-    sharing = Sharing()
+    sharing = Sharing(units=[] if units else None)
     # Hundreds of thousands of tuples and lists that never form cycles: the cyclic collector would only
     # walk them over and over.
     collecting = gc.isenabled()

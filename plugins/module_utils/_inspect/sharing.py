@@ -26,6 +26,9 @@ How a byte is counted depends on the filesystem:
   reverse map).  On a filesystem without reflinks nothing is shared, so a
   file's exclusive bytes are its allocated bytes.
 - a file that FIEMAP cannot map: its st_blocks, held by it alone.
+
+Where each unit lies can be kept too (``units``, when the reader is asked
+for it): the dedupe compares two readings of the same files unit by unit.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ ALLOCATED_BLOCKS = "st_blocks"
 
 # (owners: distinct file indexes, in the order read, kept) -> [bytes, stranded bytes]
 Groups = dict[tuple[tuple[int, ...], bool], list[int]]
+# Where a unit lies: (start, size, owners, kept).  btrfs: an extent (its disk_bytenr and disk size, whole);
+# elsewhere: a run of physical blocks.  Bytes whose place FIEMAP cannot tell (st_blocks, delayed or
+# inline data) have no unit.
+Unit = tuple[int, int, tuple[int, ...], bool]
 
 
 @dataclasses.dataclass
@@ -53,6 +60,7 @@ class Sharing:
     extents: dict[int, int] = dataclasses.field(default_factory=dict)
     # files with btrfs's No_COW attribute (read with their extents: the inode item, or the file's flags)
     nocow: set[int] = dataclasses.field(default_factory=set)
+    units: list[Unit] | None = None                                # where each unit lies, when asked for
 
     def add(self, owners: tuple[int, ...], kept: bool, size: int, stranded: int = 0) -> None:
         entry = self.groups.get((owners, kept))

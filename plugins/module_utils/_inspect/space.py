@@ -120,9 +120,13 @@ class SpaceMap:
         self.volumes, self.pool = self._figures()
 
     @classmethod
-    def read(cls, pool_dir: Directory, files: Sequence[ImageFile]) -> SpaceMap:
-        """Read the extent maps of ``files`` (every file of the pool) below the open Directory ``pool_dir``."""
-        return cls(files, read_sharing(pool_dir.open_fd(), [entry.file for entry in files], [entry.inode for entry in files]))
+    def read(cls, pool_dir: Directory, files: Sequence[ImageFile], units: bool = False) -> SpaceMap:
+        """Read the extent maps of ``files`` (every file of the pool) below the open Directory ``pool_dir``.
+
+        ``units``: also keep where each unit of the table lies (``sharing.units``).
+        """
+        return cls(files, read_sharing(pool_dir.open_fd(), [entry.file for entry in files],
+                                       [entry.inode for entry in files], units))
 
     def _figures(self) -> tuple[dict[str, VolumeSpace], PoolSpace]:
         """Every file's, volume's and the pool's figures in one pass over the table."""

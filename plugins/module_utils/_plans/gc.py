@@ -4,7 +4,8 @@
 """Pool-wide garbage collection: what crashes and old revisions leave behind.
 
 One directory walk reads the pool (PoolScan); the plan is a list of removals,
-each with its reason and the bytes it frees, per volume.  What gc never
+each with its reason, per volume, and what they free (gc_space.py: one
+extent map of the whole pool, read once when there is anything to remove).  What gc never
 touches: a dirty image (uncommitted data), anything of a volume in use or
 whose lock is held, files that match no image pattern, and anything outside
 ``appvms/`` and ``vm-templates/`` except its own stale journals.
@@ -12,19 +13,17 @@ whose lock is held, files that match no image pattern, and anything outside
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid, classify, parse_vid, revision_id_problem
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.file_actions import Clone
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import exclusive_bytes
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.holders import describe_holders, open_holders
+from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc_space import RemovalSpace
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc_steps import Removal
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import BEGUN, journal_name
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import JournalRecord
@@ -110,52 +109,29 @@ class GcPlanner:
         self.skipped: list[dict[str, Any]] = []
         self.skipped_files: list[dict[str, Any]] = []     # removals left out because a process holds the file open
         self.planned_files: dict[str, VolumeFiles] = {}     # vid str -> VolumeFiles the volume's actions were planned from
-        self._open_vm_dir: tuple[str, Directory | None] | None = None    # (vm_dir, Directory or None), see _vm_dir
-        self._prefix_dirs: dict[str, Directory | None] = {}      # prefix -> Directory or None
-
-    def exclusive(self, vid: Vid, info: FileInfo) -> int | None:
-        try:
-            vm_dir = self._vm_dir(vid)
-            if vm_dir is None:
-                return None
-            # O_NONBLOCK: a FIFO swapped in since the scan must not block gc (O_NOFOLLOW comes with open_file).
-            fd = vm_dir.open_file(info.name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-        except (OSError, ReflinkError):   # gone or replaced meanwhile: no figure, not an error
-            return None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None   # replaced by something that is not an image since the scan: no figure
-            return exclusive_bytes(fd)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-
-    def _vm_dir(self, vid: Vid) -> Directory | None:
-        """The open VM directory of ``vid``: volumes come sorted, so one open at a time is enough."""
-        if self._open_vm_dir is None or self._open_vm_dir[0] != vid.vm_dir:
-            self._close_vm_dir()
-            if vid.prefix not in self._prefix_dirs:
-                self._prefix_dirs[vid.prefix] = self.pool_dir.open_dir(vid.prefix)
-            prefix_dir = self._prefix_dirs[vid.prefix]
-            self._open_vm_dir = (vid.vm_dir, prefix_dir.open_dir(vid.vm) if prefix_dir is not None else None)
-        return self._open_vm_dir[1]
-
-    def _close_vm_dir(self) -> None:
-        if self._open_vm_dir is not None and self._open_vm_dir[1] is not None:
-            self._open_vm_dir[1].close()
-        self._open_vm_dir = None
-
-    def close(self) -> None:
-        """Close the directories opened for FIEMAP reads (once planning is done)."""
-        self._close_vm_dir()
-        for directory in self._prefix_dirs.values():
-            if directory is not None:
-                directory.close()
-        self._prefix_dirs.clear()
+        self.space: RemovalSpace | None = None   # what the removals free; read only when there is a removal
 
     def removal(self, vid: Vid, info: FileInfo, reason: str) -> Removal:
-        return Removal(vid, info, reason, self.exclusive(vid, info))
+        return Removal(vid, info, reason)
+
+    def removals(self) -> list[Removal]:
+        """Every file removal planned (the held files already set aside)."""
+        return [action for _vid, actions in self.per_volume.values() for action in actions if isinstance(action, Removal)]
+
+    def read_space(self, scan: PoolScan) -> None:
+        """Read what the planned removals free (once, before any is done), if there is any; give each its figure."""
+        removals = self.removals()
+        if not removals:
+            return   # a run that removes nothing reads no extent map
+        self.space = RemovalSpace.read(self.pool_dir, scan)
+        for removal in removals:
+            removal.set_exclusive(self.space.exclusive(removal.entry["file"]))
+
+    def reclaimed_bytes(self, removed: list[dict[str, Any]]) -> int:
+        """What removing the files of the entries ``removed`` frees, as one set (0 without a removal)."""
+        if self.space is None or not removed:
+            return 0
+        return self.space.freed(entry["file"] for entry in removed)
 
     def plan(self, scan: PoolScan, surroundings: Surroundings, journals: dict[str, tuple[JournalRecord | None, float]],
              journal_tempfiles: dict[str, float]) -> None:
@@ -194,6 +170,7 @@ class GcPlanner:
                 self.per_volume[key] = (vid, actions)
                 self.planned_files[key] = files
         self.set_aside_held_files()
+        self.read_space(scan)
         self.plan_vm_dirs(scan)
         self.plan_journals(scan, journals)
         for name, mtime in sorted(journal_tempfiles.items()):

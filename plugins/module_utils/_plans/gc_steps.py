@@ -27,7 +27,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._state.files import F
 class Removal(act.Remove):
     """A gc removal: the Remove action plus what the report says about it."""
 
-    def __init__(self, vid: Vid, info: FileInfo, reason: str, exclusive: int | None) -> None:
+    def __init__(self, vid: Vid, info: FileInfo, reason: str) -> None:
         super().__init__(vid.rel, info.name, reason)
         self.identity = (info.dev, info.ino)   # to match against the files processes hold open
         self.entry: dict[str, Any] = {
@@ -35,9 +35,12 @@ class Removal(act.Remove):
             "reason": reason,
             "bytes": info.usage,
         }
+        self.replaced = False
+
+    def set_exclusive(self, exclusive: int | None) -> None:
+        """What removing this file alone frees (None: the file was gone or replaced when the pool's map was read)."""
         if exclusive is not None:
             self.entry["exclusive_bytes"] = exclusive
-        self.replaced = False
 
     def run(self, workspace: Workspace) -> None:
         # Remove the file the scan saw, not whatever has its name now (qubesd may have begun a new

@@ -13,11 +13,13 @@ checksums in ``checksum.py``, the sources of the data in ``sources.py``.
 from __future__ import annotations
 
 import errno
+import functools
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import CloneError, InvalidArgument
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import COPY, NO_REFLINK_WAY_OUT
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import clone_probe
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.clone import COPY, NO_REFLINK_WAY_OUT, require_room_for_copy
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.copy_cause import predict_copy
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import clone_probe, shares_blocks
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.checksum import (
     VerifyChecksum,
     verify_clean_checksum,
@@ -42,13 +44,41 @@ def _own_image(files: VolumeFiles, source: Source) -> str | None:
     return None
 
 
-def _refuse_impossible_reflink(workspace: Workspace, source: Source) -> None:
-    """fallback: never, and a reflink from ``source`` into the pool is not possible: refused before any change."""
-    how, code = clone_probe(workspace.vm_dir or workspace.prefix_dir, source.fd)
-    if how == COPY:
-        raise CloneError("cannot reflink %s into the pool (%s: another file system, or one that cannot share "
-                         "blocks) and copying is not allowed (fallback: never); nothing was changed; %s"
-                         % (source.description, errno.errorcode.get(code or 0, code), NO_REFLINK_WAY_OUT), code)
+def foresee_clone(workspace: Workspace, source: Source, stage: Stage) -> None:
+    """What the plan can tell of the staging's clone from ``source``, before any change (in check mode too).
+
+    With fallback: never (``stage.allow_copy`` false), one probe (clone_probe: a
+    clone into an unnamed file of the pool) tells whether a reflink is possible;
+    where it is not, the import is refused.  With fallback: errno, a copy that is
+    known without trying a clone (predict_copy: a source on another file system,
+    a pool whose file system cannot share blocks, a No_COW attribute on one side
+    only) is held against the free space and refused if its data cannot fit
+    (NoRoomForCopy); ``stage.copy_cause`` then says why (check mode's warning of
+    an unexpected copy; the real run's comes from the clone itself).  What was
+    found is kept in ``stage.foreseen``, so check mode's prediction of how the
+    clone goes does not probe the same thing again.
+    """
+    directory = workspace.vm_dir or workspace.prefix_dir
+    if directory is None or directory.fd is None:
+        return   # a pool that does not exist yet (check mode): nothing to tell
+    if not stage.allow_copy:
+        how, code = clone_probe(directory, source.fd)
+        stage.foreseen = (how, code)
+        if how == COPY:
+            raise CloneError("cannot reflink %s into the pool (%s: another file system, or one that cannot share "
+                             "blocks) and copying is not allowed (fallback: never); nothing was changed; %s"
+                             % (source.description, errno.errorcode.get(code or 0, code), NO_REFLINK_WAY_OUT), code)
+        return
+    vid = workspace.vid
+    destination = directory.join(vid.import_ if workspace.vm_dir is not None else "%s/%s" % (vid.vm, vid.import_))
+    cause = predict_copy(source.fd, directory.fd, functools.partial(shares_blocks, directory), source.description,
+                         destination)
+    if cause is None:
+        return   # a reflink, or only the clone can tell (check mode's prediction probes it)
+    require_room_for_copy(source.fd, directory.fd, min(source.size, stage.size), cause,
+                          (source.description, destination), planning=True)
+    stage.copy_cause = cause
+    stage.foreseen = (COPY, cause.errno)
 
 
 def plan_import(planner: VolumePlanner, workspace: Workspace, options: ImportOptions, source: Source | None,
@@ -92,12 +122,13 @@ def plan_import(planner: VolumePlanner, workspace: Workspace, options: ImportOpt
             verify_clean_checksum(workspace.vm(), vid, options.checksum)
         return planner.finish_precache(keep) + stale_journal
     planner.refuse_if_import_held("import into")
-    if source is not None and options.fallback == "never":
-        _refuse_impossible_reflink(workspace, source)
+    stage = Stage(rel, vid.import_, source, result_size, options.fallback != "never")
+    if source is not None:
+        foresee_clone(workspace, source, stage)
     actions: Actions = []
     if not files.exists:
         actions.extend(new_volume_actions(planner, workspace))
-    actions.append(Stage(rel, vid.import_, source, result_size, options.fallback != "never"))
+    actions.append(stage)
     if options.checksum:
         actions.append(VerifyChecksum(rel, vid.import_, options.checksum))
     actions.extend(planner.commit(vid.import_, options.revisions_to_keep,

@@ -23,7 +23,7 @@ from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory, PoolDirectory
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.inode_identity import generation_of
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import metadata_subdir
+from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import metadata_dir, metadata_subdir
 
 JOURNALS_DIR = "imports"
 BEGUN = "begun"
@@ -100,9 +100,22 @@ class WriteJournal(Action[Workspace]):
             record["clean_ino"] = found.st_ino if found else None
             record["clean_gen"] = generation_of(workspace.vm(), self.vid.clean) if found else None
         data = json.dumps(record, sort_keys=True).encode()
-        with journals_dir(self.pool_dir, create=True) as journals:
-            if journals is not None:   # always: it is made when missing
-                journals.write_new_file(journal_name(self.vid), lambda fd: os.write(fd, data))
+        with journals_dir(self.pool_dir) as journals:
+            made_dir = journals is None
+        try:
+            with journals_dir(self.pool_dir, create=True) as journals:
+                if journals is not None:   # always: it is made when missing
+                    journals.write_new_file(journal_name(self.vid), lambda fd: os.write(fd, data))
+        except OSError:
+            # A full file system: the journal directory this step made goes again with the failed step
+            # (the plan's undo reports the task unchanged, so nothing of it may stay).
+            if made_dir:
+                with contextlib.suppress(OSError):
+                    meta = metadata_dir(self.pool_dir, create=False)
+                    if meta is not None:
+                        with meta:
+                            meta.rmdir_if_empty(JOURNALS_DIR)
+            raise
 
 
 class RemoveJournal(Action[Workspace]):

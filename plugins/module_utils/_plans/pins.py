@@ -56,8 +56,9 @@ class MakePin(act.Clone):
         self.mtime_ns = mtime_ns
 
     def run(self, workspace: Workspace) -> None:
+        self.copy_cause = None
         self.how = clone.clone_file(workspace.vm(), self.src, workspace.vm(), self.dst,
-                                    finish=_set_mtime(self.mtime_ns))
+                                    finish=_set_mtime(self.mtime_ns), copied=self.note_copy)
 
     def simulate(self, files: dict[str, FileInfo]) -> None:
         source = files.get(self.src)   # None: check mode plans the pin of a volume an earlier task makes

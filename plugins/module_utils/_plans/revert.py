@@ -32,8 +32,9 @@ class RestorePin(act.Clone):
         self.marker = pin_marker(name)
 
     def run(self, workspace: Workspace) -> None:
+        self.copy_cause = None
         self.how = clone.clone_file(workspace.vm(), self.src, workspace.vm(), self.dst, copy_mtime=True,
-                                    finish=lambda fd: write_revert_marker(fd, self.marker))
+                                    finish=lambda fd: write_revert_marker(fd, self.marker), copied=self.note_copy)
 
 
 class RevertPlanner:

@@ -51,20 +51,25 @@ class Stage(Action[Workspace]):
         self.allow_copy = allow_copy
         self.how: str | None = None
         self.found_before: tuple[int, int] | None = None   # (st_dev, st_ino) of an import image there before this step
+        # What the plan found of the clone (imports.foresee_clone), as a Probe gives it: check mode probes no further.
+        self.foreseen: tuple[str | None, int | None] | None = None
         if source is None:
             self.text = "stage an empty (all-zero) sparse image %s of %d bytes" % (rel(name), size)
         else:
             self.text = "stage %s in %s, size %d bytes" % (source.description, rel(name), size)
 
     def run(self, workspace: Workspace) -> None:
-        destination = workspace.vm().join(self.name)
+        vm_dir = workspace.vm()
+        destination = vm_dir.join(self.name)
+        self.copy_cause = None   # check mode's prediction (plan_import) gives way to what happens
 
         def fill(fd: int) -> str:
             if self.source is None:
                 os.ftruncate(fd, self.size)
                 return clone.EMPTY
             return clone.fill_from(fd, self.source.fd, dst_size=self.size, allow_copy=self.allow_copy,
-                                   describe=(self.source.description, destination))
+                                   describe=(self.source.description, destination), dst_dir_fd=vm_dir.fd,
+                                   copied=self.note_copy)
 
         found = workspace.vm().lstat(self.name)
         self.found_before = (found.st_dev, found.st_ino) if found is not None else None
@@ -91,7 +96,7 @@ class Stage(Action[Workspace]):
         if self.source is None:
             self.how = clone.EMPTY
             return
-        how = probe(self.source.fd)[0]
+        how = (self.foreseen or probe(self.source.fd))[0]
         self.how = how if how != clone.COPY or self.allow_copy else None
 
     @property

@@ -101,9 +101,11 @@ def _plan_abort(planner: VolumePlanner, workspace: Workspace, journal: JournalRe
     planner.refuse_if_import_held("abort the import into")
     actions: Actions = [Remove(rel, vid.import_, why)] if files.import_ is not None else []
     actions.append(RemoveJournal(workspace.pool_dir, vid))
-    if state == BEGUN and journal is not None and journal.get("made_vm_dir") and workspace.vm_dir is not None \
-            and set(workspace.vm_dir.names()) <= {vid.import_}:
-        actions.append(RemoveVmDirIfEmpty(vid))   # begin made it for the import: nothing else is in it
+    # begin made it for the import (the journal says so; one that cannot be read cannot, and a directory that
+    # holds nothing but the import image is then taken to be begin's): nothing else is in it.
+    made_vm_dir = state == CORRUPT or (journal is not None and bool(journal.get("made_vm_dir")))
+    if made_vm_dir and workspace.vm_dir is not None and set(workspace.vm_dir.names()) <= {vid.import_}:
+        actions.append(RemoveVmDirIfEmpty(vid))
     return actions
 
 

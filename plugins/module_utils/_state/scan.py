@@ -18,7 +18,8 @@ class PoolScan:
     ``volumes`` maps vid string -> VolumeFiles; ``vm_dirs`` maps ``prefix/vm``
     -> list of entry names (image or not); ``unsafe`` lists paths (relative to
     the pool) of image-like entries that are not regular files, and of VM
-    "directories" that are symlinks or files.
+    "directories" that are symlinks or files.  ``complete``: whether it read
+    the whole pool (False when it was limited to some volumes).
     """
 
     def __init__(self, read_flags: bool = False) -> None:
@@ -29,6 +30,7 @@ class PoolScan:
         # attribute, read while they are open anyway (one ioctl each).
         self.read_flags = read_flags
         self.nocow_dirs: set[str] = set()
+        self.complete = True
 
     @classmethod
     def read(cls, pool_dir: Directory, only_vids: list[names.Vid] | None = None, read_flags: bool = False) -> PoolScan:
@@ -36,6 +38,7 @@ class PoolScan:
         wanted_dirs = None
         if only_vids is not None:
             wanted_dirs = {vid.vm_dir for vid in only_vids}
+            scan.complete = False
         scan.note_flags(pool_dir, "")
         for prefix in names.PREFIXES:
             prefix_dir = pool_dir.open_dir(prefix)
@@ -92,6 +95,7 @@ class PoolScan:
         """The part of this scan that ``read`` with ``only_vids`` would have found (their VM directories only)."""
         wanted_dirs = {vid.vm_dir for vid in only_vids}
         part = PoolScan(self.read_flags)
+        part.complete = False
         part.nocow_dirs = {name for name in self.nocow_dirs if name.count("/") < 1 or name in wanted_dirs}
         part.vm_dirs = {key: value for key, value in self.vm_dirs.items() if key in wanted_dirs}
         part.unsafe = [entry for entry in self.unsafe if "/".join(entry.split("/")[:2]) in wanted_dirs]

@@ -26,6 +26,16 @@ RUNNING = "running"
 DIRTY = "dirty"
 
 
+def _read_attribute(path: str) -> str:
+    """A sysfs attribute's text, read without Python's file layer, whose isatty() check is an ioctl per file: the
+    crash matrix counts a task's ioctls, and the number of loop devices on the host must not move them."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 65536).decode("utf-8", "surrogateescape")
+    finally:
+        os.close(fd)
+
+
 def loop_devices() -> dict[str, list[str]]:
     """Map of backing file path -> list of loop devices (``/dev/loopN``) backed by it."""
     backed: dict[str, list[str]] = {}
@@ -37,9 +47,7 @@ def loop_devices() -> dict[str, list[str]]:
         if not entry.startswith("loop"):
             continue
         try:
-            with open(os.path.join(_SYS_BLOCK, entry, "loop", "backing_file"), encoding="utf-8",
-                      errors="surrogateescape") as handle:
-                backing = handle.read().rstrip("\n")
+            backing = _read_attribute(os.path.join(_SYS_BLOCK, entry, "loop", "backing_file")).rstrip("\n")
         except OSError:
             continue  # not attached
         if backing.endswith(" (deleted)"):

@@ -73,7 +73,7 @@ def run_gc_task(params: Params, check_mode: bool) -> Result:
     skipped: list[dict[str, Any]] = []
     if check_mode and not os.path.lexists(path):
         # As the volume modules do: plan against the empty pool an earlier reflink_pool task would make.
-        return dict(_gc_result([], [], [], [], [], []), warnings=[missing_pool_warning(path)])
+        return dict(_gc_result([], [], 0, [], [], [], []), warnings=[missing_pool_warning(path)])
     with Directory.open_pool(path) as pool_dir:
         require_pool(pool_dir)
         with pool_lock(pool_dir, exclusive=True, timeout=params["lock_timeout"], purpose="reflink_gc",
@@ -81,10 +81,7 @@ def run_gc_task(params: Params, check_mode: bool) -> Result:
             scan = PoolScan.read(pool_dir, only)
             planner = GcPlanner(pool_dir, options, now, qubes)
             surroundings = Surroundings.read(path, qubes.name if qubes else None)
-            try:
-                planner.plan(scan, surroundings, *read_journals(pool_dir, only))
-            finally:
-                planner.close()
+            planner.plan(scan, surroundings, *read_journals(pool_dir, only))
             skipped.extend(planner.skipped)
             locks = None
             meta = metadata_dir(pool_dir, create=False)
@@ -120,19 +117,21 @@ def run_gc_task(params: Params, check_mode: bool) -> Result:
             finally:
                 if locks is not None:
                     locks.close()
-    return _gc_result(actions, removed, planner.orphans, planner.pending_commit, skipped, planner.skipped_files,
-                      planner.orphaned_pins)
+    return _gc_result(actions, removed, planner.reclaimed_bytes(removed), planner.orphans, planner.pending_commit,
+                      skipped, planner.skipped_files, planner.orphaned_pins)
 
 
-def _gc_result(actions: list[str], removed: list[dict[str, Any]], orphans: list[dict[str, Any]],
+def _gc_result(actions: list[str], removed: list[dict[str, Any]], reclaimed: int, orphans: list[dict[str, Any]],
                pending_commit: list[dict[str, Any]], skipped: list[dict[str, Any]], skipped_files: list[dict[str, Any]],
                orphaned_pins: list[dict[str, Any]] | tuple[()] = ()) -> Result:
     return {
         "changed": bool(actions),
         "actions": actions,
         "removed": removed,
-        "reclaimed_bytes": sum(entry["bytes"] for entry in removed),
-        "reclaimed_exclusive_bytes": sum(entry.get("exclusive_bytes", 0) for entry in removed),
+        # What the removals freed as one set (read before the first of them; the same figure in check mode).
+        "reclaimed_bytes": reclaimed,
+        # Deprecated (0.2.0): the same figure, under the name playbooks read when reclaimed_bytes summed allocated bytes.
+        "reclaimed_exclusive_bytes": reclaimed,
         "orphans": orphans,
         "pending_commit": pending_commit,
         "orphaned_pins": list(orphaned_pins),

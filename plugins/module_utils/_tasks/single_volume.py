@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import copy_warnings
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.prediction import CloneProbe
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_lock
@@ -57,7 +58,7 @@ def run_single_volume_task(params: Params, check_mode: bool, diff: bool, purpose
             surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
             planned = plan_volume(files, surroundings, qubes, plan,
                                   PlanContext(workspace, listing, workspace.vm_dir is not None, warnings))
-            carry_out(planned, surroundings, check_mode, CloneProbe(workspace.vm_dir or workspace.prefix_dir))
+            carry_out(planned, surroundings, check_mode, CloneProbe(workspace.vm_dir or workspace.prefix_dir), warnings)
             result = {
                 "changed": bool(planned.actions),
                 "actions": planned.done,
@@ -72,10 +73,12 @@ def run_single_volume_task(params: Params, check_mode: bool, diff: bool, purpose
             return result
 
 
-def carry_out(plan: VolumePlan, surroundings: Surroundings, check_mode: bool, probe: CloneProbe) -> None:
+def carry_out(plan: VolumePlan, surroundings: Surroundings, check_mode: bool, probe: CloneProbe,
+              warnings: list[str]) -> None:
     """Execute one volume's plan, the in-use guard on (in check mode: report it); read the volume again after it.
 
-    ``probe``: how check mode tells how each clone goes (one per task: a batch shares it).
+    ``probe``: how check mode tells how each clone goes (one per task: a batch shares it).  A clone that was
+    (check mode: will be) a copy where a reflink was expected adds a warning naming the cause.
     """
     if not plan.actions:
         return
@@ -85,5 +88,6 @@ def carry_out(plan: VolumePlan, surroundings: Surroundings, check_mode: bool, pr
     from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard  # noqa: PLC0415
     plan.done = run_or_report(plan.actions, workspace, check_mode,
                               guard=None if check_mode else InUseGuard(plan.files, surroundings), probe=probe)
+    warnings.extend(copy_warnings(plan.actions))
     if not check_mode:
         plan.after = read_volume(workspace.vm_dir, workspace.vid)

@@ -147,8 +147,8 @@ def run_volume_batch(params: Params, check_mode: bool, diff: bool, purpose: str 
     for request in requests:
         if request.changes is not None:
             labelled(request, refuse_qubesd_volume, qubes, request.vid, request.changes)
-    _make_room_for_locks(len(requests))
-    with open_task_pool(pool, check_mode, warnings) as pool_dir, _PrefixDirs(pool_dir) as prefixes:
+    make_room_for_locks(len(requests))
+    with open_task_pool(pool, check_mode, warnings) as pool_dir, PrefixDirs(pool_dir) as prefixes:
         if not requests:   # nothing to do, and no lock file to make for it
             return dict(_result([], pool, None, diff), **({"warnings": warnings} if warnings else {}))
         workspaces = [labelled(request, prefixes.workspace, request.vid) for request in requests]
@@ -158,7 +158,7 @@ def run_volume_batch(params: Params, check_mode: bool, diff: bool, purpose: str 
                 surroundings = Surroundings.read(pool, qubes.name if qubes is not None else None)
                 items = plan_all(requests, workspaces, surroundings, qubes, warnings)
                 _carry_out_all(items, surroundings, pool, check_mode,
-                               CloneProbe(pool_dir if isinstance(pool_dir, Directory) else None))
+                               CloneProbe(pool_dir if isinstance(pool_dir, Directory) else None), warnings)
         finally:
             for workspace in workspaces:
                 workspace.close()
@@ -169,7 +169,7 @@ def run_volume_batch(params: Params, check_mode: bool, diff: bool, purpose: str 
 
 
 def _carry_out_all(items: list[BatchItem], surroundings: Surroundings, pool: str, check_mode: bool,
-                   probe: CloneProbe) -> None:
+                   probe: CloneProbe, warnings: list[str]) -> None:
     """Execute the items' plans in order (in check mode: report them); the first failure stops the batch."""
     for position, item in enumerate(items):
         if not item.plan.actions:
@@ -178,7 +178,7 @@ def _carry_out_all(items: list[BatchItem], surroundings: Surroundings, pool: str
         try:
             # Afresh: an earlier item may have made or removed this VM directory.
             workspace.open_vm_dir()
-            carry_out(item.plan, surroundings, check_mode, probe)
+            carry_out(item.plan, surroundings, check_mode, probe, warnings)
         except (ReflinkError, OSError) as exc:
             raise _stopped_at(items, position, exc, pool, surroundings) from None
         finally:
@@ -227,7 +227,7 @@ def _result(items: list[BatchItem], pool: str, surroundings: Surroundings | None
     return result
 
 
-class _PrefixDirs:
+class PrefixDirs:
     """The pool's prefix directories, opened once for every item of the batch."""
 
     def __init__(self, pool_dir: PoolDirectory) -> None:
@@ -239,7 +239,7 @@ class _PrefixDirs:
             self.opened[vid.prefix] = self.pool_dir.open_dir(vid.prefix)
         return Workspace(self.pool_dir, vid, prefix_dir=self.opened[vid.prefix])
 
-    def __enter__(self) -> _PrefixDirs:
+    def __enter__(self) -> PrefixDirs:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -248,7 +248,7 @@ class _PrefixDirs:
                 directory.close()
 
 
-def _make_room_for_locks(count: int) -> None:
+def make_room_for_locks(count: int) -> None:
     """Raise the soft limit of open files if a batch of ``count`` volume locks needs it (the hard limit allows)."""
     needed = count + _FD_MARGIN
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -1,6 +1,6 @@
 # Copyright: dom0.reflink contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""gc's FIEMAP read of a file to remove, when the file was swapped for something else after the scan."""
+"""gc's read of the pool's extent maps (what its removals free), when a file was swapped for something else after the scan."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import time
 
 import pytest
 
+from space_helpers import MIB, assert_close, clone, revision_chain, used_bytes
+
+from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.gc import GcPlanner
 from ansible_collections.dom0.reflink.plugins.module_utils._tasks.gc import parse_gc_options
@@ -34,7 +37,7 @@ def make_pool_with_a_revision(base):
 
 
 def plan_with(pool, swap):
-    """Scan, then ``swap()`` the revision, then plan (the FIEMAP read) in a thread; returns the removal entries."""
+    """Scan, then ``swap()`` the revision, then plan (the extent map read) in a thread; returns the removal entries."""
     outcome = {}
     with Directory.open_pool(str(pool)) as pool_dir:
         scan = PoolScan.read(pool_dir)
@@ -42,11 +45,8 @@ def plan_with(pool, swap):
         planner = GcPlanner(pool_dir, parse_gc_options(PARAMS), time.time())
 
         def plan():
-            try:
-                planner.plan(scan, Surroundings.read(str(pool)), {}, {})
-                outcome["entries"] = [action.entry for action in planner.per_volume["appvms/work/private"][1]]
-            finally:
-                planner.close()
+            planner.plan(scan, Surroundings.read(str(pool)), {}, {})
+            outcome["entries"] = [action.entry for action in planner.per_volume["appvms/work/private"][1]]
 
         thread = threading.Thread(target=plan, daemon=True)
         thread.start()
@@ -73,7 +73,9 @@ def test_a_file_swapped_after_the_scan_gets_no_figure_and_does_not_block(reflink
 
     entries = plan_with(pool, swap)
     assert [entry["file"] for entry in entries] == ["appvms/work/" + REVISION]
-    assert "exclusive_bytes" not in entries[0]   # no figure for something that is not the scanned image
+    # No figure (XFS: the name is no regular file now), or the scanned inode's (btrfs reads it by its number:
+    # gone, it frees nothing); never the figure of what the name leads to now.
+    assert entries[0].get("exclusive_bytes", 0) == 0
     assert entries[0]["bytes"] >= 65536          # the scan's own figure stands
     assert os.path.lexists(target)               # planning removes nothing
 
@@ -82,3 +84,32 @@ def test_the_regular_file_scanned_gets_its_figure(reflink_dir):
     pool, _vm_dir = make_pool_with_a_revision(reflink_dir)
     entries = plan_with(pool, lambda: None)
     assert entries[0]["exclusive_bytes"] == 65536
+
+
+def test_gc_limited_to_some_volumes_counts_what_the_others_share(xfs_dir):
+    """vids limits what gc removes, never the map: a block also held by another volume's file is kept.
+
+    On XFS, FIEMAP flags a block shared without naming who shares it: a block
+    held by two of the pruned revisions and by a VM cloned from one of them
+    would count as freed if that clone were left out of the map.
+    """
+    region = 4 * MIB
+    pool = xfs_dir / "pool"
+    chain = revision_chain(pool, "appvms/work/private", pieces=False, region=region)
+    oldest, middle, _newest = chain.revisions()
+    (pool / "appvms" / "copy").mkdir()
+    clone(middle, pool / "appvms" / "copy" / "private.img")   # a VM cloned from an old revision
+    with Directory.open_pool(str(pool)) as pool_dir:
+        scan = PoolScan.read(pool_dir, [parse_vid("appvms/work/private")])
+        planner = GcPlanner(pool_dir, parse_gc_options(PARAMS), time.time())
+        planner.plan(scan, Surroundings.read(str(pool)), {}, {})
+        entries = [action.entry for action in planner.per_volume["appvms/work/private"][1]]
+        figure = planner.reclaimed_bytes(entries)
+    # The pruned revisions alone hold only the oldest's first region: their old second and third regions are
+    # in the clone too (its newer regions in clean).  Without the clone in the map it would be three regions.
+    assert figure == region
+    before = used_bytes(pool)
+    for path in chain.revisions():
+        os.unlink(path)
+    assert_close(figure, before - used_bytes(pool), "the revisions, a VM cloned from one of them kept")
+    assert oldest.name in entries[0]["file"]
