@@ -45,6 +45,27 @@ class VolumeBecameInUse(VolumeInUse):
         self.reasons = reasons
 
 
+class PlanFailed(ReflinkError):
+    """An action of a plan failed; ``done`` lists the actions that completed before it.
+
+    ``result``: more keys for the task's failure result (a batch's ``volumes``: what the items before it did).
+    """
+
+    def __init__(self, message: str, done: list[str], changed: bool | None = None) -> None:
+        super().__init__(message)
+        self.done = done
+        self.changed = bool(done) if changed is None else changed
+        self.result: dict[str, object] = {}
+
+
+class PlanWithdrawn(PlanFailed):
+    """The volume became in use while the plan ran (see _engine/executor.py); what it had done is taken back where it should be."""
+
+    def __init__(self, message: str, done: list[str], changed: bool, reasons: list[str]) -> None:
+        super().__init__(message, done, changed)
+        self.reasons = reasons
+
+
 class VolumeStateError(ReflinkError):
     """The volume is not in a state that allows the operation."""
 

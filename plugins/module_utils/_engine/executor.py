@@ -13,30 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import ReflinkError, VolumeBecameInUse
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import PlanFailed, PlanWithdrawn, ReflinkError, VolumeBecameInUse
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, W
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles
-
-
-class PlanFailed(ReflinkError):
-    """An action of a plan failed; ``done`` lists the actions that completed before it.
-
-    ``result``: more keys for the task's failure result (a batch's ``volumes``: what the items before it did).
-    """
-
-    def __init__(self, message: str, done: list[str], changed: bool | None = None) -> None:
-        super().__init__(message)
-        self.done = done
-        self.changed = bool(done) if changed is None else changed
-        self.result: dict[str, object] = {}
-
-
-class PlanWithdrawn(PlanFailed):
-    """The volume became in use while the plan ran; what it had done is taken back where it should be."""
-
-    def __init__(self, message: str, done: list[str], changed: bool, reasons: list[str]) -> None:
-        super().__init__(message, done, changed)
-        self.reasons = reasons
 
 
 def execute(actions: Sequence[Action[W]], workspace: W, guard: Callable[[W], None] | None = None) -> list[str]:

@@ -14,7 +14,6 @@ from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vi
 from ansible_collections.dom0.reflink.plugins.module_utils._base.units import format_size
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Probe, Rel
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
-from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import FileInfo
 
 LOOP_SET_CAPACITY = 0x4C07
@@ -74,6 +73,9 @@ class Clone(Action[Workspace]):
             self.text += ", size %d bytes" % size
 
     def run(self, workspace: Workspace) -> None:
+        # Imported here, as below: a plan that is only made (a no-op, check mode) does not compile the clone code.
+        # pylint: disable-next=import-outside-toplevel
+        from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone  # noqa: PLC0415
         self.copy_cause = None
         self.how = clone.clone_file(workspace.vm(), self.src, workspace.vm(), self.dst,
                                     dst_size=self.size, copy_mtime=self.copy_mtime, copied=self.note_copy)
@@ -90,6 +92,8 @@ class Clone(Action[Workspace]):
 
     @property
     def done(self) -> str:
+        # pylint: disable-next=import-outside-toplevel
+        from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone  # noqa: PLC0415
         if self.how == clone.COPY:
             return self.text + " (sparse copy: reflink not possible here)"
         return self.text + (" (%s)" % self.how if self.how else "")
@@ -181,6 +185,8 @@ class RemovePrecache(Remove):
     def undo(self, workspace: Workspace) -> str | None:
         if workspace.vm_dir is None or workspace.vm_dir.lstat(self.vid.clean) is None:
             return None
+        # pylint: disable-next=import-outside-toplevel
+        from ansible_collections.dom0.reflink.plugins.module_utils._fs import clone  # noqa: PLC0415
         clone.clone_file(workspace.vm_dir, self.vid.clean, workspace.vm_dir, self.vid.precache, copy_mtime=True)
         return "made the precache %s anew" % self.vid.precache
 

@@ -13,10 +13,11 @@ pool.  Nothing shows in the pool and nothing is written to the source.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Probe, W
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import clone_probe
+if TYPE_CHECKING:
+    from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Probe, W
+    from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 
 
 class CloneProbe:
@@ -29,6 +30,9 @@ class CloneProbe:
 
     def __call__(self, src_fd: int | None = None) -> tuple[str | None, int | None]:
         if src_fd not in self.found:
+            # Imported here: every task on a volume makes its probe, few call it (check mode, a plan with a clone).
+            # pylint: disable-next=import-outside-toplevel
+            from ansible_collections.dom0.reflink.plugins.module_utils._fs.filesystem import clone_probe  # noqa: PLC0415
             self.found[src_fd] = clone_probe(self.directory, src_fd)
         return self.found[src_fd]
 

@@ -13,10 +13,11 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import PlanFailed, PlanWithdrawn
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Step
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed, PlanWithdrawn, execute
+from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import execute
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.journal import JOURNALS_DIR, JournalRecord, journal_name, journals_dir, load_record

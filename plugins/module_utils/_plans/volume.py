@@ -29,11 +29,8 @@ from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import (
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid, format_timestamp
 from ansible_collections.dom0.reflink.plugins.module_utils._engine import file_actions as act
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import simulate
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import same_content
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory
-from ansible_collections.dom0.reflink.plugins.module_utils._fs.holders import describe_holders, open_holders
 from ansible_collections.dom0.reflink.plugins.module_utils._state.files import VolumeFiles, read_volume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.qubes_xml import QubesPool, QubesVolume
 from ansible_collections.dom0.reflink.plugins.module_utils._state.surroundings import Surroundings, loop_size
@@ -117,6 +114,9 @@ class VolumePlanner:
         info = self.files.import_
         if info is None:
             return
+        # Imported here, as the two below: a task with nothing to do does not compile what it does not run.
+        # pylint: disable-next=import-outside-toplevel
+        from ansible_collections.dom0.reflink.plugins.module_utils._fs.holders import describe_holders, open_holders  # noqa: PLC0415
         found = open_holders([(info.dev, info.ino)]).get((info.dev, info.ino))
         if found:
             raise VolumeInUse(
@@ -161,6 +161,8 @@ class VolumePlanner:
         vm_dir = self.vm_dir
         if vm_dir is None:   # no VM directory: neither file is there
             return False
+        # pylint: disable-next=import-outside-toplevel
+        from ansible_collections.dom0.reflink.plugins.module_utils._fs.compare import same_content  # noqa: PLC0415
         left_fd = vm_dir.open_file(left, os.O_RDONLY)
         try:
             right_fd = vm_dir.open_file(right, os.O_RDONLY)
@@ -348,7 +350,11 @@ def plan_volume(files: VolumeFiles, surroundings: Surroundings, qubes: QubesPool
     planner = VolumePlanner(files, surroundings, workspace.vm_dir, workspace.prefix_dir,
                             qubes=qubes.volume(workspace.vid) if qubes is not None else None)
     actions = plan(planner, context)
-    return VolumePlan(workspace, files, actions, simulate(files, actions) if actions else files)
+    if not actions:
+        return VolumePlan(workspace, files, actions, files)
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import simulate  # noqa: PLC0415
+    return VolumePlan(workspace, files, actions, simulate(files, actions))
 
 
 STATES = ("present", "absent", "stopped")

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, PlanFailed, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid, parse_vid
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_locks
 from ansible_collections.dom0.reflink.plugins.module_utils._plans.schedule import parse_schedule

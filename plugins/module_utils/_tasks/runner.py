@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, ReflinkError
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Probe, W
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed, execute
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.prediction import predicted_texts
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, PlanFailed, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import AbsentDirectory, Directory, PoolDirectory
+
+if TYPE_CHECKING:
+    from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import Action, Probe, W
 
 # A module's options, as AnsibleModule checked them (module.params).
 Params = Mapping[str, Any]
@@ -49,8 +49,12 @@ def run_or_report(actions: Sequence[Action[W]], workspace: W, check_mode: bool,
 
     ``probe``: check mode says how each clone goes, as the real run does (_engine/prediction.py).
     """
+    # Imported here: a task with nothing to do (no actions) does not compile the executor and the prediction.
+    # pylint: disable=import-outside-toplevel
     if check_mode:
+        from ansible_collections.dom0.reflink.plugins.module_utils._engine.prediction import predicted_texts  # noqa: PLC0415
         return predicted_texts(actions, probe) if probe is not None else [action.text for action in actions]
+    from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import execute  # noqa: PLC0415
     return execute(actions, workspace, guard=guard)
 
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.action import copy_warnings
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.prediction import CloneProbe
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.locks import volume_lock
@@ -84,6 +83,9 @@ def carry_out(plan: VolumePlan, surroundings: Surroundings, check_mode: bool, pr
     if not plan.actions:
         return
     workspace = plan.workspace
+    # Imported here: a task with nothing to do does not compile the guard.
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.dom0.reflink.plugins.module_utils._engine.inuse_guard import InUseGuard  # noqa: PLC0415
     plan.done = run_or_report(plan.actions, workspace, check_mode,
                               guard=None if check_mode else InUseGuard(plan.files, surroundings), probe=probe)
     warnings.extend(copy_warnings(plan.actions))

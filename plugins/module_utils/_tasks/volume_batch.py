@@ -16,10 +16,9 @@ import re
 import resource
 from typing import Any
 
-from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, ReflinkError
+from ansible_collections.dom0.reflink.plugins.module_utils._base.errors import InvalidArgument, PlanFailed, ReflinkError
 from ansible_collections.dom0.reflink.plugins.module_utils._base.names import Vid, parse_vid
 from ansible_collections.dom0.reflink.plugins.module_utils._base.units import parse_volume_size
-from ansible_collections.dom0.reflink.plugins.module_utils._engine.executor import PlanFailed
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.prediction import CloneProbe
 from ansible_collections.dom0.reflink.plugins.module_utils._engine.workspace import Workspace
 from ansible_collections.dom0.reflink.plugins.module_utils._fs.directory import Directory, PoolDirectory
