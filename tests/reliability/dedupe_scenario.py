@@ -25,7 +25,7 @@ import random
 
 import crash_engine as ce
 import reliability_helpers as rh
-from dedupe_helpers import reflink_copy
+from dedupe_helpers import reflink_copy, write_file
 
 from ansible_collections.dom0.reflink.plugins.module_utils._dedupe.extent_maps import read_disk_extents, read_extent_map
 
@@ -47,15 +47,8 @@ SHARING = (("vm-templates/base/root.img", "vm-templates/base/root-precache.img",
 
 
 def _write(path, data, mtime_ns):
-    """A restore's write: 1 MiB pieces, one fsync, the mtime set, mode 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        for offset in range(0, len(data), MIB):
-            os.pwrite(fd, data[offset:offset + MIB], offset)
-        os.fsync(fd)
-        os.utime(fd, ns=(mtime_ns, mtime_ns))
-    finally:
-        os.close(fd)
+    """A restore's write: 1 MiB pieces, one fsync, the mtime set, mode 0600 (dedupe_helpers.write_file)."""
+    write_file(path, [(offset, data[offset:offset + MIB]) for offset in range(0, len(data), MIB)], len(data), mtime_ns)
 
 
 def _facts(pool):
