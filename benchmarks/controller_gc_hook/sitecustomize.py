@@ -13,6 +13,7 @@ $DOM0_REFLINK_GC_BREAK_CYCLES set, the builder's import finder drops the
 
 from __future__ import annotations
 
+import ast
 import gc
 import importlib.abc
 import json
@@ -24,8 +25,8 @@ RECORD = os.environ.get("DOM0_REFLINK_GC_RECORD")
 
 
 def _install() -> None:
-    import ast  # pylint: disable=import-outside-toplevel
-    from ansible.executor import module_common  # pylint: disable=import-outside-toplevel
+    # Imported only now, in the controller: at start-up it would load ansible into every Python it runs.
+    from ansible.executor import module_common  # noqa: PLC0415  pylint: disable=import-outside-toplevel
 
     # "counting": the hook's own time inside the builder (counting nodes), taken off the builder's time.
     state = {"active": False, "collections": 0, "gc_seconds": 0.0, "started": 0.0, "nodes": 0, "counting": 0.0}
@@ -96,7 +97,6 @@ class _AfterTaskQueueManager(importlib.abc.MetaPathFinder):
         if fullname == "ansible.executor.task_queue_manager":
             sys.meta_path.remove(self)
             _install()
-        return None
 
 
 if RECORD:
